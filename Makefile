@@ -1,0 +1,39 @@
+# tinyfusion-replication: `make reproduce` runs the whole study, `make test` runs the tests.
+PROFILE ?= cpu
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data reproduce test lab clean-results
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed to build .venv (found " + sys.version.split()[0] + ")")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "error: could not create $(VENV) (is python3-venv installed?)"; exit 1; }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e . || { echo "error: pip could not install the pinned packages of pyproject.toml (needs the package registry)"; exit 1; }
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $(STAMP)
+
+# Debian ships Fashion-MNIST as dataset-fashion-mnist; install it where apt exists, else explain.
+data:
+	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ] || [ -n "$$TINYFUSION_DATA" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) \
+	  || { echo "error: apt-get could not install dataset-fashion-mnist; set TINYFUSION_DATA to a folder with the Fashion-MNIST IDX files"; exit 1; }; \
+	else echo "note: Fashion-MNIST not found in $(FMNIST) and apt-get is not usable; set TINYFUSION_DATA to a folder with the IDX .gz files"; fi
+
+reproduce: setup
+	$(PY) -m tinyfusion.cli.reproduce --profile $(PROFILE)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-results:
+	rm -rf results/$(PROFILE)

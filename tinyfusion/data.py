@@ -1,0 +1,180 @@
+"""Datasets: Fashion-MNIST from its IDX files, and the official DiT latent-feature layout (imagenet profile).
+
+Fashion-MNIST is looked for, in order: an explicit ``root``, ``$TINYFUSION_DATA``, Debian's
+``dataset-fashion-mnist`` folder, then torchvision's download (needs internet). If all four fail, the error
+names every place it looked.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+TORCHVISION_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinyfusion" / "torchvision"
+FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    pass
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path} cannot be read as an IDX file ({e}); replace it with a good copy") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: header says {dims} but holds {body.size} values")
+    return body.reshape(dims)
+
+
+def _find_file(folder: Path, stem: str):
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz"):
+        if (folder / name).exists():
+            return folder / name
+    return None
+
+
+def _idx_pair(folder: Path, split: str):
+    """Paths of (images, labels) for ``split`` in ``folder``, or a list of what is missing."""
+    found = [_find_file(folder, stem) for stem in _FILES[split]]
+    missing = [stem for stem, f in zip(_FILES[split], found) if f is None]
+    return found, missing
+
+
+def locate_fashion_mnist(root=None, split="train", allow_download=True):
+    """Folder holding Fashion-MNIST's IDX files for ``split``, following the documented look-up order."""
+    tried = []
+    for label, folder in (("explicit path", root), ("$TINYFUSION_DATA", os.environ.get("TINYFUSION_DATA")),
+                          ("Debian dataset-fashion-mnist", DEBIAN_DIR)):
+        if folder is None:
+            tried.append(f"{label}: not set")
+            continue
+        folder = Path(folder)
+        if not folder.is_dir():
+            tried.append(f"{label}: {folder} does not exist")
+            continue
+        _, missing = _idx_pair(folder, split)
+        if missing:
+            tried.append(f"{label}: {folder} lacks {', '.join(m + '[.gz]' for m in missing)}")
+            continue
+        return folder
+    if allow_download:
+        try:
+            from torchvision.datasets import FashionMNIST
+            FashionMNIST(str(TORCHVISION_CACHE), train=split == "train", download=True)
+            folder = TORCHVISION_CACHE / "FashionMNIST" / "raw"
+            if not _idx_pair(folder, split)[1]:
+                return folder
+            tried.append(f"torchvision download: finished but {folder} lacks the files")
+        except Exception as e:  # no internet, mirror down, ...
+            tried.append(f"torchvision download into {TORCHVISION_CACHE}: failed ({type(e).__name__}: {e})")
+    else:
+        tried.append("torchvision download: not allowed")
+    raise DatasetNotFoundError(
+        "Fashion-MNIST not found. Looked in:\n  - " + "\n  - ".join(tried)
+        + "\nFix: `make setup` (installs Debian's dataset-fashion-mnist), or set TINYFUSION_DATA to a folder "
+          "with train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+          "t10k-labels-idx1-ubyte.gz.")
+
+
+def load_fashion_mnist(split="train", root=None, limit=None, allow_download=True):
+    """(images uint8 (N, 28, 28), labels int64 (N,)) of ``split`` ("train": 60k, "test": 10k)."""
+    if split not in _FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    folder = locate_fashion_mnist(root, split, allow_download)
+    (img_path, lbl_path), _ = _idx_pair(folder, split)
+    images, labels = _read_idx(img_path), _read_idx(lbl_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"{folder}: images {images.shape} and labels {labels.shape} do not pair up")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels.astype(np.int64)
+
+
+class FashionMNIST(Dataset):
+    """Fashion-MNIST as float tensors in [-1, 1] of shape (1, 28, 28), with int labels.
+
+    ``limit`` keeps the first N images (the smoke profile uses a few hundred); ``hflip`` adds random flips.
+    """
+
+    def __init__(self, split="train", root=None, limit=None, hflip=False):
+        images, labels = load_fashion_mnist(split, root, limit)
+        self.images = torch.from_numpy(images.copy()).float().div(127.5).sub(1.0).unsqueeze(1)
+        self.labels = torch.from_numpy(labels)
+        self.hflip = hflip
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = self.images[i]
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x, self.labels[i]
+
+    def tensors(self):
+        """All images and labels as two tensors (fast path for small data held in memory)."""
+        return self.images, self.labels
+
+
+class LatentFolder(Dataset):
+    """Pre-extracted latents in the official layout: ``features_dir/*.npy`` and ``labels_dir/*.npy``.
+
+    One file per image (the official ``extract_features.py`` writes ``0.npy``, ``1.npy``, ...), each feature of
+    shape (1, 4, 32, 32) or (4, 32, 32) and each label of shape (1,) or (). Files pair up by name.
+    """
+
+    def __init__(self, features_dir, labels_dir):
+        self.features_dir, self.labels_dir = Path(features_dir), Path(labels_dir)
+        for d in (self.features_dir, self.labels_dir):
+            if not d.is_dir():
+                raise DatasetNotFoundError(f"latent folder {d} does not exist")
+        feats = sorted(p.name for p in self.features_dir.glob("*.npy"))
+        labels = sorted(p.name for p in self.labels_dir.glob("*.npy"))
+        if not feats:
+            raise DatasetNotFoundError(f"{self.features_dir} holds no .npy feature files")
+        if len(feats) != len(labels):
+            raise ValueError(f"{self.features_dir} holds {len(feats)} feature files but {self.labels_dir} holds "
+                             f"{len(labels)} label files; they must pair up one to one (re-run feature extraction)")
+        unmatched = sorted(set(feats) ^ set(labels))
+        if unmatched:
+            raise ValueError(f"feature and label files do not pair by name, e.g. {unmatched[:5]}")
+        self.files = sorted(feats, key=lambda n: (len(n), n))
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        name = self.files[i]
+        x = np.load(self.features_dir / name)
+        y = np.load(self.labels_dir / name)
+        x = torch.from_numpy(x).float()
+        if x.dim() == 4:
+            x = x.squeeze(0)
+        return x, torch.as_tensor(y).long().reshape(-1)[0]
+
+
+def load_dataset(profile, split="train"):
+    """The training set a profile names (Fashion-MNIST with the profile's limit, or ImageNet latents)."""
+    if profile.dataset == "fashion-mnist":
+        return FashionMNIST(split, limit=profile.data_limit if split == "train" else profile.eval_limit)
+    if profile.dataset == "imagenet-latents":
+        root = Path(os.environ.get("TINYFUSION_LATENTS", "data/local/imagenet256"))
+        return LatentFolder(root / "imagenet256_features", root / "imagenet256_labels")
+    raise ValueError(f"unknown dataset {profile.dataset!r}")

@@ -1,0 +1,1 @@
+from tinyfusion.diffusion.gaussian import GaussianDiffusion, create_diffusion, sample  # noqa: F401

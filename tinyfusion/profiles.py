@@ -1,0 +1,134 @@
+"""Profiles: one table of sizes and budgets, one name passed to every notebook and entry point.
+
+The paper's budgets are scaled down by stated factors: ``finetune_steps`` stands for the paper's 100K
+fine-tuning steps of Tables 1, 3, 5 and 7, ``ablation_finetune_steps`` for Table 4's 10K, and
+``prune_steps`` for learnable pruning's one epoch of ImageNet.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # data
+    dataset: str = "fashion-mnist"
+    data_limit: int | None = None          # training images used (None: all 60k)
+    eval_limit: int | None = None          # real test images for the reference statistics (None: all 10k)
+    # models
+    model: str = "DiT-T28/7"               # registry name of the teacher's config
+    teacher: str = "data/teacher_cpu.pt"
+    evaluator: str = "data/evaluator.pt"
+    # teacher pre-training (cli.pretrain)
+    pretrain_steps: int = 5000
+    pretrain_batch: int = 128
+    pretrain_lr: float = 4e-4
+    # calibration set shared by every pruning method (fixed noise and timesteps)
+    calib_batches: int = 4
+    calib_batch: int = 128
+    random_candidates: int = 10000
+    # learnable pruning (cli.prune_learn); the paper: one epoch of ImageNet
+    prune_steps: int = 300
+    prune_batch: int = 64
+    prune_lr: float = 1e-4
+    # recovery (cli.finetune); the paper: 100K steps (Tables 1/3/5/7), 10K steps (Table 4)
+    finetune_steps: int = 400
+    ablation_finetune_steps: int = 200
+    finetune_batch: int = 64
+    finetune_lr: float = 2e-4
+    # evaluation: every row of every table uses these
+    eval_samples: int = 1000
+    sampler: str = "ddim"
+    sample_steps: int = 25
+    cfg_scale: float = 1.5
+    seeds: tuple = (0, 1)
+    nproc: int = 1
+    batch_eval: int = 250
+    # scaling of the paper's budgets, for the notebooks' tables
+    paper_finetune_steps: int = 100_000
+    paper_ablation_steps: int = 10_000
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def finetune_scale(self):
+        return self.finetune_steps / self.paper_finetune_steps
+
+    def path(self, rel):
+        """Absolute path of a profile-relative artefact (repo-relative strings resolve against the repo)."""
+        p = Path(rel)
+        return p if p.is_absolute() else ROOT / p
+
+    @property
+    def results(self):
+        """Folder for this profile's artefacts: ``results/<profile>/`` (``$TINYFUSION_RESULTS`` overrides the root)."""
+        root = Path(os.environ.get("TINYFUSION_RESULTS", ROOT / "results"))
+        return root / self.name
+
+    def to_dict(self):
+        return asdict(self)
+
+
+PROFILES = {
+    "smoke": Profile(
+        name="smoke", data_limit=512, eval_limit=512,
+        pretrain_steps=30, pretrain_batch=32,
+        calib_batches=1, calib_batch=32, random_candidates=64,
+        prune_steps=6, prune_batch=16,
+        finetune_steps=6, ablation_finetune_steps=4, finetune_batch=16,
+        eval_samples=64, sample_steps=4, seeds=(0,), batch_eval=64,
+        notes="tests and nbval only: numbers are meaningless, every notebook runs in seconds"),
+    "cpu": Profile(
+        name="cpu",
+        notes="2 CPU cores, whole reproduction within 45 minutes; the shipped 28-layer width-64 teacher"),
+    "gpu": Profile(
+        name="gpu", model="DiT-W28/4", teacher="data/teacher_gpu.pt",
+        pretrain_steps=60000, pretrain_batch=256,
+        calib_batches=8, calib_batch=256, random_candidates=100000,
+        prune_steps=2000, prune_batch=128,
+        finetune_steps=4000, ablation_finetune_steps=1000, finetune_batch=128,
+        eval_samples=10000, sample_steps=50, seeds=(0, 1), nproc=8, batch_eval=1000,
+        notes="one or more GPUs, about an hour on one H100; a wider teacher trained by cli.pretrain"),
+    "imagenet": Profile(
+        name="imagenet", dataset="imagenet-latents", model="DiT-XL/2", teacher="data/local/DiT-XL-2-256x256.pt",
+        evaluator="data/local/adm_evaluator", pretrain_steps=0,
+        calib_batches=32, calib_batch=256, random_candidates=100000,
+        prune_steps=5000, prune_batch=256, prune_lr=1e-4,
+        finetune_steps=100_000, ablation_finetune_steps=10_000, finetune_batch=256,
+        eval_samples=50000, sampler="ddpm", sample_steps=250, cfg_scale=1.5, nproc=8, batch_eval=125,
+        notes="8 GPUs, the official DiT-XL/2 checkpoint and ImageNet-256 latents: the paper's schedule"),
+}
+
+
+def get_profile(name=None, **overrides) -> Profile:
+    """Profile by name (default ``$TINYFUSION_PROFILE`` or "cpu"), with field overrides."""
+    name = name or os.environ.get("TINYFUSION_PROFILE", "cpu")
+    if isinstance(name, Profile):
+        return replace(name, **overrides) if overrides else name
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)} "
+                         f"(set by -p profile ... or TINYFUSION_PROFILE)")
+    prof = PROFILES[name]
+    for k, v in overrides.items():
+        if not hasattr(prof, k):
+            raise ValueError(f"profile has no field {k!r}")
+    return replace(prof, **overrides) if overrides else prof
+
+
+def check_budget(name, value, allow_zero=False):
+    """Validate a step count or sample budget: a non-negative (or positive) integer, else a clear error."""
+    try:
+        v = int(value)
+        if float(value) != v:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+    return v
