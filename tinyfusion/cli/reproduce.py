@@ -1,0 +1,94 @@
+"""Run every numbered notebook with papermill for one profile (what ``make reproduce`` calls).
+
+    python -m tinyfusion.cli.reproduce --profile cpu [--only 01,06] [--out results]
+
+Executed copies go to ``results/<profile>/notebooks/``, figures and tables to ``results/<profile>/figures`` and
+``tables``, the wall time of each notebook to ``results/<profile>/timings.json``; notebook 09 writes
+``summary.md``. The run stops at the first failing notebook, names it and the failing cell, keeps the partly
+executed copy for inspection and exits non-zero. Finished steps are cached, so a rerun takes minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from tinyfusion.io import load_json, save_json
+from tinyfusion.profiles import PROFILES, ROOT
+
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def notebooks(only=None):
+    """The numbered notebooks in order (``only``: a list of number prefixes such as ["00", "06"])."""
+    found = sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [p for p in found if p.name[:2] in only]
+    return found
+
+
+def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", progress=True):
+    """Execute the notebooks; returns {notebook: seconds}. Raises ``SystemExit`` with a message on failure."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    if profile not in PROFILES:
+        raise SystemExit(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    if results_root:
+        os.environ["TINYFUSION_RESULTS"] = str(Path(results_root).resolve())
+    root = Path(os.environ.get("TINYFUSION_RESULTS", ROOT / "results")) / profile
+    out_dir = root / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings_path = root / "timings.json"
+    timings = load_json(timings_path) if timings_path.exists() else {}
+    runs = timings.setdefault("runs", [])
+    this_run = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "profile": profile, "notebooks": {}}
+    runs.append(this_run)
+    total0 = time.time()
+    todo = notebooks(only)
+    if not todo:
+        raise SystemExit(f"no notebooks matched {only!r} in {NOTEBOOKS}")
+    for nb in todo:
+        out = out_dir / nb.name
+        print(f"[reproduce] {nb.name} (profile={profile})", flush=True)
+        t0 = time.time()
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters={"profile": profile}, kernel_name=kernel,
+                                cwd=str(NOTEBOOKS), progress_bar=progress, log_output=False)
+        except PapermillExecutionError as e:
+            this_run["notebooks"][nb.name] = {"seconds": round(time.time() - t0, 1), "failed": True}
+            save_json(timings, timings_path)
+            raise SystemExit(f"[reproduce] {nb.name} failed in cell {e.cell_index} (execution count "
+                             f"{e.exec_count}): {e.ename}: {e.evalue}\n"
+                             f"The partly executed notebook is kept at {out}") from None
+        except Exception as e:
+            this_run["notebooks"][nb.name] = {"seconds": round(time.time() - t0, 1), "failed": True}
+            save_json(timings, timings_path)
+            raise SystemExit(f"[reproduce] {nb.name} could not run: {type(e).__name__}: {e}") from None
+        dt = round(time.time() - t0, 1)
+        this_run["notebooks"][nb.name] = {"seconds": dt}
+        timings["latest"] = {**timings.get("latest", {}), nb.name: dt}
+        save_json(timings, timings_path)
+        print(f"[reproduce] {nb.name} done in {dt:.0f} s", flush=True)
+    this_run["total_seconds"] = round(time.time() - total0, 1)
+    save_json(timings, timings_path)
+    print(f"[reproduce] all {len(todo)} notebooks done in {this_run['total_seconds'] / 60:.1f} min; "
+          f"results in {root}", flush=True)
+    return this_run["notebooks"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", default=os.environ.get("TINYFUSION_PROFILE", "cpu"))
+    p.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 00,06")
+    p.add_argument("--out", default=None, help="results root (default: results/)")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    only = [s.strip().zfill(2) for s in a.only.split(",") if s.strip()] or None
+    reproduce(a.profile, only, a.out, progress=not a.no_progress)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

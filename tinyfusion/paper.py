@@ -1,0 +1,78 @@
+"""The paper's numbers (TinyFusion, arXiv 2412.01199), transcribed from ../shared/PAPER.md.
+
+These are the reference values every notebook prints beside its own; nothing here is a result of ours.
+"""
+import math
+
+NAN = math.nan
+
+# Table 1: DiT-XL/2 on ImageNet 256 (IS, FID, sFID, Prec, Rec, it/s); None where the paper gives no value.
+TABLE1 = [
+    dict(method="DiT-XL/2 (teacher)", depth=28, steps="7M", IS=278.24, FID=2.27, sFID=4.60, Prec=0.83, Rec=0.57, its=6.91),
+    dict(method="ShortGPT 28->14", depth=14, steps="100K", IS=66.10, FID=22.28, sFID=6.20, Prec=0.63, Rec=0.56, its=13.54),
+    dict(method="Flux-Lite 28->14", depth=14, steps="100K", IS=54.54, FID=25.92),
+    dict(method="Sensitivity 28->14", depth=14, steps="100K", IS=70.36, FID=21.15),
+    dict(method="Oracle (BK-SDM) 28->14", depth=14, steps="100K", IS=141.18, FID=7.43),
+    dict(method="TinyDiT-D14 (learnable)", depth=14, steps="100K", IS=151.88, FID=5.73, sFID=4.91, Prec=0.80, Rec=0.55, its=13.54),
+    dict(method="TinyDiT-D14 (learnable)", depth=14, steps="500K", FID=3.92),
+    dict(method="TinyDiT-D14 + Masked KD", depth=14, steps="100K", FID=3.73),
+    dict(method="TinyDiT-D14 + Masked KD", depth=14, steps="500K", IS=234.50, FID=2.86, sFID=4.75, Prec=0.82, Rec=0.55),
+    dict(method="TinyDiT-D19 + KD", depth=19, steps="100K", FID=2.90),
+    dict(method="DiT-L/2 (from scratch)", depth=24, steps="1M", FID=3.73, its=9.73),
+    dict(method="Diff-Pruning 50% (width)", depth=28, steps="", FID=3.85, its=10.43),
+    dict(method="Diff-Pruning 75% (width)", depth=28, steps="", FID=14.58, its=13.59),
+]
+
+# Table 3: 28->14, fine-tuned 100K steps without KD: (calibration loss, IS, FID); NaN = diverged.
+TABLE3 = {
+    "max-loss random": (37.69, NAN, NAN),
+    "median-loss random": (0.99, 149.51, 6.45),
+    "min-loss random": (0.20, 73.10, 20.69),
+    "sensitivity": (0.21, 70.36, 21.15),
+    "shortgpt": (0.20, 66.10, 22.28),
+    "flux-lite": (0.85, 54.54, 25.92),
+    "oracle": (1.28, 141.18, 7.43),
+    "learnable": (0.98, 151.88, 5.73),
+}
+TABLE3_NOTE = "100,000 random candidates; calibration losses spanned 0.195 to 37.694"
+ORACLE_28_14 = [0, 2, 4, 6, 8, 10, 12, 15, 17, 19, 21, 23, 25, 27]
+
+# Table 4: 28->14 with 10K fine-tuning steps, FID on 10K samples with 64 steps: (IS, FID).
+TABLE4 = {
+    ("1:2", "lora"): (54.75, 33.39), ("2:4", "lora"): (53.07, 34.21), ("7:14", "lora"): (34.97, 49.41),
+    ("1:2", "full"): (53.11, 35.77), ("2:4", "full"): (53.63, 34.41), ("7:14", "full"): (45.03, 38.76),
+    ("1:2", "frozen"): (45.08, 39.56), ("2:4", "frozen"): (48.09, 37.82), ("7:14", "frozen"): (34.09, 49.75),
+}
+
+# Table 5: FID at 100K fine-tuning steps and the initial distillation loss (NaN = diverged / not given).
+TABLE5 = {
+    "finetune": dict(initial_loss=NAN, FID=5.79),
+    "kd": dict(initial_loss=NAN, FID=4.66),
+    "repkd": dict(initial_loss=2840.1, FID=NAN),
+    "masked_kd_0.1": dict(initial_loss=15.4, FID=NAN),
+    "masked_kd_2": dict(initial_loss=387.1, FID=3.73),
+    "masked_kd_4": dict(initial_loss=391.4, FID=3.75),
+}
+
+# Table 7: D7, (teacher, pruned-from) -> FID.
+TABLE7 = {("XL", "XL"): 56.18, ("XL", "D14"): 36.69, ("D14", "XL"): 58.73, ("D14", "D14"): 32.47}
+
+# Table 8: learning-rate search for the recovery stage (lr -> FID).
+TABLE8 = {2e-4: 3.73, 1e-4: 4.10, 5e-5: 6.63}
+
+# Figure 8: hidden-state extremes of DiT-XL/2 and of the pruned student.
+FIGURE8 = {"teacher": dict(min=-429, max=191, std=12.5), "student": dict(min=-527, max=54, std=14.2)}
+
+# Figure 4 / Table 1: D14 from D28 sampling speed-up on GPU.
+SPEEDUP_D14 = 13.54 / 6.91
+
+CLAIMS = {
+    1: "The lowest calibration loss does not give the best model after fine-tuning.",
+    2: "Learnable pruning beats every metric-based and hand-made baseline after the same fine-tuning.",
+    3: "Small blocks (1:2, 2:4) learn better decisions than 7:14.",
+    4: "Recoverability estimation helps: LoRA and full updates beat frozen weights; LoRA is at least as good as full.",
+    5: "Diffusion transformers carry massive activations in their hidden states.",
+    6: "Masked KD beats logits KD, which beats plain fine-tuning; unmasked RepKD diverges.",
+    7: "Depth pruning gives close to linear speed-up; width pruning does not.",
+    8: "Pruning the crafted shallow model again beats pruning the original directly.",
+}

@@ -1,0 +1,69 @@
+"""Figures shared by the notebooks (seaborn style, one function per kind of picture)."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg") if matplotlib.get_backend().lower() == "agg" else None
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def to_uint8(images):
+    """Images in [-1, 1] (tensor or array, (N,1,H,W) or (N,H,W)) -> uint8 (N,H,W)."""
+    x = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    if x.dtype != np.uint8:
+        x = np.clip((x + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return x[:, 0] if x.ndim == 4 else x
+
+
+def image_grid(images, nrow=10, row_labels=None, title=None, scale=0.9):
+    """A grid of grayscale images, ``nrow`` per row; ``row_labels`` names each row (e.g. the classes)."""
+    x = to_uint8(images)
+    n = len(x)
+    rows = int(np.ceil(n / nrow))
+    fig, axes = plt.subplots(rows, nrow, figsize=(nrow * scale, rows * scale), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(x[i], cmap="gray", vmin=0, vmax=255)
+    if row_labels is not None:
+        for r, lab in enumerate(row_labels[:rows]):
+            axes[r, 0].text(-3, x.shape[1] / 2, lab, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return fig
+
+
+def keep_matrix(kept_by_method: dict, depth: int, title="Kept layers"):
+    """Heatmap: one row per method, one column per layer, dark where the layer is kept."""
+    names = list(kept_by_method)
+    m = np.zeros((len(names), depth))
+    for i, k in enumerate(names):
+        m[i, list(kept_by_method[k])] = 1
+    fig, ax = plt.subplots(figsize=(max(6, depth * 0.32), 0.45 * len(names) + 1))
+    sns.heatmap(m, ax=ax, cbar=False, cmap="Blues", linewidths=0.5, linecolor="white",
+                yticklabels=names, xticklabels=list(range(depth)))
+    ax.set_xlabel("layer")
+    ax.set_title(title)
+    return fig
+
+
+def bar_with_paper(df, x, ours, ours_err=None, paper=None, ylabel="FID (lower is better)", title=None):
+    """Our metric (with seed spread) beside the paper's, one pair of bars per row of ``df``."""
+    fig, axes = plt.subplots(1, 2 if paper else 1, figsize=(11 if paper else 6, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    ax.bar(df[x].astype(str), df[ours], yerr=df[ours_err] if ours_err else None, color="tab:blue", capsize=3)
+    ax.set_title("ours" + (f" ({title})" if title else ""))
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", rotation=45)
+    if paper:
+        ax2 = axes[0, 1]
+        ax2.bar(df[x].astype(str), df[paper], color="tab:gray")
+        ax2.set_title("paper")
+        ax2.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,125 @@
+"""Notebook 09: gather every notebook's tables and verdicts into a Table 1 analogue and ``summary.md``."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from tinyfusion import paper
+from tinyfusion.io import load_json
+
+METRICS = ["is", "fid", "sfid", "precision", "recall", "class_accuracy"]
+# which paper Table 1 / 3 / 5 row each of our variants stands beside: (IS, FID)
+PAPER_ROWS = {
+    "teacher (28 layers)": (278.24, 2.27),
+    "learnable": (151.88, 5.73), "oracle": (141.18, 7.43), "shortgpt": (66.10, 22.28),
+    "flux-lite": (54.54, 25.92), "sensitivity": (70.36, 21.15),
+    "min-loss random": (73.10, 20.69), "median-loss random": (149.51, 6.45), "max-loss random": (np.nan, np.nan),
+    "learnable + logits KD": (np.nan, 4.66), "learnable + Masked KD 2σ": (np.nan, 3.73),
+    "learnable + Masked KD 4σ": (np.nan, 3.75), "learnable + RepKD": (np.nan, np.nan),
+    "learnable + Masked KD 0.1σ": (np.nan, np.nan),
+    "D7 from XL, teacher XL": (np.nan, 56.18), "D7 from D14, teacher D14": (np.nan, 32.47),
+    "D7 from D14, teacher XL": (np.nan, 36.69), "D7 from XL, teacher D14": (np.nan, 58.73),
+}
+KD_NAMES = {"kd": "learnable + logits KD", "masked_kd_2": "learnable + Masked KD 2σ",
+            "masked_kd_4": "learnable + Masked KD 4σ", "repkd": "learnable + RepKD",
+            "masked_kd_0.1": "learnable + Masked KD 0.1σ"}
+
+
+def _read(study, name):
+    p = study.root / "tables" / f"{name}.csv"
+    return pd.read_csv(p) if p.exists() else None
+
+
+def _agg(df, label, depth, budget):
+    vals = {m: df[m].astype(float) for m in METRICS if m in df}
+    row = {"variant": label, "depth": depth, "fine-tuning": budget, "seeds": len(df)}
+    for m, v in vals.items():
+        row[m] = v.mean()
+        row[f"{m}_std"] = v.std(ddof=1) if len(v) > 1 else np.nan
+    return row
+
+
+def collect(study):
+    """(Table 1 analogue DataFrame, verdicts DataFrame) from what notebooks 00-08 wrote."""
+    p, rows = study.prof, []
+    ft = f"{p.finetune_steps} steps"
+    t0 = _read(study, "00_teacher_metrics")
+    if t0 is not None:
+        ours = t0.iloc[-1]
+        rows.append({"variant": "teacher (28 layers)", "depth": 28, "fine-tuning": f"{p.pretrain_steps} steps pre-training",
+                     "seeds": 1, "is": ours["IS"], "fid": ours["FID"], "sfid": ours["sFID"], "precision": ours["Prec"],
+                     "recall": ours["Rec"], "class_accuracy": ours["class acc"]})
+    t3 = _read(study, "01_table3_runs")
+    if t3 is not None:
+        for method, grp in t3.groupby("method", sort=False):
+            rows.append(_agg(grp, method, 14, ft))
+    t5 = _read(study, "06_table5_runs")
+    if t5 is not None:
+        for variant, grp in t5.groupby("variant", sort=False):
+            if variant in KD_NAMES:
+                rows.append(_agg(grp, KD_NAMES[variant], 14, ft))
+    t7 = _read(study, "08_table7")
+    if t7 is not None:
+        for r in t7.itertuples():
+            rows.append(_agg(pd.DataFrame([r._asdict()]), f"D7 from {r.pruned_from}, teacher {r.teacher}", 7, ft))
+    speed = _read(study, "07_speedup")
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["paper IS"] = [PAPER_ROWS.get(v, (np.nan, np.nan))[0] for v in table.variant]
+        table["paper FID"] = [PAPER_ROWS.get(v, (np.nan, np.nan))[1] for v in table.variant]
+        if speed is not None and "depth_speedup" in speed:
+            half = speed.iloc[(speed.ratio - 0.5).abs().argmin()]
+            table["speed-up"] = [1.0 if d == 28 else half.depth_speedup if d == 14 else np.nan for d in table.depth]
+    verdicts = []
+    for claim, text in paper.CLAIMS.items():
+        f = study.root / "verdicts" / f"claim{claim}.json"
+        v = load_json(f) if f.exists() else {"status": "not run", "evidence": "", "notebook": ""}
+        verdicts.append({"claim": claim, "text": text, "verdict": v["status"], "evidence": v["evidence"],
+                         "notebook": v["notebook"]})
+    return table, pd.DataFrame(verdicts)
+
+
+def _md_table(df, digits=3):
+    cols = list(df.columns)
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            if isinstance(v, float):
+                cells.append("NaN" if np.isnan(v) else f"{v:.{digits}f}")
+            else:
+                cells.append(str(v).replace("|", "/"))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def write_summary(study, table, verdicts):
+    """Write ``results/<profile>/summary.md``: verdicts first, then the main table and the run's timings."""
+    p = study.prof
+    v = verdicts.copy()
+    v["notebook"] = [f"[{n}](notebooks/{n})" if n else "" for n in v.notebook]
+    keep = [c for c in ["variant", "depth", "seeds", "fid", "fid_std", "is", "sfid", "precision", "recall",
+                        "class_accuracy", "paper FID", "paper IS", "speed-up"] if c in table]
+    timings = study.root / "timings.json"
+    lines = [f"# TinyFusion replication: summary ({p.name} profile)", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M')} by notebooks/09_summary.ipynb. {p.notes}.", "",
+             f"Budgets: fine-tuning {p.finetune_steps} steps (paper 100K; Table 4: {p.ablation_finetune_steps} vs 10K), "
+             f"learnable pruning {p.prune_steps} steps of batch {p.prune_batch}, {p.random_candidates} random candidates "
+             f"(paper 100,000). Every row is scored on {p.eval_samples} samples, {p.sampler} {p.sample_steps} steps, "
+             f"CFG {p.cfg_scale}, against the Fashion-MNIST test set with the project's own evaluator; "
+             f"seeds {list(p.seeds)} for the key comparisons.", "",
+             "## Verdicts on the paper's claims", "", _md_table(v), "",
+             "## Table 1 analogue (ours beside the paper's ImageNet numbers; absolute values do not compare)", "",
+             _md_table(table[keep]) if len(table) else "(no runs found)", ""]
+    if timings.exists():
+        t = load_json(timings).get("latest", {})
+        if t:
+            lines += ["## Wall time per notebook (latest run, seconds)", "",
+                      _md_table(pd.DataFrame([{"notebook": k, "seconds": s} for k, s in t.items()]), 1), ""]
+    path = study.root / "summary.md"
+    from tinyfusion.io import _atomic_write
+    _atomic_write(path, lambda f: f.write("\n".join(lines)), mode="w")
+    return path
