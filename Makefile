@@ -29,8 +29,10 @@ data:
 reproduce: setup
 	$(PY) -m tinyfusion.cli.reproduce --profile $(PROFILE)
 
+# Unit and torchrun tests, then nbval over every notebook on the smoke profile; results go to a temp folder.
 test: setup
-	$(PY) -m pytest -q tests
+	@export TINYFUSION_PROFILE=smoke TINYFUSION_RESULTS=$$(mktemp -d) OMP_NUM_THREADS=1; \
+	$(PY) -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider; rc=$$?; rm -rf "$$TINYFUSION_RESULTS"; exit $$rc
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

@@ -83,6 +83,7 @@ PROFILES = {
         prune_steps=6, prune_batch=16,
         finetune_steps=6, ablation_finetune_steps=4, finetune_batch=16,
         eval_samples=64, sample_steps=4, seeds=(0,), batch_eval=64,
+        extra={"speed": {"batch": 8, "steps": 2, "repeats": 1, "warmup": 0, "ratios": (0, 0.5)}},
         notes="tests and nbval only: numbers are meaningless, every notebook runs in seconds"),
     "cpu": Profile(
         name="cpu",

@@ -2,7 +2,7 @@
 
 ``Study(profile)`` owns ``results/<profile>/``. Each expensive step (random-candidate study, learnable pruning,
 surgery, fine-tuning, sampling + scoring) writes its artefacts into a folder keyed by its config
-(``<kind>/<name>-<hash>``) and a ``result.json`` last; a rerun with the same config reuses it, a changed
+(``<kind>/<name>-<hash>``) and a ``study.json`` last; a rerun with the same config reuses it, a changed
 config recomputes into a new folder, and a half-finished step resumes from its own checkpoint.
 Entry points run in-process on one process, under torchrun (``tinyfusion.launch``) when ``profile.nproc > 1``.
 """
@@ -92,7 +92,7 @@ class Study:
         """Return ``fn(folder)``'s result for ``config``, computing it only when no finished result exists."""
         config = {"profile": self.prof.name, **config}
         folder = self.root / kind / f"{name}-{config_key(config)}"
-        done = folder / "result.json"
+        done = folder / "study.json"
         if done.exists() and not self.recompute:
             saved = load_json(done)
             if saved.get("config") == json.loads(json.dumps(config)):
@@ -115,7 +115,7 @@ class Study:
             order = np.argsort(r["losses"])
             pick = {"min-loss random": int(order[0]), "median-loss random": int(order[len(order) // 2]),
                     "max-loss random": int(order[-1])}
-            return {"n": len(r["losses"]), "rate": r["rate"], "min": float(np.min(r["losses"])),
+            return {"n": len(r["losses"]), "rate": r["rate"], "n_samples": r.get("n_samples"), "min": float(np.min(r["losses"])),
                     "max": float(np.max(r["losses"])), "median": float(np.median(r["losses"])),
                     "picks": {k: {"kept": list(map(int, r["kept"][i])), "loss": float(r["losses"][i])}
                               for k, i in pick.items()}}
@@ -270,7 +270,7 @@ def compare(a, b, lower_is_better=True):
     return "a" if better_a else "b"
 
 
-def fmt(mean, std=None, digits=2):
+def fmt(mean, std=None, digits=3):
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "NaN"
     if std is None or (isinstance(std, float) and math.isnan(std)):

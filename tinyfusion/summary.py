@@ -62,16 +62,17 @@ def collect(study):
                 rows.append(_agg(grp, KD_NAMES[variant], 14, ft))
     t7 = _read(study, "08_table7")
     if t7 is not None:
-        for r in t7.itertuples():
-            rows.append(_agg(pd.DataFrame([r._asdict()]), f"D7 from {r.pruned_from}, teacher {r.teacher}", 7, ft))
+        for _, r in t7.iterrows():
+            rows.append(_agg(pd.DataFrame([r]), f"D7 from {r['pruned_from']}, teacher {r['teacher']}", 7, ft))
     speed = _read(study, "07_speedup")
     table = pd.DataFrame(rows)
     if len(table):
         table["paper IS"] = [PAPER_ROWS.get(v, (np.nan, np.nan))[0] for v in table.variant]
         table["paper FID"] = [PAPER_ROWS.get(v, (np.nan, np.nan))[1] for v in table.variant]
-        if speed is not None and "depth_speedup" in speed:
-            half = speed.iloc[(speed.ratio - 0.5).abs().argmin()]
-            table["speed-up"] = [1.0 if d == 28 else half.depth_speedup if d == 14 else np.nan for d in table.depth]
+        if speed is not None and "method" in speed:
+            depth_rows = speed[speed.method == "depth"]
+            by_depth = dict(zip(depth_rows.depth, depth_rows.speedup))
+            table["speed-up (CPU)"] = [1.0 if d == 28 else by_depth.get(d, np.nan) for d in table.depth]
     verdicts = []
     for claim, text in paper.CLAIMS.items():
         f = study.root / "verdicts" / f"claim{claim}.json"
@@ -102,7 +103,7 @@ def write_summary(study, table, verdicts):
     v = verdicts.copy()
     v["notebook"] = [f"[{n}](notebooks/{n})" if n else "" for n in v.notebook]
     keep = [c for c in ["variant", "depth", "seeds", "fid", "fid_std", "is", "sfid", "precision", "recall",
-                        "class_accuracy", "paper FID", "paper IS", "speed-up"] if c in table]
+                        "class_accuracy", "paper FID", "paper IS", "speed-up (CPU)"] if c in table]
     timings = study.root / "timings.json"
     lines = [f"# TinyFusion replication: summary ({p.name} profile)", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M')} by notebooks/09_summary.ipynb. {p.notes}.", "",

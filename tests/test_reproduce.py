@@ -1,0 +1,60 @@
+"""The papermill driver: every expected figure, table and summary appears; a failing notebook stops the run."""
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import tinyfusion.cli.reproduce as rep
+
+FIGURES = ["00_data_grid", "00_teacher_samples", "01_calibration_histogram", "01_kept_layers", "01_calib_vs_fid",
+           "02_decision_dynamics", "02_kept_vs_baselines", "03_scheme_ablation", "04_lora_vs_full",
+           "05_massive_activations", "06_kd_loss_curves", "07_speedup"]
+TABLES = ["00_teacher_metrics", "01_table3", "01_table3_runs", "02_block_confidence", "table4_runs", "05_summary",
+          "06_table5", "07_speedup", "08_table7"]
+
+
+def test_reproduce_smoke_writes_every_artefact(tmp_path_factory):
+    root = os.environ.get("TINYFUSION_RESULTS") or str(tmp_path_factory.mktemp("results"))
+    rep.reproduce("smoke", results_root=root, progress=False)
+    out = Path(root) / "smoke"
+    missing = [f for f in FIGURES if not (out / "figures" / f"{f}.png").exists()]
+    missing += [t for t in TABLES if not (out / "tables" / f"{t}.csv").exists()]
+    assert not missing, missing
+    assert len(list((out / "notebooks").glob("*.ipynb"))) == len(rep.notebooks())
+    summary = (out / "summary.md").read_text()
+    assert "Verdicts" in summary and summary.count("| ") > 20
+    for claim in range(1, 9):
+        v = json.loads((out / "verdicts" / f"claim{claim}.json").read_text())
+        assert v["status"] in ("held", "not held", "mixed", "within noise")
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings["latest"]) >= {p.name for p in rep.notebooks()}
+
+
+def _notebook(path, sources):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    nbformat.write(nb, path)
+
+
+def test_failing_notebook_stops_with_its_name_and_cell(tmp_path, monkeypatch):
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    _notebook(nbdir / "00_fine.ipynb", ["profile = 'smoke'", "x = 1"])
+    _notebook(nbdir / "01_broken.ipynb", ["profile = 'smoke'", "y = 2", "raise ValueError('planted failure')"])
+    _notebook(nbdir / "02_never.ipynb", ["profile = 'smoke'"])
+    monkeypatch.setattr(rep, "NOTEBOOKS", nbdir)
+    with pytest.raises(SystemExit) as e:
+        rep.reproduce("smoke", results_root=tmp_path / "res", progress=False)
+    msg = str(e.value)
+    assert "01_broken.ipynb" in msg and "cell 2" in msg and "planted failure" in msg
+    kept = tmp_path / "res" / "smoke" / "notebooks" / "01_broken.ipynb"
+    assert kept.exists() and "planted failure" in kept.read_text()
+    assert not (tmp_path / "res" / "smoke" / "notebooks" / "02_never.ipynb").exists()
+
+
+def test_unknown_profile_is_refused():
+    with pytest.raises(SystemExit, match="unknown profile 'tiny'.*smoke, cpu, gpu, imagenet"):
+        rep.reproduce("tiny")

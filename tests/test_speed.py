@@ -1,0 +1,142 @@
+"""tinyfusion.speed: pruned-model surgery, parameter/MAC accounting and the row-split gated forward.
+
+No timings are asserted (shared CPUs make them meaningless); the benchmarks under benchmarks/ measure them.
+"""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyfusion.models import DiT
+from tinyfusion.speed import (count_params, depth_pruned, forward_macs, gated_forward, model_params, random_dit,
+                              sampling_throughput, speed_sweep, uniform_kept, width_for_params, width_pruned)
+
+
+def _inputs(model, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    size = model.x_embedder.img_size[0]
+    return (torch.randn(n, model.in_channels, size, size, generator=g), torch.randint(0, 1000, (n,), generator=g),
+            torch.randint(0, model.num_classes, (n,), generator=g))
+
+
+@pytest.fixture
+def dit():
+    torch.manual_seed(0)
+    return random_dit(dict(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=6, num_heads=4,
+                           num_classes=10)).eval()
+
+
+def test_depth_pruned_matches_prune(dit):
+    from tinyfusion.pruning.indices import prune
+    small = depth_pruned(dit, 3)
+    ref = prune(dit, uniform_kept(6, 3)).eval()
+    assert small.config["depth"] == 3 and len(small.blocks) == 3 and small.pruned_from == uniform_kept(6, 3) == [0, 3, 5]
+    x, t, y = _inputs(dit)
+    assert torch.allclose(small(x, t, y), ref(x, t, y), atol=1e-6)
+    assert count_params(small) == model_params(dit.config, depth=3)
+
+
+def test_width_pruned_full_width_is_identity_and_half_width_shrinks(dit):
+    x, t, y = _inputs(dit)
+    same = width_pruned(dit, 1.0)
+    assert torch.allclose(same(x, t, y), dit(x, t, y), atol=1e-5)
+    half = width_pruned(dit, 0.5)
+    assert half.width == dict(heads=2, mlp_hidden=64, head_keep=0.5, mlp_keep=0.5)
+    b = half.blocks[0]
+    assert b.attn.qkv.weight.shape == (3 * 16, 32) and b.attn.proj.weight.shape == (32, 16)  # head_dim 8 kept
+    assert b.mlp.fc1.weight.shape == (64, 32) and b.adaLN_modulation[1].weight.shape == (6 * 32, 32)
+    assert half(x, t, y).shape == dit(x, t, y).shape
+    assert count_params(half) == model_params(dit.config, heads=2, mlp_hidden=64)
+    # keeps the largest-norm heads: zero all heads but one and that one must survive a 1-head prune
+    with torch.no_grad():
+        blk = dit.blocks[0]
+        blk.attn.qkv.weight.view(3, 4, 8, 32)[:, [0, 1, 3]] = 0
+        blk.attn.proj.weight.view(32, 4, 8)[:, [0, 1, 3]] = 0
+    one = width_pruned(dit, heads=1, mlp_hidden=128)
+    assert torch.equal(one.blocks[0].attn.qkv.weight.view(3, 8, 32), blk.attn.qkv.weight.view(3, 4, 8, 32)[:, 2])
+
+
+def test_width_from_config_is_random_and_sized():
+    cfg = dict(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=4, num_heads=4, num_classes=10)
+    w = width_pruned(cfg, 0.25)
+    assert w.config["depth"] == 4 and w.width["heads"] == 1
+    assert count_params(w) == model_params(cfg, heads=1, mlp_hidden=32)
+    assert torch.isfinite(w(*_inputs(w))).all()
+
+
+def test_width_for_params_matches_depth_pruned_where_possible():
+    w = width_for_params("DiT-T28/7", model_params(random_dit("DiT-T28/7").config, depth=14))
+    assert w["matched"] and abs(w["params"] / w["target_params"] - 1) < 0.01
+    assert abs(w["head_keep"] - w["mlp_keep"]) < 0.1  # uniform removal
+    # adaLN (6 d^2 per block) cannot be width-pruned: D7's size is out of reach
+    far = width_for_params("DiT-T28/7", model_params(random_dit("DiT-T28/7").config, depth=7))
+    assert not far["matched"] and far["heads"] == 1 and far["params"] > far["target_params"]
+
+
+def test_forward_macs_dit_xl_is_118_gflops():
+    with torch.device("meta"):
+        xl = DiT(depth=28, hidden_size=1152, patch_size=2, num_heads=16)
+    assert abs(forward_macs(xl) / 1e9 - 118.6) < 0.1  # the DiT paper's 118.6 Gflops
+
+
+def test_gated_forward_equal_outputs_and_gradients(dit):
+    from tinyfusion.models.gates import NMGates
+    dit.train()
+    gates = NMGates(6, "1:2")
+    x, t, y = _inputs(dit, n=8)
+    torch.manual_seed(3)
+    mask = gates.sample(8, tau=1.0)
+    assert (mask.detach() == 0).any() and mask.requires_grad
+    grads = []
+    for fwd in (lambda: dit(x, t, y, mask=mask), lambda: gated_forward(dit, x, t, y, mask)):
+        dit.zero_grad()
+        gates.zero_grad()
+        torch.manual_seed(7)  # same label dropout
+        out = fwd()
+        (out ** 2).mean().backward(retain_graph=True)  # the mask graph is shared
+        grads.append([out.detach()] + [p.grad.clone() for p in list(dit.parameters()) + list(gates.parameters())
+                                       if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 10
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * a.abs().max().item())
+
+
+def test_sampling_throughput_and_sweep_shapes(dit):
+    assert sampling_throughput(dit, batch=2, steps=1, warmup=0, repeats=1) > 0
+    rows = speed_sweep(dict(dit.config), ratios=(0, 0.5), batch=2, steps=1, warmup=0, repeats=1)
+    methods = {(r["method"], r["ratio"]) for r in rows}
+    assert methods == {("base", 0.0), ("depth", 0.5), ("width-channels", 0.5), ("width-params", 0.5)}
+    d = next(r for r in rows if r["method"] == "depth")
+    assert d["depth"] == 3 and d["ideal"] == 2.0 and d["speedup"] > 0 and len(d["runs"]) == 1
+    wp = next(r for r in rows if r["method"] == "width-params")
+    assert abs(wp["params"] - d["params"]) / d["params"] < 0.05
+
+
+def _load_bench(name):
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_reproduce_time_summary():
+    rt = _load_bench("reproduce_time")
+    timings = {"runs": [{"notebooks": {"00_a.ipynb": {"seconds": 10.0}, "01_b.ipynb": {"seconds": 3.0, "failed": True}}},
+                        {"notebooks": {"01_b.ipynb": {"seconds": 50.0}}, "total_seconds": 50.0}],
+               "latest": {"00_a.ipynb": 10.0, "01_b.ipynb": 50.0, "02_c.ipynb": 1.0, "03_d.ipynb": 5.0}}
+    s = rt.summarise(timings, "cpu")
+    assert s["total_seconds"] == 66.0
+    assert [r["notebook"] for r in s["slowest"]] == ["01_b.ipynb", "00_a.ipynb", "03_d.ipynb"]
+    assert s["within_budget"] and s["last_run"]["finished"] and s["last_run"]["failed"] == []
+    with pytest.raises(ValueError, match="reproduce"):
+        rt.summarise({"runs": []})
+
+
+def test_straightforward_lora_step_equals_ours_loss():
+    ps = _load_bench("prune_step")
+    res = ps.grad_check("DiT-T28/7", batch=4, depth=4)
+    assert res["rowsplit_max_rel_grad_diff_weights"] < 1e-4  # LoRA and input gradients
+    assert res["rowsplit_max_rel_grad_diff_gates"] < 2e-3     # a nearly cancelling sum over samples
+    assert abs(res["loss_ours"] - res["loss_straightforward"]) < 1e-5

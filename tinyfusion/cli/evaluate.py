@@ -1,0 +1,94 @@
+"""Score samples with the project's evaluator: prints one JSON object (FID, IS, sFID, precision, recall, KID, ...).
+
+    python -m tinyfusion.cli.evaluate --npz samples.npz
+    python -m tinyfusion.cli.evaluate --checkpoint model.pt --n 1000 --sampler ddim --steps 25 --cfg-scale 1.5
+
+``--npz``: an ``.npz`` with ``images`` (uint8 (N, 28, 28)) and ``labels`` (as ``tinyfusion.cli.sample`` writes).
+``--checkpoint``: a DiT checkpoint (ours, ``{"ema"/"model": state_dict, "config": ...}``, or an official raw state
+dict, built as the profile's model); ``--n`` class-balanced samples (label ``i % 10``) are drawn with
+``tinyfusion.sampling`` (under torchrun, split across ranks; the set does not depend on the number of ranks)
+and scored against the Fashion-MNIST test set. Unset sampling flags take the profile's values.
+``--save-npz`` keeps the drawn samples. Progress bars go to stderr, the JSON to stdout (rank 0).
+Under torchrun put ``--`` before the flags (torchrun's parser would take ``--n`` for one of its own).
+In-process: ``tinyfusion.metrics.evaluate_samples`` / ``evaluate_npz``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from tinyfusion import dist
+from tinyfusion.cli.common import cli_main
+from tinyfusion.profiles import check_budget, get_profile
+
+DEFAULTS = dict(profile="cpu", npz="", checkpoint="", n=0, sampler="", steps=0, cfg_scale=None, seed=0, batch=0,
+                evaluator="", reference_limit=0, kid_subset_size=0, save_npz="", progress=True)
+HELP = dict(npz="samples to score (.npz with images, labels)", checkpoint="DiT checkpoint to sample from and score",
+            n="samples to draw (default: the profile's eval_samples)", sampler="ddim or ddpm (default: profile)",
+            steps="sampling steps (default: profile)", cfg_scale="classifier-free guidance scale (default: profile)",
+            evaluator="evaluator checkpoint (default: the profile's, data/evaluator.pt)",
+            reference_limit="real test images used as reference (default: the profile's eval_limit, else all 10k)",
+            kid_subset_size="KID subset size (default: min(1000, n, n_ref))",
+            save_npz="also write the drawn samples to this .npz")
+
+
+def run(**cfg):
+    cfg = {**DEFAULTS, **cfg}
+    from tinyfusion import metrics  # imported here: torch-fidelity is only needed when scoring
+
+    prof = get_profile(cfg["profile"])
+    if bool(cfg["npz"]) == bool(cfg["checkpoint"]):
+        raise ValueError("give exactly one of --npz (samples to score) or --checkpoint (a DiT to sample from)")
+    if prof.dataset != "fashion-mnist":
+        raise ValueError(f"profile {prof.name!r} uses {prof.dataset}: its samples are scored with the official ADM "
+                         f"evaluator suite on 50K samples, not with this Fashion-MNIST evaluator")
+    evaluator = prof.path(cfg["evaluator"] or prof.evaluator)
+    ref_limit = cfg["reference_limit"] or prof.eval_limit or None
+    result = dict(profile=prof.name)
+    t0 = time.time()
+    if cfg["npz"]:
+        from tinyfusion.io import load_npz
+        z = load_npz(cfg["npz"])
+        if "images" not in z:
+            raise KeyError(f"{cfg['npz']} holds {sorted(z)}, not 'images'")
+        images, labels = z["images"], z.get("labels")
+        result.update(npz=str(cfg["npz"]))
+    else:
+        from tinyfusion.models import load_dit
+        from tinyfusion.sampling import sample_to_npz
+        n = check_budget("n", cfg["n"] or prof.eval_samples)
+        sampler = cfg["sampler"] or prof.sampler
+        steps = check_budget("steps", cfg["steps"] or prof.sample_steps)
+        cfg_scale = prof.cfg_scale if cfg["cfg_scale"] is None else float(cfg["cfg_scale"])
+        batch = check_budget("batch", cfg["batch"] or prof.batch_eval)
+        model = load_dit(cfg["checkpoint"], name=prof.model).to(dist.device()).eval()
+        res = sample_to_npz(model, n, cfg["save_npz"] or None, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                            seed=cfg["seed"], batch=batch, progress=cfg["progress"])
+        images, labels = res["images"], res["labels"]
+        result.update(checkpoint=str(cfg["checkpoint"]), depth=model.depth, sampler=sampler, steps=steps,
+                      cfg_scale=cfg_scale, seed=cfg["seed"], sample_wall_s=round(res["wall_s"], 2),
+                      images_per_s=round(res["images_per_s"], 1))
+        if cfg["save_npz"]:
+            result.update(npz=str(cfg["save_npz"]))
+    if not dist.is_main():
+        dist.barrier()
+        return result
+    t1 = time.time()
+    scores = metrics.evaluate_samples(images, labels, evaluator_path=evaluator, reference_limit=ref_limit,
+                                      kid_subset_size=cfg["kid_subset_size"] or None, seed=cfg["seed"])
+    result.update(scores, evaluator=str(evaluator), eval_wall_s=round(time.time() - t1, 2),
+                  wall_s=round(time.time() - t0, 2))
+    print(json.dumps(result))
+    sys.stdout.flush()
+    dist.barrier()
+    return result
+
+
+def main(argv=None):
+    return cli_main(run, __doc__.splitlines()[0], DEFAULTS, HELP, argv=argv)
+
+
+if __name__ == "__main__":
+    main()

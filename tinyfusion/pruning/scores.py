@@ -1,0 +1,163 @@
+"""The calibration set and the metric-based depth-pruning baselines of Tables 1 and 3.
+
+Every method scores layers (or prunes) on the same calibration set: fixed images, labels, timesteps and
+noise, so calibration losses compare across methods. The baselines rank single layers and keep the
+``keep`` highest-scoring ones (no N:M constraint, as in the paper's 28 -> 14 comparisons):
+
+* ShortGPT (Men et al., 2024): block influence ``BI_i = 1 - cos(x_i, x_{i+1})``, averaged over tokens.
+* Flux-Lite: mean squared change ``||x_{i+1} - x_i||^2`` a layer makes to the hidden state.
+* Sensitivity: how much the calibration loss rises when the single layer ``i`` is removed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tinyfusion.pruning.indices import check_kept
+
+
+def calibration_set(images, labels, n_batches, batch_size, seed=0, diffusion=None):
+    """Fixed calibration batches: a list of dicts {x0, y, t, noise} drawn once from ``seed``.
+
+    Images are drawn without replacement while the data last; timesteps uniformly over the diffusion's
+    steps; the noise is stored, so every later loss on this set is a deterministic function of the model.
+    """
+    num_timesteps = diffusion.num_timesteps if diffusion is not None else 1000
+    g = torch.Generator().manual_seed(int(seed))
+    total = int(n_batches) * int(batch_size)
+    if total <= 0:
+        raise ValueError(f"calibration set needs n_batches >= 1 and batch_size >= 1, got {n_batches} x {batch_size}")
+    if total <= len(images):
+        idx = torch.randperm(len(images), generator=g)[:total]
+    else:
+        idx = torch.randint(len(images), (total,), generator=g)
+    out = []
+    for b in range(int(n_batches)):
+        sel = idx[b * batch_size:(b + 1) * batch_size]
+        x0 = images[sel].float()
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(num_timesteps, (len(sel),), generator=g)
+        out.append({"x0": x0, "y": labels[sel].long(), "t": t, "noise": noise})
+    return out
+
+
+def mask_from_kept(kept, depth):
+    """(depth,) float mask with ones at ``kept``."""
+    kept = check_kept(kept, depth)
+    mask = torch.zeros(depth)
+    mask[kept] = 1.0
+    return mask
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def _diffusion_for(model, diffusion):
+    if diffusion is not None:
+        return diffusion
+    from tinyfusion.diffusion import create_diffusion
+    return create_diffusion(learn_sigma=getattr(model, "learn_sigma", True))
+
+
+@torch.no_grad()
+def calibration_losses(model, calib, mask=None, diffusion=None):
+    """Per-sample diffusion training losses (the ``loss`` term) of the (masked) model, concatenated."""
+    diffusion = _diffusion_for(model, diffusion)
+    dev = _device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for batch in calib:
+            kw = {"y": batch["y"].to(dev)}
+            if mask is not None:
+                kw["mask"] = torch.as_tensor(mask, dtype=torch.float32).to(dev)
+            terms = diffusion.training_losses(model, batch["x0"].to(dev), batch["t"].to(dev), kw,
+                                              noise=batch["noise"].to(dev))
+            out.append(terms["loss"].float().cpu())
+        return torch.cat(out)
+    finally:
+        model.train(was_training)
+
+
+def calibration_loss(model, calib, mask=None, diffusion=None):
+    """Mean diffusion training loss of the model over the calibration set (eval mode, no grad).
+
+    ``mask``: optional (depth,) layer mask (1 = keep) or (B, depth) per-sample masks.
+    """
+    return float(calibration_losses(model, calib, mask, diffusion).mean())
+
+
+@torch.no_grad()
+def block_io_stats(model, calib, diffusion=None):
+    """Per layer, over all calibration tokens: mean cosine similarity and mean squared difference between
+    the layer's input and output hidden states (the full, unpruned model)."""
+    diffusion = _diffusion_for(model, diffusion)
+    dev = _device(model)
+    depth = len(model.blocks)
+    cos_sum = torch.zeros(depth, dtype=torch.float64)
+    mse_sum = torch.zeros(depth, dtype=torch.float64)
+    n_tokens = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in calib:
+            x0, t, noise = batch["x0"].to(dev), batch["t"].to(dev), batch["noise"].to(dev)
+            x_t = diffusion.q_sample(x0, t, noise)
+            h, c = model.embed(x_t, diffusion._scale_t(t), batch["y"].to(dev))
+            for i, block in enumerate(model.blocks):
+                out = block(h, c)
+                cos_sum[i] += F.cosine_similarity(h.float(), out.float(), dim=-1).sum().double().cpu()
+                mse_sum[i] += ((out.float() - h.float()) ** 2).mean(-1).sum().double().cpu()
+                h = out
+            n_tokens += h.shape[0] * h.shape[1]
+    finally:
+        model.train(was_training)
+    return (cos_sum / n_tokens).tolist(), (mse_sum / n_tokens).tolist()
+
+
+def keep_top(scores, keep):
+    """Sorted indices of the ``keep`` highest scores (ties: the earlier layer wins)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if not 1 <= keep <= len(scores):
+        raise ValueError(f"cannot keep {keep} of {len(scores)} layers")
+    order = np.argsort(-scores, kind="stable")
+    return sorted(int(i) for i in order[:keep])
+
+
+def shortgpt(model, calib, keep, diffusion=None):
+    """ShortGPT: keep the ``keep`` layers with the highest block influence 1 - cos(input, output).
+
+    Returns (sorted kept indices, per-layer block influence).
+    """
+    cos, _ = block_io_stats(model, calib, diffusion)
+    scores = [1.0 - c for c in cos]
+    return keep_top(scores, keep), scores
+
+
+def flux_lite(model, calib, keep, diffusion=None):
+    """Flux-Lite: keep the ``keep`` layers that change the hidden state most (MSE between input and output).
+
+    Returns (sorted kept indices, per-layer MSE).
+    """
+    _, mse = block_io_stats(model, calib, diffusion)
+    return keep_top(mse, keep), mse
+
+
+def sensitivity(model, calib, keep, diffusion=None, progress=False):
+    """Sensitivity: keep the ``keep`` layers whose single removal raises the calibration loss most.
+
+    Returns (sorted kept indices, per-layer loss increase over the full model's calibration loss).
+    """
+    from tqdm.auto import tqdm
+
+    depth = len(model.blocks)
+    base = calibration_loss(model, calib, diffusion=diffusion)
+    scores = []
+    for i in tqdm(range(depth), disable=not progress, desc="sensitivity", leave=False):
+        mask = torch.ones(depth)
+        mask[i] = 0.0
+        scores.append(calibration_loss(model, calib, mask, diffusion) - base)
+    return keep_top(scores, keep), scores

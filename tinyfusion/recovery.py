@@ -1,0 +1,346 @@
+"""Recovery of a pruned (shallow) DiT: plain fine-tuning and (masked) knowledge distillation (paper section 4.4).
+
+The loss is ``L = a_KD * L_KD + a_Diff * L_Diff + beta * L_Rep`` (Eq. 8):
+
+* ``L_Diff``: the student's ordinary diffusion loss (hybrid ``MSE(eps) + L_vb``, as in pre-training);
+* ``L_KD``: MSE between the student's and the teacher's raw outputs (all channels: noise and variance);
+* ``L_Rep``: MSE between each student layer's hidden state and the hidden state after the teacher layer it
+  is matched to (:func:`layer_map`), summed over the student's layers. **Masked** RepKD ignores positions where
+  ``|x - mean| >= k * std`` (per sample), in the teacher and the student each by its own statistics, because
+  both carry massive activations that make the unmasked loss explode.
+
+Modes of :func:`finetune`: ``"finetune"`` (``L_Diff`` only, no teacher), ``"kd"`` (logits KD),
+``"repkd"`` (+ unmasked ``L_Rep``), ``"masked_kd"`` (+ ``L_Rep`` masked at ``k_sigma``).
+Settings of the paper's Table 6 are the defaults: AdamW lr 2e-4, wd 0, cosine to 1e-4; a_KD 0.9, a_Diff 0.1;
+beta falls linearly from 1e-2 to 0; grad clip 1.0.
+
+Label dropout (for classifier-free guidance) is drawn here, per step from the global batch's seed, and the
+models run with their own dropout switched off: so teacher and student see the same (possibly null) label,
+and 2 processes see exactly what 1 process sees.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
+
+from tinyfusion import dist
+from tinyfusion.diffusion import create_diffusion
+from tinyfusion.models.gates import parse_groups
+from tinyfusion.training import (NonFiniteGuard, cosine_lr, global_batch, load_train_state, make_ema,
+                                 save_train_state, seed_step, shard, step_generator, unwrap, update_ema)
+
+MODES = ("finetune", "kd", "repkd", "masked_kd")
+TEACHER_MODES = ("kd", "repkd", "masked_kd")
+REP_MODES = ("repkd", "masked_kd")
+RESUME_KEYS = ("mode", "steps", "batch_size", "lr", "min_lr", "a_kd", "a_diff", "beta", "k_sigma", "seed",
+               "ema_decay", "ema_warmup", "layer_map", "grad_clip")
+
+
+# --------------------------------------------------------------------------- layer matching
+def layer_map(kept, groups, teacher_depth, parent_map=None):
+    """For each student layer, the teacher layer whose OUTPUT it is matched to in RepKD.
+
+    ``kept``: sorted indices of the layers the student kept, in the model it was pruned from (depth
+    ``teacher_depth``, or ``len(parent_map)`` when ``parent_map`` is given). ``groups``: the local blocks of the
+    pruning ("1:2", "2:4", "7:14", [[2, 4], [3, 4], ...] or its JSON string; ``gates.parse_groups``); None
+    means one block of the whole depth, which suits prunes without block structure (ShortGPT, ...). A block of layers [s, e] keeping N layers is cut
+    into N consecutive sub-spans of (nearly) equal size (ends at ``s + ceil((n + 1) * M / N) - 1``); its n-th
+    kept layer is matched to the end of the n-th sub-span. For 1:2 that is the block's end: student j <-> 2j+1.
+
+    ``parent_map``: when the model pruned from is itself pruned (D14 -> D7) and the teacher is the original,
+    ``parent_map[i]`` is the teacher layer matched to layer i of the intermediate model (its own
+    ``layer_map``); the result is composed through it. None: the teacher is the model pruned from.
+    """
+    kept = [int(k) for k in kept]
+    if parent_map is not None:
+        parent_map = [int(p) for p in parent_map]
+        if any(not 0 <= p < teacher_depth for p in parent_map):
+            raise ValueError(f"parent_map {parent_map} has indices outside the teacher's {teacher_depth} layers")
+        if any(b <= a for a, b in zip(parent_map, parent_map[1:])):
+            raise ValueError(f"parent_map {parent_map} must be strictly increasing")
+    depth = len(parent_map) if parent_map is not None else int(teacher_depth)
+    if not kept:
+        raise ValueError("kept is empty: a student needs at least one layer")
+    if any(b <= a for a, b in zip(kept, kept[1:])):
+        raise ValueError(f"kept {kept} must be strictly increasing (sorted, no repeats)")
+    if kept[0] < 0 or kept[-1] >= depth:
+        raise ValueError(f"kept {kept} has indices outside 0..{depth - 1} (the model pruned from has {depth} "
+                         f"layers{'; it is the parent_map length' if parent_map is not None else ''})")
+    pairs = parse_groups(groups, depth) if groups is not None else [(len(kept), depth)]
+    out, start = [], 0
+    for n, m in pairs:
+        inside = [k for k in kept if start <= k < start + m]
+        if len(inside) != n:
+            raise ValueError(
+                f"block of layers {start}..{start + m - 1} (groups {groups!r}) should keep {n} layer(s) but kept "
+                f"{inside}; pass the groups the student was pruned with, or groups=None (or "
+                f"'{len(kept)}:{depth}') for a prune without block structure")
+        out += [start + math.ceil((i + 1) * m / n) - 1 for i in range(n)]
+        start += m
+    return [parent_map[i] for i in out] if parent_map is not None else out
+
+
+# --------------------------------------------------------------------------- losses
+def sigma_mask(h, k_sigma):
+    """True where ``|h - mean| < k * std``; mean and std per sample over all tokens and channels."""
+    flat = h.detach().flatten(1)
+    mean = flat.mean(1).view(-1, *([1] * (h.dim() - 1)))
+    std = flat.std(1, correction=0).view(-1, *([1] * (h.dim() - 1)))
+    return (h.detach() - mean).abs() < k_sigma * std
+
+
+def masked_rep_loss(student_hidden, teacher_hidden, k_sigma=None):
+    """Hidden-state distillation loss, **summed over matched layers** (the paper's initial RepKD loss scale).
+
+    ``student_hidden``/``teacher_hidden``: one (B, T, D) tensor each, or equal-length lists (layer j of the
+    student against its matched teacher hidden state). Per layer: the squared error averaged over a sample's
+    kept positions, then over samples (so a batch split across ranks averages to the whole batch's loss).
+    With ``k_sigma``, a position is kept only if it lies within ``k_sigma`` std of the mean in the teacher
+    AND in the student (each by its own per-sample statistics); without it every position is kept. A sample
+    with no kept position contributes 0.
+    """
+    if torch.is_tensor(student_hidden):
+        student_hidden, teacher_hidden = [student_hidden], [teacher_hidden]
+    if len(student_hidden) != len(teacher_hidden):
+        raise ValueError(f"{len(student_hidden)} student hidden states but {len(teacher_hidden)} teacher ones")
+    if k_sigma is not None and k_sigma <= 0:
+        raise ValueError(f"k_sigma must be > 0 (or None for no mask), got {k_sigma}")
+    total = 0.0
+    for s, t in zip(student_hidden, teacher_hidden):
+        if s.shape != t.shape:
+            raise ValueError(f"student hidden {tuple(s.shape)} vs teacher hidden {tuple(t.shape)}: widths and "
+                             f"token counts must match (RepKD uses no projection)")
+        err = (s - t.detach()).pow(2).flatten(1)
+        if k_sigma is None:
+            total = total + err.mean(1).mean()
+            continue
+        keep = (sigma_mask(s, k_sigma) & sigma_mask(t, k_sigma)).flatten(1).to(err.dtype)
+        per_sample = (err * keep).sum(1) / keep.sum(1).clamp(min=1)
+        total = total + per_sample.mean()
+    return total
+
+
+@contextmanager
+def labels_as_given(model):
+    """Run a DiT with its internal label dropout off (the labels passed in already carry the dropout)."""
+    m = unwrap(model)
+    was = m.training
+    m.training = False  # only DiT.embed reads the top-level flag; submodules keep their mode
+    try:
+        yield
+    finally:
+        m.training = was
+
+
+def kd_losses(student, teacher, x_t, t, y, mode="kd", layer_map=None, k_sigma=None, *, x0=None, noise=None,
+              diffusion=None):
+    """The loss components of one batch: ``diff`` (student's diffusion loss; needs ``x0`` and ``noise``),
+    ``kd`` (MSE of student vs teacher outputs, all channels) and ``rep`` (hidden-state loss, see
+    :func:`masked_rep_loss`; masked when ``k_sigma``), as scalar tensors, as far as ``mode`` needs them.
+
+    ``x_t``, ``t``, ``y``: noised input, timesteps and labels (label dropout already applied: the models run
+    with their own dropout off). The teacher runs without gradient. ``layer_map[j]``: the teacher layer whose
+    output student layer j is matched to.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    need_teacher, need_rep = mode in TEACHER_MODES, mode in REP_MODES
+    if need_teacher and teacher is None:
+        raise ValueError(f"mode {mode!r} distils from a teacher: pass teacher=")
+    if need_rep and layer_map is None:
+        raise ValueError(f"mode {mode!r} needs layer_map (student layer -> teacher layer); build it with "
+                         f"recovery.layer_map(kept, groups, teacher_depth)")
+    with labels_as_given(student):
+        out = student(x_t, t, y, return_hidden=need_rep)
+    hidden = None
+    if need_rep:
+        out, hidden = out
+    terms = {}
+    if x0 is not None and noise is not None:
+        diffusion = diffusion or create_diffusion()
+        d = diffusion.losses_from_output(out, x0, x_t, t, noise)
+        terms.update(diff=d["loss"].mean(), mse=d["mse"].mean(), vb=d["vb"].mean())
+    if need_teacher:
+        with torch.no_grad(), labels_as_given(teacher):
+            t_out = teacher(x_t, t, y, return_hidden=need_rep)
+        t_hidden = None
+        if need_rep:
+            t_out, t_hidden = t_out
+        terms["kd"] = (out - t_out).pow(2).mean()
+        if need_rep:
+            if len(layer_map) != len(hidden):
+                raise ValueError(f"layer_map has {len(layer_map)} entries but the student has {len(hidden)} layers")
+            if max(layer_map) >= len(t_hidden) or min(layer_map) < 0:
+                raise ValueError(f"layer_map {list(layer_map)} points outside the teacher's {len(t_hidden)} layers")
+            terms["rep"] = masked_rep_loss(hidden, [t_hidden[i] for i in layer_map],
+                                           k_sigma if mode == "masked_kd" else None)
+    return terms
+
+
+def total_loss(terms, mode, a_kd=0.9, a_diff=0.1, beta=0.0):
+    """Eq. 8 for a mode: ``finetune``: L_Diff; ``kd``: a_KD L_KD + a_Diff L_Diff; rep modes: + beta L_Rep."""
+    if mode == "finetune":
+        return terms["diff"]
+    loss = a_kd * terms["kd"] + a_diff * terms["diff"]
+    return loss + beta * terms["rep"] if mode in REP_MODES else loss
+
+
+def beta_at(step, steps, beta):
+    """Linear schedule from ``beta[0]`` at step 0 to ``beta[1]`` at the last step (a float: constant)."""
+    if isinstance(beta, (int, float)):
+        return float(beta)
+    b0, b1 = beta
+    return b0 + (b1 - b0) * step / max(steps - 1, 1)
+
+
+def ema_decay_at(step, ema_decay, ema_warmup):
+    """EMA decay with warm-up ``min(decay, (1 + step) / (warmup + step))`` (0 turns the warm-up off).
+
+    Short recoveries need it: with a constant 0.999 the EMA of a 400-step run still holds 67% of the pruned
+    weights it started from.
+    """
+    return ema_decay if not ema_warmup else min(ema_decay, (1 + step) / (ema_warmup + step))
+
+
+# --------------------------------------------------------------------------- training loop
+def _check_teacher(student, teacher):
+    s, t = unwrap(student).config, teacher.config
+    keys = ("input_size", "patch_size", "in_channels", "hidden_size", "num_classes", "learn_sigma")
+    bad = {k: (s.get(k), t.get(k)) for k in keys if s.get(k) != t.get(k)}
+    if bad:
+        raise ValueError(f"student and teacher configs differ in {bad} (student, teacher); distillation needs the "
+                         f"same widths, patches and classes: use the teacher the student was pruned from")
+
+
+def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=None, *, steps, batch_size,
+             lr=2e-4, min_lr=1e-4, a_kd=0.9, a_diff=0.1, beta=(1e-2, 0.0), k_sigma=None, ema_decay=0.999,
+             ema_warmup=10, grad_clip=1.0, seed=0, log_every=1, state_path=None, ckpt_every=0, stop_after=0,
+             max_skipped=None, progress=True, inject_nan_at=None):
+    """Fine-tune or distil ``student`` (in place) on ``images``/``labels`` for ``steps`` steps of global batch
+    ``batch_size``; see the module docstring for the modes and the loss.
+
+    Batches, noise, timesteps and label dropout of step s come from ``(seed, s)`` (``training.global_batch``), so
+    a resumed run and a run on N processes (DDP when a process group is up) see the same data. ``state_path``:
+    resumable state (model, EMA, optimiser, step, RNG, log), loaded if present and written every ``ckpt_every``
+    steps, when ``stop_after`` steps have run in this call (the run then returns early with ``stopped_at``),
+    and at the end. A step whose loss is not finite is skipped (``training.NonFiniteGuard``; more than
+    ``max_skipped`` raise); ``inject_nan_at``: steps whose loss is replaced by NaN (tests).
+
+    Returns dict(model, ema, log (one dict per logged step, step 0 always: step, lr, beta, loss, components,
+    skipped), skipped_steps, samples_per_s, first_step_components (step 0's entry, the "initial loss" of the
+    paper's Table 5; after a resume read from the saved log), steps_run, stopped_at (None if the run finished),
+    wall_s). ``model`` is the trained student itself (unwrapped from DDP), ``ema`` its EMA copy.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "finetune" and teacher is not None:
+        teacher = None  # plain fine-tuning never runs the teacher
+    if mode in TEACHER_MODES and teacher is None:
+        raise ValueError(f"mode {mode!r} distils from a teacher: pass teacher= (the model pruned from, or the "
+                         f"original for a twice-pruned student)")
+    if mode == "masked_kd" and not k_sigma:
+        raise ValueError("mode 'masked_kd' needs k_sigma > 0 (the paper uses 2 or 4)")
+    if mode != "masked_kd" and k_sigma:
+        raise ValueError(f"k_sigma={k_sigma} only applies to mode 'masked_kd' (repkd is the unmasked loss)")
+    dev = dist.device()
+    student = student.to(dev)
+    depth = unwrap(student).depth
+    if mode in REP_MODES:
+        if layer_map is None:
+            raise ValueError(f"mode {mode!r} needs layer_map; build it with recovery.layer_map(kept, groups, "
+                             f"teacher_depth)")
+        layer_map = [int(i) for i in layer_map]
+        if len(layer_map) != depth or min(layer_map) < 0 or max(layer_map) >= teacher.depth:
+            raise ValueError(f"layer_map {layer_map} must give one teacher layer in 0..{teacher.depth - 1} for each "
+                             f"of the student's {depth} layers")
+    if teacher is not None:
+        _check_teacher(student, teacher)
+        teacher = teacher.to(dev).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    beta = [float(b) for b in beta] if isinstance(beta, (list, tuple)) else float(beta)
+    run_cfg = dict(mode=mode, steps=int(steps), batch_size=int(batch_size), lr=lr, min_lr=min_lr, a_kd=a_kd,
+                   a_diff=a_diff, beta=beta, k_sigma=k_sigma, seed=seed, ema_decay=ema_decay, ema_warmup=ema_warmup,
+                   layer_map=layer_map if mode in REP_MODES else None, grad_clip=grad_clip)
+    inject = set(int(s) for s in (inject_nan_at or ()))
+
+    ema = make_ema(unwrap(student))
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0)
+    guard = NonFiniteGuard(steps, max_skipped)
+    start, log = 0, []
+    state = load_train_state(state_path, run_cfg, RESUME_KEYS) if state_path else None
+    if state is not None:
+        unwrap(student).load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        start, log, guard.skipped = state["step"], state["log"], state.get("skipped", 0)
+        dist.print0(f"resuming {state_path} at step {start}")
+    ddp = DDP(student) if dist.is_dist() else student
+    diffusion = create_diffusion()
+    m = unwrap(student)
+    drop_p = m.y_embedder.dropout_prob if m.y_embedder.embedding_table.num_embeddings > m.num_classes else 0.0
+
+    def checkpoint(step):
+        if state_path:
+            save_train_state(state_path, step, m.config, model=m.state_dict(), ema=ema.state_dict(),
+                             opt=opt.state_dict(), log=log, skipped=guard.skipped, run_config=run_cfg)
+
+    student.train()
+    first, seen, t0 = None, 0, time.time()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"recovery:{mode}", dynamic_ncols=True,
+               disable=not (progress and dist.is_main()))
+    stopped_at = None
+    for step in bar:
+        x0, y, noise, t = global_batch(images, labels, step, batch_size, seed)
+        drop = torch.rand(batch_size, generator=step_generator(seed, step, salt=2)) < drop_p
+        y = torch.where(drop, m.num_classes, y)
+        x0, y, noise, t = (v.to(dev) for v in shard((x0, y, noise, t)))
+        seed_step(seed, step)
+        lr_now = cosine_lr(step, steps, lr, min_lr)
+        for g in opt.param_groups:
+            g["lr"] = lr_now
+        b = beta_at(step, steps, beta)
+        x_t = diffusion.q_sample(x0, t, noise)
+        terms = kd_losses(ddp, teacher, x_t, t, y, mode, layer_map, k_sigma, x0=x0, noise=noise,
+                          diffusion=diffusion)
+        loss = total_loss(terms, mode, a_kd, a_diff, b)
+        if step in inject:
+            loss = loss + float("nan")
+        opt.zero_grad(set_to_none=True)
+        ok = guard.ok(loss, step)
+        if ok:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
+            opt.step()
+            update_ema(ema, m, ema_decay_at(step, ema_decay, ema_warmup))
+        seen += batch_size
+        logged = step == 0 or (step + 1) % log_every == 0 or step + 1 == steps
+        if first is None or logged:
+            comps = {k: v.detach() for k, v in terms.items()}
+            stats = dist.reduce_dict({"loss": loss.detach(), **comps})
+            entry = {"step": step, "lr": lr_now, "beta": b if mode in REP_MODES else 0.0, **stats,
+                     "skipped": not ok}
+            first = first or entry
+            if logged:
+                log.append(entry)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}")
+        if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < steps:
+            checkpoint(step + 1)
+        if stop_after and step + 1 - start >= stop_after and step + 1 < steps:
+            stopped_at = step + 1
+            checkpoint(stopped_at)
+            break
+    bar.close()
+    wall = time.time() - t0
+    if stopped_at is None:
+        checkpoint(steps)
+    if log and log[0]["step"] == 0:  # the initial loss, also when this call resumed a run
+        first = log[0]
+    return dict(model=m, ema=ema, log=log, skipped_steps=guard.skipped, first_step_components=first,
+                samples_per_s=seen / max(wall, 1e-9), steps_run=max(0, (stopped_at or steps) - start),
+                stopped_at=stopped_at, wall_s=wall)

@@ -1,0 +1,76 @@
+"""Class-balanced sample sets for evaluation, in-process or split across torchrun ranks.
+
+Sample ``i`` has label ``i % num_classes``. Samples are drawn in fixed batches of ``batch`` global indices;
+batch ``b`` takes its noise from a generator seeded by ``(seed, b)`` and runs on rank ``b % world``, so the
+set does not depend on the number of processes (only on ``seed`` and ``batch``). Rank 0 gathers the batches
+and writes one ``.npz`` (``images`` uint8 (N, H, W) for one channel or (N, H, W, C), ``labels`` int64).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tinyfusion import dist
+from tinyfusion.diffusion import sample
+from tinyfusion.io import save_npz
+from tinyfusion.training import step_seed
+
+
+def balanced_labels(n, num_classes):
+    """Labels ``0, 1, ..., num_classes - 1, 0, 1, ...`` for ``n`` samples."""
+    return torch.arange(n) % num_classes
+
+
+def to_uint8(x):
+    """Images in [-1, 1] of shape (B, C, H, W) -> uint8 numpy (B, H, W) for C = 1, else (B, H, W, C)."""
+    x = ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+    x = x.permute(0, 2, 3, 1).numpy()
+    return x[..., 0] if x.shape[-1] == 1 else x
+
+
+@torch.no_grad()
+def sample_batches(model, n, batch_ids, sampler="ddim", steps=25, cfg_scale=1.5, seed=0, batch=250, progress=False):
+    """{b: uint8 images of global batch b} for the given batch indices (samples b*batch ... of ``n``)."""
+    dev = next(model.parameters()).device
+    labels = balanced_labels(n, model.num_classes)
+    was_training = model.training
+    model.eval()
+    parts = {}
+    for b in tqdm(batch_ids, desc=f"sample {sampler}{steps}", disable=not progress, dynamic_ncols=True):
+        g = torch.Generator(device=dev).manual_seed(step_seed(seed, b, salt=3))
+        ys = labels[b * batch:(b + 1) * batch]
+        x = sample(model, ys, sampler=sampler, steps=steps, cfg_scale=cfg_scale, generator=g)
+        parts[b] = to_uint8(x)
+    model.train(was_training)
+    return parts
+
+
+def sample_to_npz(model, n, path=None, sampler="ddim", steps=25, cfg_scale=1.5, seed=0, batch=250, progress=True):
+    """Draw ``n`` class-balanced samples from ``model`` (on every rank under torchrun) and return
+    ``{"images": uint8 array, "labels": int64 array, "wall_s", "images_per_s"}`` (rank 0 holds the gathered
+    arrays; other ranks get None for them). With ``path``, rank 0 writes them atomically.
+    """
+    if n <= 0 or batch <= 0:
+        raise ValueError(f"n and batch must be positive, got n={n}, batch={batch}")
+    labels = balanced_labels(n, model.num_classes)
+    n_batches = (n + batch - 1) // batch
+    t0 = time.time()
+    parts = sample_batches(model, n, range(dist.rank(), n_batches, dist.world_size()), sampler, steps, cfg_scale,
+                           seed, batch, progress and dist.is_main())
+    gathered = dist.all_gather_object(parts)
+    wall = time.time() - t0
+    out = {"images": None, "labels": None, "wall_s": wall, "images_per_s": n / max(wall, 1e-9)}
+    if dist.is_main():
+        merged = {b: p for d in gathered for b, p in d.items()}
+        missing = sorted(set(range(n_batches)) - set(merged))
+        if missing:
+            raise RuntimeError(f"sample batches {missing[:10]} were not produced by any rank")
+        images = np.concatenate([merged[b] for b in range(n_batches)])
+        out.update(images=images, labels=labels.numpy().astype(np.int64))
+        if path is not None:
+            save_npz(path, images=images, labels=out["labels"])
+    dist.barrier()
+    return out
