@@ -17,14 +17,15 @@ grad-norm clip 1.0, AdamW (logits at 10x lr), EMA of the logits. Variants:
 
 Speed: the variants' steps interleaved round by round in one process (medians of wall-clock and of process
 CPU time; the latter is robust to other jobs on a shared CPU). Memory: one step of each variant in a fresh
-subprocess (so its peak is its own): peak RSS growth over the step on the CPU (VmHWM reset through /proc/self/clear_refs),
-``torch.cuda.max_memory_allocated`` growth on a GPU, and the bytes of activations saved for backward
+subprocess (so its peak is its own): peak RSS growth over the step on the CPU (VmHWM reset through
+/proc/self/clear_refs), ``torch.cuda.max_memory_allocated`` growth on a GPU, and the bytes of activations saved for backward
 (``saved_tensors_hooks``, parameters excluded; exact and noise-free). Writes ``--out`` (default
 ``results/<profile>/prune_step.json``).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -44,7 +45,7 @@ VARIANTS = ("straightforward", "ours", "ours+rowsplit")
 # more steps in each variant's fresh (memory-measuring) process instead (DiT-XL/2 on a CPU: ~15-30 s a step).
 CPU_CASES = [
     dict(model="teacher", batch=64, rounds=8, warmup=1),
-    dict(model="DiT-XL/2", batch=2, rounds=2, warmup=1),  # 3 x 2.7 GB of weights in one process
+    dict(model="DiT-XL/2", batch=2, rounds=2, warmup=1),
 ]
 GPU_CASES = [
     dict(model="teacher", batch=128, rounds=20, warmup=3),
@@ -293,7 +294,6 @@ def grad_check(model_name="DiT-T28/7", batch=16, depth=8, seed=0):
     def worst(keys):
         return max(float((grads[0][k] - grads[1][k]).norm() / (grads[0][k].norm() + 1e-30)) for k in keys)
     # the straightforward forward with peft's LoRA weights copied in, under the same mask
-    import copy
     plain = copy.deepcopy(learner.model)
     from tinyfusion.pruning.indices import strip_adapters
     strip_adapters(plain, merge=False)
@@ -317,7 +317,8 @@ def grad_check(model_name="DiT-T28/7", batch=16, depth=8, seed=0):
     weight_keys = [k for k in grads[0] if k not in gate_keys]
     return dict(model=model_name, depth=depth, batch=batch, rowsplit_max_rel_grad_diff_weights=worst(weight_keys),
                 rowsplit_max_rel_grad_diff_gates=worst(gate_keys),
-                n_grads_compared=len(grads[0]), loss_ours=losses[0], loss_rowsplit=losses[1], loss_straightforward=sf_loss,
+                n_grads_compared=len(grads[0]), loss_ours=losses[0], loss_rowsplit=losses[1],
+                loss_straightforward=sf_loss,
                 kept_fraction=float((mask.detach() != 0).float().mean()))
 
 
@@ -345,12 +346,14 @@ def interleaved_steps(model_name, batch, rounds, warmup, device, seed=0):
     from tinyfusion.diffusion import create_diffusion
     from tinyfusion.speed import random_dit
 
-    diffusion, steps, data = create_diffusion(), {}, None
-    for v in VARIANTS:
+    diffusion, steps = create_diffusion(), {}
+    torch.manual_seed(seed)
+    base = random_dit(model_name, device=device).train()
+    data = [_batch(base, batch, 1000 + i, device) for i in range(warmup + rounds)]
+    for v in VARIANTS:  # the frozen base weights are shared (no variant updates them): one copy in memory
         torch.manual_seed(seed)
-        model = random_dit(model_name, device=device).train()
+        model = copy.deepcopy(base, memo={id(p): p for p in base.parameters()})
         steps[v] = make_step(*build(v, model), diffusion)
-        data = data or [_batch(model, batch, 1000 + i, device) for i in range(warmup + rounds)]
     times = {v: ([], []) for v in VARIANTS}
     for i, b in enumerate(data):
         for v, step in steps.items():
@@ -396,7 +399,8 @@ def run_case(case, profile, device):
     for name in ("ours", "ours+rowsplit"):
         out[f"{name}_vs_straightforward_speed"] = round(v[name]["steps_per_s"] / sf["steps_per_s"], 3)
         out[f"{name}_vs_straightforward_speed_cpu"] = round(v[name]["steps_per_cpu_s"] / sf["steps_per_cpu_s"], 3)
-        out[f"{name}_vs_straightforward_saved_mem"] = round(v[name]["saved_activation_mb"] / sf["saved_activation_mb"], 3)
+        out[f"{name}_vs_straightforward_saved_mem"] = round(
+            v[name]["saved_activation_mb"] / sf["saved_activation_mb"], 3)
         if sf["peak_mem_mb"] and v[name]["peak_mem_mb"]:
             out[f"{name}_vs_straightforward_peak_mem"] = round(v[name]["peak_mem_mb"] / sf["peak_mem_mb"], 3)
     out["rowsplit_vs_ours_speed"] = round(v["ours+rowsplit"]["steps_per_s"] / v["ours"]["steps_per_s"], 3)
@@ -433,7 +437,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     result["grad_check"] = grad_check()
     print(f"[prune_step] grad check: {json.dumps(result['grad_check'])}", flush=True)
-    result["cases"] = [run_case(c, a.profile, device) for c in (a.cases or (GPU_CASES if device == "cuda" else CPU_CASES))]
+    cases = a.cases or (GPU_CASES if device == "cuda" else CPU_CASES)
+    result["cases"] = [run_case(c, a.profile, device) for c in cases]
     if a.profile_ops:
         teacher = get_profile(a.profile).model
         for v in VARIANTS:

@@ -1,7 +1,7 @@
 """Sampling speed of depth- versus width-pruned DiTs (paper Fig. 4, Table 1's it/s): prints one JSON object.
 
     python benchmarks/speed.py                       # cpu: the profile's teacher shape and DiT-XL/2, ~5 min
-    python benchmarks/speed.py --profile gpu         # + fp32/bf16, eager/compiled on the GPU when present
+    python benchmarks/speed.py --profile gpu --devices cuda   # the GPU: fp32/bf16, eager and torch.compile
     python benchmarks/speed.py --cases '[{"model": "DiT-T28/7", "batch": 8, "steps": 4}]'
 
 Every case is one ``tinyfusion.speed.speed_sweep`` with random weights (speed does not depend on them):
@@ -74,14 +74,16 @@ def run_case(case, device, dtype_name, compile, profile):
                        warmup=case.get("warmup", 1), repeats=case.get("repeats", 3),
                        width_modes=tuple(case.get("width_modes", ("channels", "params"))))
     res = dict(model=model, device=str(device), dtype=dtype_name, compile=compile, batch=case["batch"],
-               cfg=True, forward_batch=2 * case["batch"], steps=case["steps"], seconds=round(time.perf_counter() - t0, 1),
+               cfg=True, forward_batch=2 * case["batch"], steps=case["steps"],
+               seconds=round(time.perf_counter() - t0, 1),
                summary=summarise(rows, str(device)), rows=rows)
     print(f"[speed] {model} {device} {dtype_name} compile={compile} batch={case['batch']}: "
           f"{json.dumps(res['summary'])} ({res['seconds']} s)", flush=True)
     return res
 
 
-def run(profile="cpu", out=None, cases=None, gpu_cases=None, devices="auto", compile_gpu=True, dtypes_gpu=("fp32", "bf16")):
+def run(profile="cpu", out=None, cases=None, gpu_cases=None, devices="auto", compile_gpu=True,
+        dtypes_gpu=("fp32", "bf16")):
     """All cases on the CPU, then (when a GPU is present) the GPU cases in every dtype, eager and compiled."""
     use_cpu = devices in ("auto", "cpu", "all")
     use_gpu = devices in ("auto", "cuda", "all") and torch.cuda.is_available()

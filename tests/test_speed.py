@@ -31,7 +31,8 @@ def test_depth_pruned_matches_prune(dit):
     from tinyfusion.pruning.indices import prune
     small = depth_pruned(dit, 3)
     ref = prune(dit, uniform_kept(6, 3)).eval()
-    assert small.config["depth"] == 3 and len(small.blocks) == 3 and small.pruned_from == uniform_kept(6, 3) == [0, 3, 5]
+    assert small.config["depth"] == 3 and len(small.blocks) == 3
+    assert small.pruned_from == uniform_kept(6, 3) == [0, 3, 5]
     x, t, y = _inputs(dit)
     assert torch.allclose(small(x, t, y), ref(x, t, y), atol=1e-6)
     assert count_params(small) == model_params(dit.config, depth=3)
@@ -123,7 +124,8 @@ def _load_bench(name):
 
 def test_reproduce_time_summary():
     rt = _load_bench("reproduce_time")
-    timings = {"runs": [{"notebooks": {"00_a.ipynb": {"seconds": 10.0}, "01_b.ipynb": {"seconds": 3.0, "failed": True}}},
+    first = {"00_a.ipynb": {"seconds": 10.0}, "01_b.ipynb": {"seconds": 3.0, "failed": True}}
+    timings = {"runs": [{"notebooks": first},
                         {"notebooks": {"01_b.ipynb": {"seconds": 50.0}}, "total_seconds": 50.0}],
                "latest": {"00_a.ipynb": 10.0, "01_b.ipynb": 50.0, "02_c.ipynb": 1.0, "03_d.ipynb": 5.0}}
     s = rt.summarise(timings, "cpu")
@@ -140,3 +142,25 @@ def test_straightforward_lora_step_equals_ours_loss():
     assert res["rowsplit_max_rel_grad_diff_weights"] < 1e-4  # LoRA and input gradients
     assert res["rowsplit_max_rel_grad_diff_gates"] < 2e-3     # a nearly cancelling sum over samples
     assert abs(res["loss_ours"] - res["loss_straightforward"]) < 1e-5
+
+
+def test_gated_forward_block_dropped_by_every_row_keeps_zero_grads(dit):
+    dit.train()
+    mask = torch.ones(4, 6)
+    mask[:, 1] = 0          # block 1 dropped for every sample
+    mask[:2, 3] = 0         # block 3 dropped for half of them
+    mask.requires_grad_(True)
+    x, t, y = _inputs(dit, n=4)
+    grads = []
+    for fwd in (lambda: dit(x, t, y, mask=mask), lambda: gated_forward(dit, x, t, y, mask)):
+        dit.zero_grad()
+        mask.grad = None
+        torch.manual_seed(7)
+        (fwd() ** 2).mean().backward()
+        for p in dit.blocks[1].parameters():
+            assert p.grad is not None and torch.count_nonzero(p.grad) == 0  # zero, not None
+        assert mask.grad[:, 1].abs().sum() > 0 and mask.grad[:2, 3].abs().sum() > 0  # the gates still learn
+        grads.append([mask.grad.clone()] + [p.grad.clone() for p in dit.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * a.abs().max().item())

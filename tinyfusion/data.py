@@ -110,12 +110,16 @@ def load_fashion_mnist(split="train", root=None, limit=None, allow_download=True
 class FashionMNIST(Dataset):
     """Fashion-MNIST as float tensors in [-1, 1] of shape (1, 28, 28), with int labels.
 
-    ``limit`` keeps the first N images (the smoke profile uses a few hundred); ``hflip`` adds random flips.
+    ``limit`` keeps the first N images (the smoke profile uses a few hundred); ``hflip`` adds random flips;
+    ``size`` resizes to size x size (antialiased bilinear; the cpu profile trains at 16x16).
     """
 
-    def __init__(self, split="train", root=None, limit=None, hflip=False):
+    def __init__(self, split="train", root=None, limit=None, hflip=False, size=28):
         images, labels = load_fashion_mnist(split, root, limit)
         self.images = torch.from_numpy(images.copy()).float().div(127.5).sub(1.0).unsqueeze(1)
+        if size != self.images.shape[-1]:
+            self.images = torch.nn.functional.interpolate(self.images, size=(size, size), mode="bilinear",
+                                                          align_corners=False, antialias=True).clamp(-1, 1)
         self.labels = torch.from_numpy(labels)
         self.hflip = hflip
 
@@ -173,7 +177,8 @@ class LatentFolder(Dataset):
 def load_dataset(profile, split="train"):
     """The training set a profile names (Fashion-MNIST with the profile's limit, or ImageNet latents)."""
     if profile.dataset == "fashion-mnist":
-        return FashionMNIST(split, limit=profile.data_limit if split == "train" else profile.eval_limit)
+        return FashionMNIST(split, limit=profile.data_limit if split == "train" else profile.eval_limit,
+                            size=profile.image_size)
     if profile.dataset == "imagenet-latents":
         root = Path(os.environ.get("TINYFUSION_LATENTS", "data/local/imagenet256"))
         return LatentFolder(root / "imagenet256_features", root / "imagenet256_labels")

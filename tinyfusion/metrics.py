@@ -243,13 +243,35 @@ def _cache_dir():
     return Path(os.environ.get("TINYFUSION_RESULTS", ROOT / "results")) / "cache" / "evaluator"
 
 
+EVAL_SIZE = 28  # the evaluator's input resolution
+
+
+def resample(images, size):
+    """uint8 (N, 1, H, W) images resized to ``size`` x ``size`` (bilinear, antialiased when shrinking)."""
+    x = to_uint8(images)
+    if x.shape[-1] == size:
+        return x
+    y = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
+                                        antialias=size < x.shape[-1])
+    return y.round().clamp(0, 255).to(torch.uint8)
+
+
+def at_resolution(images, size):
+    """Real images as a model of resolution ``size`` would see them: down to ``size``, back up to the evaluator's.
+
+    Samples of a lower-resolution model are upsampled to the evaluator's 28x28 the same way, so FID compares
+    like with like (the two pass through the same resampling).
+    """
+    return resample(resample(images, size), EVAL_SIZE) if size != EVAL_SIZE else to_uint8(images)
+
+
 def real_test_images(limit=None):
     """The Fashion-MNIST test images as uint8 (N, 28, 28) and labels (first ``limit``; all 10k by default)."""
     from tinyfusion.data import load_fashion_mnist
     return load_fashion_mnist("test", limit=limit)
 
 
-def reference_features(reference=None, evaluator_path=None, reference_limit=None, disk_cache=True):
+def reference_features(reference=None, evaluator_path=None, reference_limit=None, disk_cache=True, size=EVAL_SIZE):
     """Features of the real images (default: the Fashion-MNIST test set), cached in memory and on disk.
 
     The dict maps each feature name to a tensor (N, d) and also holds the FID statistics of ``pool`` and
@@ -262,8 +284,10 @@ def reference_features(reference=None, evaluator_path=None, reference_limit=None
     if reference is None:
         images, _ = real_test_images(reference_limit)
         name = f"fmnist-test-n{len(images)}"
+        if size != EVAL_SIZE:
+            images, name = at_resolution(images, size), name + f"-res{size}"
     else:
-        images = to_uint8(reference)
+        images = resample(reference, EVAL_SIZE)
         if reference_limit:
             images = images[:reference_limit]
         name = "ref-" + hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16] + f"-n{len(images)}"
@@ -318,12 +342,16 @@ def evaluate_samples(images, labels=None, reference=None, evaluator_path=None, k
     features), ``class_accuracy`` (fraction of images the evaluator assigns to their conditioning ``labels``;
     None without labels) and ``n``.
 
-    ``images``: uint8 (N, 28, 28) / (N, 1, 28, 28), or floats in [-1, 1]. ``reference``: real images in the same
-    forms (default: the Fashion-MNIST test set, all 10k, or its first ``reference_limit``). Precision is the
+    ``images``: uint8 (N, H, W) / (N, 1, H, W), or floats in [-1, 1]. Images smaller than the evaluator's 28x28
+    are upsampled to it, and the default reference is then the real test set taken down to their resolution and
+    back up (``at_resolution``). ``reference``: real images in the same forms (default: the Fashion-MNIST test
+    set, all 10k, or its first ``reference_limit``). Precision is the
     fraction of samples inside the real manifold, recall the fraction of real images inside the samples'.
     ``backend="fidelity"`` runs ``torch_fidelity.calculate_metrics`` itself (same numbers, slower).
     """
     x = to_uint8(images)
+    size = x.shape[-1]
+    x = resample(x, EVAL_SIZE)
     n = len(x)
     if n < 2:
         raise ValueError(f"need at least 2 images to score, got {n}")
@@ -331,7 +359,7 @@ def evaluate_samples(images, labels=None, reference=None, evaluator_path=None, k
         labels = torch.as_tensor(np.asarray(labels)).long().reshape(-1)
         if len(labels) != n:
             raise ValueError(f"{n} images but {len(labels)} labels")
-    ref = reference_features(reference, evaluator_path, reference_limit, disk_cache)
+    ref = reference_features(reference, evaluator_path, reference_limit, disk_cache, size=size)
     n_ref = len(ref["pool"])
     kw = _fidelity_kwargs(n, n_ref, kid_subset_size, seed, evaluator_path, min(batch_size, 500))
     if kw["kid_subset_size"] > min(n, n_ref):
@@ -341,9 +369,9 @@ def evaluate_samples(images, labels=None, reference=None, evaluator_path=None, k
     if backend == "fidelity":
         import torch_fidelity
         if reference is None:
-            ref_images = real_test_images(reference_limit)[0]
+            ref_images = at_resolution(real_test_images(reference_limit)[0], size)
         else:
-            ref_images = to_uint8(reference)[:reference_limit or None]
+            ref_images = resample(reference, EVAL_SIZE)[:reference_limit or None]
         m = torch_fidelity.calculate_metrics(input1=UInt8Images(x), input2=UInt8Images(ref_images), **kw)
     elif backend == "features":
         m = {}
@@ -409,13 +437,14 @@ def evaluate_npz(path, **kw):
     return evaluate_samples(z["images"], z.get("labels"), **kw)
 
 
-def fid_floor(n=5000, seed=0, evaluator_path=None, **kw):
+def fid_floor(n=5000, seed=0, evaluator_path=None, size=EVAL_SIZE, **kw):
     """Metrics of real against real: ``n`` test images (with their labels) against ``n`` disjoint others.
 
     The FID / sFID / KID of two halves of the real test set is the floor any generator's score sits above at
     this sample size; its IS, precision, recall and class accuracy are the values of real data.
     """
     images, labels = real_test_images()
+    images = at_resolution(images, size)  # ``size``: the resolution of the models being judged
     if 2 * n > len(images):
         raise ValueError(f"n={n}: the test set holds {len(images)} images, so n must be at most {len(images) // 2}")
     perm = np.random.RandomState(seed).permutation(len(images))

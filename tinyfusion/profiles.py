@@ -20,9 +20,10 @@ class Profile:
     # data
     dataset: str = "fashion-mnist"
     data_limit: int | None = None          # training images used (None: all 60k)
+    image_size: int = 16                   # Fashion-MNIST is resized to this (28 = full resolution)
     eval_limit: int | None = None          # real test images for the reference statistics (None: all 10k)
     # models
-    model: str = "DiT-T28/7"               # registry name of the teacher's config
+    model: str = "DiT-T28/4"               # registry name of the teacher's config
     teacher: str = "data/teacher_cpu.pt"
     evaluator: str = "data/evaluator.pt"
     # teacher pre-training (cli.pretrain)
@@ -34,16 +35,17 @@ class Profile:
     calib_batch: int = 128
     random_candidates: int = 10000
     # learnable pruning (cli.prune_learn); the paper: one epoch of ImageNet
-    prune_steps: int = 300
+    prune_steps: int = 150
     prune_batch: int = 64
     prune_lr: float = 1e-4
+    prune_ema_decay: float = 0.97          # EMA of the gate logits: horizon ~1/5 of the run, as the paper's 0.999 over ~5K steps
     # recovery (cli.finetune); the paper: 100K steps (Tables 1/3/5/7), 10K steps (Table 4)
-    finetune_steps: int = 400
-    ablation_finetune_steps: int = 200
+    finetune_steps: int = 250
+    ablation_finetune_steps: int = 120
     finetune_batch: int = 64
     finetune_lr: float = 2e-4
     # evaluation: every row of every table uses these
-    eval_samples: int = 1000
+    eval_samples: int = 500
     sampler: str = "ddim"
     sample_steps: int = 25
     cfg_scale: float = 1.5
@@ -89,10 +91,10 @@ PROFILES = {
         name="cpu",
         notes="2 CPU cores, whole reproduction within 45 minutes; the shipped 28-layer width-64 teacher"),
     "gpu": Profile(
-        name="gpu", model="DiT-W28/4", teacher="data/teacher_gpu.pt",
+        name="gpu", model="DiT-W28/4", teacher="data/teacher_gpu.pt", image_size=28,
         pretrain_steps=60000, pretrain_batch=256,
         calib_batches=8, calib_batch=256, random_candidates=100000,
-        prune_steps=2000, prune_batch=128,
+        prune_steps=2000, prune_batch=128, prune_ema_decay=0.995,
         finetune_steps=4000, ablation_finetune_steps=1000, finetune_batch=128,
         eval_samples=10000, sample_steps=50, seeds=(0, 1), nproc=8, batch_eval=1000,
         notes="one or more GPUs, about an hour on one H100; a wider teacher trained by cli.pretrain"),
@@ -100,7 +102,7 @@ PROFILES = {
         name="imagenet", dataset="imagenet-latents", model="DiT-XL/2", teacher="data/local/DiT-XL-2-256x256.pt",
         evaluator="data/local/adm_evaluator", pretrain_steps=0,
         calib_batches=32, calib_batch=256, random_candidates=100000,
-        prune_steps=5000, prune_batch=256, prune_lr=1e-4,
+        prune_steps=5000, prune_batch=256, prune_lr=1e-4, prune_ema_decay=0.999,
         finetune_steps=100_000, ablation_finetune_steps=10_000, finetune_batch=256,
         eval_samples=50000, sampler="ddpm", sample_steps=250, cfg_scale=1.5, nproc=8, batch_eval=125,
         notes="8 GPUs, the official DiT-XL/2 checkpoint and ImageNet-256 latents: the paper's schedule"),

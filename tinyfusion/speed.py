@@ -2,8 +2,12 @@
 
 Depth pruning removes whole blocks, so a D14 from D28 does half the block work with half the kernel launches
 and half the per-layer Python overhead: its speed-up should track the linear ideal ``1 / (1 - r)``. Width
-pruning (uniform removal of attention heads and MLP channels in every block) keeps every layer, every
-LayerNorm/modulation at full width and narrower matmuls, so at the same parameter count it falls short.
+pruning (uniform removal of attention heads and MLP channels in every block) keeps every layer, its
+LayerNorms, modulation and residual adds at full width and only narrows the matmuls; how much speed that
+costs depends on the device (narrow GEMMs lose efficiency on a GPU; per-layer overhead does not shrink).
+Beware the yardstick: adaLN holds a third of DiT's parameters but runs once per sample, not per token, so a
+width-pruned model with D14's *parameter count* removes far more compute than D14 does. ``speed_sweep``
+therefore reports both "channels" (1 - r of the heads and channels, about D14's MACs) and "params" widths.
 
     from tinyfusion.speed import depth_pruned, width_pruned, sampling_throughput, speed_sweep
     d14 = depth_pruned(model, 14)
@@ -425,15 +429,21 @@ def _block_rowsplit(block, h, c, m):
     For a row whose mask value is exactly 0 the gradient reaching ``block(h)`` is ``m * g = 0``, so the block's
     parameters and input receive nothing through that row; only the mask's gradient ``<g, block(h) - h>``
     needs the block's *value* there. Those rows therefore run under ``no_grad`` (no saved activations, no
-    backward), the others with autograd. Rows with any nonzero value (kept rows, soft masks) are unchanged.
+    backward), the others with autograd. Rows with any nonzero value (kept rows, soft masks) are unchanged. A
+    block dropped by every row still hands its trainable parameters zero gradients (not None), as before.
     """
     drop = m.detach() == 0
     mv = m.view(-1, 1, 1).to(h.dtype)
-    if not bool(drop.any()):
+    if not bool(drop.any()) or not torch.is_grad_enabled():
         f = block(h, c)
     elif bool(drop.all()):
         with torch.no_grad():
             f = block(h, c)
+        # the blended forward gives this block's parameters exact zero gradients; keep it so (DDP expects every
+        # parameter used, and AdamW treats a zero gradient unlike a missing one), for the cost of a memset
+        params = [p for p in block.parameters() if p.requires_grad]
+        if params:
+            f = f + 0 * sum(p.reshape(-1)[0] for p in params)
     else:
         keep_idx = (~drop).nonzero(as_tuple=True)[0]
         drop_idx = drop.nonzero(as_tuple=True)[0]

@@ -149,11 +149,13 @@ class Study:
         """Learnable pruning (``cli.prune_learn``) of ``source`` (default: the teacher); cached."""
         source = str(source or self.teacher_path)
         steps = steps or self.prof.prune_steps
-        cfg = {"groups": groups, "update": update, "seed": seed, "source": _rel(source), "steps": steps}
+        cfg = {"groups": groups, "update": update, "seed": seed, "source": _rel(source), "steps": steps,
+               "ema_decay": self.prof.prune_ema_decay}
         return self.cached("prune_learn", f"{str(groups).replace(':', 'of')}_{update}_s{seed}", cfg,
                            lambda folder: run_entry("prune_learn", self.prof.nproc, profile=self.prof.name,
                                                     teacher=source, groups=groups, update=update, seed=seed,
-                                                    steps=steps, out=str(folder)))
+                                                    steps=steps, ema_decay=self.prof.prune_ema_decay,
+                                                    out=str(folder)))
 
     def calibration_loss(self, kept):
         from tinyfusion.pruning.scores import calibration_loss

@@ -83,7 +83,7 @@ def run(**cfg):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             opt.step()
-            update_ema(ema, unwrap(model), cfg["ema_decay"])
+            update_ema(ema, unwrap(model), min(cfg["ema_decay"], (1 + step) / (10 + step)))  # warm-up
         seen += cfg["batch_size"]
         if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
             stats = dist.reduce_dict({"loss": loss.detach(), "mse": terms["mse"].mean().detach()})
