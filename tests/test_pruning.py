@@ -222,7 +222,7 @@ def test_learn_pruning_resume_matches_uninterrupted(tmp_path):
 def test_trainable_fraction():
     frac = trainable_fraction("DiT-XL/2", "lora", lora_rank=8)
     assert 0.008 < frac < 0.0095  # the paper: about 0.9%
-    assert trainable_fraction("DiT-T28/7", "frozen") == 0.0
+    assert trainable_fraction("DiT-T28/4", "frozen") == 0.0
     assert 0.99 < trainable_fraction(tiny_dit(), "full") < 1.0  # pos_embed is fixed
 
 
@@ -230,7 +230,7 @@ def test_prune_learn_cli(tmp_path, monkeypatch):
     from tinyfusion.cli import prune_learn
 
     monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path / "results"))
-    teacher = build_model("DiT-T28/7", depth=4)
+    teacher = build_model("DiT-T28/4", depth=4)
     with torch.no_grad():
         for name, p in teacher.named_parameters():
             if "adaLN_modulation" in name or "final_layer.linear" in name:

@@ -37,6 +37,19 @@ def _atomic_write(path, write_fn, mode="wb"):
     return path
 
 
+def remove_stale_temps(folder):
+    """Delete the temporary files that writes killed mid-way (SIGKILL, power loss) left in ``folder``.
+
+    ``_atomic_write`` cleans up after an exception, but nothing runs after SIGKILL. Call this only where no other
+    process is writing into ``folder``, e.g. when a run starts on its own output folder.
+    """
+    folder = Path(folder)
+    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def save_checkpoint(obj, path):
     """torch.save ``obj`` to ``path`` atomically."""
     return _atomic_write(path, lambda f: torch.save(obj, f))
@@ -63,7 +76,7 @@ def load_json(path):
     path = Path(path)
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptArtefactError(f"{path} is not valid JSON ({e}); delete it and recompute it") from e
 
 

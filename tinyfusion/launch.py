@@ -79,7 +79,12 @@ def resolve_nproc(nproc=1):
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if nproc in (None, 0, "auto"):
         return gpus or min(2, os.cpu_count() or 1)
-    n = int(nproc)
+    try:
+        n = int(nproc)
+        if float(nproc) != n:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"nproc={nproc!r}: use a positive whole number of processes, or 'auto'") from None
     if n < 1:
         raise ValueError(f"nproc={nproc!r}: use a positive number of processes, or 'auto'")
     if gpus and n > gpus:

@@ -19,7 +19,7 @@ import torch
 
 from tinyfusion import paper
 from tinyfusion.data import load_dataset
-from tinyfusion.io import config_key, load_json, save_json
+from tinyfusion.io import _json_default, config_key, load_json, save_json, sha256
 from tinyfusion.models import load_dit
 from tinyfusion.profiles import get_profile
 
@@ -27,14 +27,31 @@ BASELINES = ("shortgpt", "flux-lite", "sensitivity", "oracle")
 RANDOM_PICKS = ("min-loss random", "median-loss random", "max-loss random")
 
 
+_FINGERPRINTS = {}  # (path, size, mtime) -> start of the file's SHA-256
+
+
 def _rel(path):
-    """A path as a stable cache-key string: relative to the repository when inside it."""
+    """A file as a stable cache-key string: its path (relative to the repository when inside it) and, when it
+    exists, the start of its SHA-256, so that a file replaced at the same path (a retrained teacher) makes every
+    step computed from it recompute instead of reusing results of the old file."""
     from tinyfusion.profiles import ROOT
     p = Path(path).resolve()
     try:
-        return str(p.relative_to(ROOT))
+        name = str(p.relative_to(ROOT))
     except ValueError:
-        return str(p)
+        name = str(p)
+    if not p.is_file():
+        return name
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = sha256(p)[:12]
+    return f"{name}@{_FINGERPRINTS[key]}"
+
+
+def _plain(obj):
+    """``obj`` as it reads back from JSON (numpy values and tuples become plain numbers and lists)."""
+    return json.loads(json.dumps(obj, default=_json_default))
 
 
 def run_entry(module, nproc=1, **cfg):
@@ -95,13 +112,13 @@ class Study:
         done = folder / "study.json"
         if done.exists() and not self.recompute:
             saved = load_json(done)
-            if saved.get("config") == json.loads(json.dumps(config)):
+            if saved.get("config") == _plain(config):
                 return saved["result"]
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         result = fn(folder)
         save_json({"config": config, "result": result, "wall_s": round(time.time() - t0, 2)}, done)
-        return json.loads(json.dumps(result, default=float))
+        return _plain(result)
 
     # ------------------------------------------------------------------ pruning
     def random_study(self):
@@ -119,7 +136,7 @@ class Study:
                     "max": float(np.max(r["losses"])), "median": float(np.median(r["losses"])),
                     "picks": {k: {"kept": list(map(int, r["kept"][i])), "loss": float(r["losses"][i])}
                               for k, i in pick.items()}}
-        cfg = {"n": self.prof.random_candidates, "keep": keep,
+        cfg = {"n": self.prof.random_candidates, "keep": keep, "teacher": _rel(self.teacher_path),
                "calib": [self.prof.calib_batches, self.prof.calib_batch]}
         res = self.cached("random_study", "r50", cfg, fn)
         res["losses"] = np.load(self._path_of("random_study", "r50", cfg) / "losses.npy")
@@ -142,7 +159,7 @@ class Study:
             return {"kept": list(map(int, kept)), "scores": [float(v) for v in s]}
         if method not in BASELINES:
             raise ValueError(f"unknown baseline {method!r}; choose from {BASELINES}")
-        return self.cached("baselines", method.replace("-", ""), {"keep": keep,
+        return self.cached("baselines", method.replace("-", ""), {"keep": keep, "teacher": _rel(self.teacher_path),
                            "calib": [self.prof.calib_batches, self.prof.calib_batch]}, fn)
 
     def learnable(self, groups="1:2", update="lora", seed=0, source=None, steps=None):

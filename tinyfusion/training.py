@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tinyfusion import dist
-from tinyfusion.io import load_checkpoint, save_checkpoint
+from tinyfusion.io import load_checkpoint, remove_stale_temps, save_checkpoint
 
 
 def step_seed(seed, step, salt=0):
@@ -101,8 +101,13 @@ def save_train_state(path, step, config, **state):
 
 
 def load_train_state(path, config=None, resume_keys=()):
-    """The saved state at ``path`` or None; refuses a checkpoint written for a different config."""
+    """The saved state at ``path`` or None; refuses a checkpoint written for a different config.
+
+    Rank 0 also deletes the temporary files that a killed run left next to ``path`` (see ``io.remove_stale_temps``).
+    """
     path = Path(path)
+    if dist.is_main():
+        remove_stale_temps(path.parent)
     if not path.exists():
         return None
     state = load_checkpoint(path)

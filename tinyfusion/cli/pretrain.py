@@ -58,13 +58,15 @@ def run(**cfg):
         dist.print0(f"resuming {out / 'state.pt'} at step {start}")
     ddp = DDP(model) if dist.is_dist() else model
     guard = NonFiniteGuard(cfg["steps"])
+    guard.skipped = state.get("skipped", 0) if state is not None else 0  # non-finite steps before a resume
     n_params = sum(p.numel() for p in model.parameters())
     dist.print0(f"pretrain {cfg['model']}: {n_params / 1e6:.2f}M params, {cfg['steps']} steps of batch "
                 f"{cfg['batch_size']} on {dist.world_size()} process(es), {len(images)} images")
 
     def checkpoint(step):
         save_train_state(out / "state.pt", step, unwrap(model).config, model=unwrap(model).state_dict(),
-                         ema=ema.state_dict(), opt=opt.state_dict(), log=log, run_config=cfg)
+                         ema=ema.state_dict(), opt=opt.state_dict(), log=log, skipped=guard.skipped,
+                         run_config=cfg)
 
     t0, seen = time.time(), 0
     model.train()
