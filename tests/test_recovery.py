@@ -211,7 +211,7 @@ def test_nonfinite_loss_is_skipped_counted_and_bounded():
 
 # --------------------------------------------------------------------------- torchrun: 2 processes = 1 process
 def _ckpts(tmp_path):
-    mk = dict(input_size=28, patch_size=7)
+    mk = dict(input_size=16, patch_size=4)  # the smoke profile trains at 16x16
     teacher, student = tiny(4, seed=1, **mk), tiny(2, seed=2, **mk)
     save_checkpoint({"ema": teacher.state_dict(), "config": teacher.config}, tmp_path / "teacher.pt")
     save_checkpoint({"ema": student.state_dict(), "config": student.config, "kept": [1, 2]}, tmp_path / "student.pt")

@@ -49,7 +49,8 @@ def test_failing_notebook_stops_with_its_name_and_cell(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         rep.reproduce("smoke", results_root=tmp_path / "res", progress=False)
     msg = str(e.value)
-    assert "01_broken.ipynb" in msg and "cell 2" in msg and "planted failure" in msg
+    assert "01_broken.ipynb" in msg and "planted failure" in msg
+    assert "raise ValueError('planted failure')" in msg  # the failing cell is quoted
     kept = tmp_path / "res" / "smoke" / "notebooks" / "01_broken.ipynb"
     assert kept.exists() and "planted failure" in kept.read_text()
     assert not (tmp_path / "res" / "smoke" / "notebooks" / "02_never.ipynb").exists()

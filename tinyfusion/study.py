@@ -87,6 +87,10 @@ class Study:
                     f"teacher {self.teacher_path} is missing for profile {self.prof.name!r}; train it with "
                     f"`python -m tinyfusion.cli.pretrain --profile {self.prof.name}` (or torchrun ... -m "
                     f"tinyfusion.cli.pretrain) and copy <out>/teacher.pt there")
+            checksum = Path(str(self.teacher_path) + ".sha256")
+            if checksum.exists():  # the shipped teachers carry one; a damaged or swapped file is refused
+                from tinyfusion.io import verify_sha256
+                verify_sha256(self.teacher_path, checksum)
             self._teacher = load_dit(self.teacher_path, name=self.prof.model).eval()
         return self._teacher
 

@@ -36,8 +36,32 @@ def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", pro
 
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    saved_env = os.environ.get("TINYFUSION_RESULTS")
     if results_root:
         os.environ["TINYFUSION_RESULTS"] = str(Path(results_root).resolve())
+    try:
+        return _run_all(profile, only, kernel, progress, pm, PapermillExecutionError)
+    finally:
+        if saved_env is None:
+            os.environ.pop("TINYFUSION_RESULTS", None)
+        else:
+            os.environ["TINYFUSION_RESULTS"] = saved_env
+
+
+def _failing_cell(path):
+    """First line of the cell that raised in an executed notebook (names the cell whatever papermill inserted)."""
+    try:
+        import nbformat
+        for cell in nbformat.read(str(path), as_version=4).cells:
+            if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+                lines = cell.source.strip().splitlines()
+                return lines[0][:100] if lines else ""
+    except Exception:
+        pass
+    return ""
+
+
+def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError):
     root = Path(os.environ.get("TINYFUSION_RESULTS", ROOT / "results")) / profile
     out_dir = root / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -60,9 +84,9 @@ def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", pro
         except PapermillExecutionError as e:
             this_run["notebooks"][nb.name] = {"seconds": round(time.time() - t0, 1), "failed": True}
             save_json(timings, timings_path)
-            raise SystemExit(f"[reproduce] {nb.name} failed in cell {e.cell_index} (execution count "
-                             f"{e.exec_count}): {e.ename}: {e.evalue}\n"
-                             f"The partly executed notebook is kept at {out}") from None
+            raise SystemExit(f"[reproduce] {nb.name} failed in cell {e.cell_index} of the executed copy (execution "
+                             f"count {e.exec_count}; the cell starts {_failing_cell(out)!r}): "
+                             f"{e.ename}: {e.evalue}\nThe partly executed notebook is kept at {out}") from None
         except Exception as e:
             this_run["notebooks"][nb.name] = {"seconds": round(time.time() - t0, 1), "failed": True}
             save_json(timings, timings_path)
