@@ -1,12 +1,9 @@
 """Figures shared by the notebooks (seaborn style, one function per kind of picture)."""
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg") if matplotlib.get_backend().lower() == "agg" else None
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -49,21 +46,4 @@ def keep_matrix(kept_by_method: dict, depth: int, title="Kept layers"):
                 yticklabels=names, xticklabels=list(range(depth)))
     ax.set_xlabel("layer")
     ax.set_title(title)
-    return fig
-
-
-def bar_with_paper(df, x, ours, ours_err=None, paper=None, ylabel="FID (lower is better)", title=None):
-    """Our metric (with seed spread) beside the paper's, one pair of bars per row of ``df``."""
-    fig, axes = plt.subplots(1, 2 if paper else 1, figsize=(11 if paper else 6, 3.8), squeeze=False)
-    ax = axes[0, 0]
-    ax.bar(df[x].astype(str), df[ours], yerr=df[ours_err] if ours_err else None, color="tab:blue", capsize=3)
-    ax.set_title("ours" + (f" ({title})" if title else ""))
-    ax.set_ylabel(ylabel)
-    ax.tick_params(axis="x", rotation=45)
-    if paper:
-        ax2 = axes[0, 1]
-        ax2.bar(df[x].astype(str), df[paper], color="tab:gray")
-        ax2.set_title("paper")
-        ax2.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
     return fig
