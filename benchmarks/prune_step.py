@@ -11,9 +11,11 @@ grad-norm clip 1.0, AdamW (logits at 10x lr), EMA of the logits. Variants:
   LoRA as a wrapper module adding ``x @ A.T @ B.T * scale`` to each frozen linear's output, the mask from
   ``F.gumbel_softmax(hard=True)``.
 * ``ours``: what ``tinyfusion.pruning.learnable.learn_pruning`` runs: peft LoRA (``add_lora``), ``NMGates``,
-  ``GatedDiT`` and ``DiT.forward(mask=...)`` with a mask that requires grad.
-* ``ours+rowsplit``: ours with ``tinyfusion.speed.gated_forward``: rows whose mask is exactly 0 run their
-  block without autograd (same values and gradients, checked here: ``grad_check``).
+  ``GatedDiT`` and ``DiT.forward(mask=...)`` with a mask that requires grad, which goes through
+  ``tinyfusion.models.dit.masked_block``: rows whose mask is exactly 0 run their block without autograd.
+* ``ours-blend``: ours before that change (the "before" figure): the same peft model and gates, every block
+  computed with autograd for every sample and blended with the mask. Same values and gradients as ``ours``
+  (checked here: ``grad_check``).
 
 Speed: the variants' steps interleaved round by round in one process (medians of wall-clock and of process
 CPU time; the latter is robust to other jobs on a shared CPU). Memory: one step of each variant in a fresh
@@ -40,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("straightforward", "ours", "ours+rowsplit")
+VARIANTS = ("straightforward", "ours-blend", "ours")
 # rounds: timed steps per variant, interleaved in one process after ``warmup`` steps; rounds=0: time ``steps``
 # more steps in each variant's fresh (memory-measuring) process instead (DiT-XL/2 on a CPU: ~15-30 s a step).
 CPU_CASES = [
@@ -92,33 +94,35 @@ class StraightforwardPruner(nn.Module):
     def forward(self, x, t, y, tau=1.0):
         B, K = x.shape[0], self.logits.shape[0]
         rows = F.gumbel_softmax((self.logits * 100.0).expand(B, K, 2), tau=tau, hard=True)  # (B, K, 2)
-        mask = rows.reshape(B, 2 * K)  # 1:2 candidates are [1, 0] and [0, 1]
-        m = self.model
-        h, c = m.embed(x, t, y)
-        for i, block in enumerate(m.blocks):
-            mi = mask[:, i].view(-1, 1, 1)
-            h = mi * block(h, c) + (1 - mi) * h
-        return m.unpatchify(m.final_layer(h, c))
+        return blended_forward(self.model, x, t, y, rows.reshape(B, 2 * K))  # 1:2 candidates: [1, 0], [0, 1]
 
     def update_ema(self, decay=EMA):
         with torch.no_grad():
             self.ema.mul_(decay).add_(self.logits, alpha=1 - decay)
 
 
+def blended_forward(model, x, t, y, mask):
+    """DiT forward with every block computed for every sample and blended: ``m * block(h) + (1 - m) * h``."""
+    h, c = model.embed(x, t, y)
+    for i, block in enumerate(model.blocks):
+        mi = mask[:, i].view(-1, 1, 1)
+        h = mi * block(h, c) + (1 - mi) * h
+    return model.unpatchify(model.final_layer(h, c))
+
+
 # --------------------------------------------------------------------------- ours
-def build_ours(model, rowsplit=False):
+def build_ours(model, blend=False):
     from tinyfusion.models.gates import NMGates
     from tinyfusion.pruning.learnable import GatedDiT, add_lora
-    from tinyfusion.speed import gated_forward
 
     net = add_lora(model, RANK, ALPHA)
     gates = NMGates(len(net.blocks), "1:2").to(next(net.parameters()).device)
 
-    class RowSplitGatedDiT(GatedDiT):
+    class BlendGatedDiT(GatedDiT):
         def forward(self, x, t, y, tau=1.0):
-            return gated_forward(self.model, x, t, y, self.gates.sample(x.shape[0], tau))
+            return blended_forward(self.model, x, t, y, self.gates.sample(x.shape[0], tau))
 
-    return (RowSplitGatedDiT if rowsplit else GatedDiT)(net, gates)
+    return (BlendGatedDiT if blend else GatedDiT)(net, gates)
 
 
 def build(variant, model):
@@ -127,8 +131,8 @@ def build(variant, model):
         learner = StraightforwardPruner(wrap_linears(model))
         weights = [p for n, p in learner.model.named_parameters() if p.requires_grad]
         logits, ema = [learner.logits], learner.update_ema
-    elif variant in ("ours", "ours+rowsplit"):
-        learner = build_ours(model, rowsplit=variant == "ours+rowsplit")
+    elif variant in ("ours", "ours-blend"):
+        learner = build_ours(model, blend=variant == "ours-blend")
         weights = [p for p in learner.model.parameters() if p.requires_grad]
         logits, ema = list(learner.gates.parameters()), (lambda: learner.gates.update_ema(EMA))
     else:
@@ -262,11 +266,11 @@ def run_worker(spec, timeout=900):
 
 
 # --------------------------------------------------------------------------- checks and profiling
-def grad_check(model_name="DiT-T28/7", batch=16, depth=8, seed=0):
-    """Max relative gradient difference between ours and ours+rowsplit (same mask, same LoRA weights),
+def grad_check(model_name="DiT-T28/4", batch=16, depth=8, seed=0):
+    """Max relative gradient difference between ours and ours-blend (same mask, same LoRA weights),
     and the loss of the straightforward step with the same weights and mask (it must equal ours)."""
     from tinyfusion.diffusion import create_diffusion
-    from tinyfusion.speed import gated_forward, random_dit
+    from tinyfusion.speed import random_dit
 
     torch.manual_seed(seed)
     diffusion = create_diffusion()
@@ -279,7 +283,7 @@ def grad_check(model_name="DiT-T28/7", batch=16, depth=8, seed=0):
     mask = learner.gates.sample(batch, tau=1.0)
     grads, losses = [], []
     for fwd in (lambda xt, tt, y: learner.model(xt, tt, y, mask=mask),
-                lambda xt, tt, y: gated_forward(learner.model, xt, tt, y, mask)):
+                lambda xt, tt, y: blended_forward(learner.model, xt, tt, y, mask)):
         learner.zero_grad()
         torch.manual_seed(seed + 1)  # the same label dropout (CFG training) in both forwards
         xin = x.clone().requires_grad_(True)
@@ -289,7 +293,7 @@ def grad_check(model_name="DiT-T28/7", batch=16, depth=8, seed=0):
         g["input"] = xin.grad.clone()
         grads.append(g)
         losses.append(loss.item())
-    # per gradient tensor ||g_ours - g_rowsplit|| / ||g_ours||, worst over the weight update (LoRA) and the gate
+    # per gradient tensor ||g_ours - g_blend|| / ||g_ours||, worst over the weight update (LoRA) and the gate
     # logits (whose gradient is a sum of per-sample terms that nearly cancel, so float rounding shows more)
     def worst(keys):
         return max(float((grads[0][k] - grads[1][k]).norm() / (grads[0][k].norm() + 1e-30)) for k in keys)
@@ -303,21 +307,15 @@ def grad_check(model_name="DiT-T28/7", batch=16, depth=8, seed=0):
         if isinstance(mod, ExplicitLoRA):
             mod.A.data.copy_(lora[f"{n}.lora_A.default.weight"])
             mod.B.data.copy_(lora[f"{n}.lora_B.default.weight"])
-
-    def sf_fwd(xt, tt, y):
-        h, c = sf.model.embed(xt, tt, y)
-        for i, block in enumerate(sf.model.blocks):
-            mi = mask[:, i].view(-1, 1, 1)
-            h = mi * block(h, c) + (1 - mi) * h
-        return sf.model.unpatchify(sf.model.final_layer(h, c))
     torch.manual_seed(seed + 1)
     with torch.no_grad():
-        sf_loss = float(diffusion.training_losses(sf_fwd, x, t, dict(y=y), noise=noise)["loss"].mean())
+        sf_loss = float(diffusion.training_losses(lambda xt, tt, y: blended_forward(sf.model, xt, tt, y, mask), x, t,
+                                                  dict(y=y), noise=noise)["loss"].mean())
     gate_keys = [k for k in grads[0] if k.startswith("gates.")]
     weight_keys = [k for k in grads[0] if k not in gate_keys]
-    return dict(model=model_name, depth=depth, batch=batch, rowsplit_max_rel_grad_diff_weights=worst(weight_keys),
-                rowsplit_max_rel_grad_diff_gates=worst(gate_keys),
-                n_grads_compared=len(grads[0]), loss_ours=losses[0], loss_rowsplit=losses[1],
+    return dict(model=model_name, depth=depth, batch=batch, blend_max_rel_grad_diff_weights=worst(weight_keys),
+                blend_max_rel_grad_diff_gates=worst(gate_keys),
+                n_grads_compared=len(grads[0]), loss_ours=losses[0], loss_blend=losses[1],
                 loss_straightforward=sf_loss,
                 kept_fraction=float((mask.detach() != 0).float().mean()))
 
@@ -396,15 +394,15 @@ def run_case(case, profile, device):
     v = out["variants"]
     sf = v["straightforward"]
     key = "steps_per_cpu_s" if device == "cpu" else "steps_per_s"  # CPU time: robust to other jobs on the box
-    for name in ("ours", "ours+rowsplit"):
+    for name in ("ours-blend", "ours"):
         out[f"{name}_vs_straightforward_speed"] = round(v[name]["steps_per_s"] / sf["steps_per_s"], 3)
         out[f"{name}_vs_straightforward_speed_cpu"] = round(v[name]["steps_per_cpu_s"] / sf["steps_per_cpu_s"], 3)
         out[f"{name}_vs_straightforward_saved_mem"] = round(
             v[name]["saved_activation_mb"] / sf["saved_activation_mb"], 3)
         if sf["peak_mem_mb"] and v[name]["peak_mem_mb"]:
             out[f"{name}_vs_straightforward_peak_mem"] = round(v[name]["peak_mem_mb"] / sf["peak_mem_mb"], 3)
-    out["rowsplit_vs_ours_speed"] = round(v["ours+rowsplit"]["steps_per_s"] / v["ours"]["steps_per_s"], 3)
-    out["rowsplit_vs_ours_speed_cpu"] = round(v["ours+rowsplit"]["steps_per_cpu_s"] / v["ours"]["steps_per_cpu_s"], 3)
+    out["ours_vs_blend_speed"] = round(v["ours"]["steps_per_s"] / v["ours-blend"]["steps_per_s"], 3)
+    out["ours_vs_blend_speed_cpu"] = round(v["ours"]["steps_per_cpu_s"] / v["ours-blend"]["steps_per_cpu_s"], 3)
     out["bar_measure"] = key
     out["bar_ours_not_slower"] = v["ours"][key] >= 0.95 * sf[key]  # 5%: measurement noise
     out["seconds"] = round(time.perf_counter() - t0, 1)

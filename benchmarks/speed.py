@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py                       # cpu: the profile's teacher shape and DiT-XL/2, ~5 min
     python benchmarks/speed.py --profile gpu --devices cuda   # the GPU: fp32/bf16, eager and torch.compile
-    python benchmarks/speed.py --cases '[{"model": "DiT-T28/7", "batch": 8, "steps": 4}]'
+    python benchmarks/speed.py --cases '[{"model": "DiT-T28/4", "batch": 8, "steps": 4}]'
 
 Every case is one ``tinyfusion.speed.speed_sweep`` with random weights (speed does not depend on them):
 for each compression ratio r a depth-pruned model (round((1-r)*28) evenly spaced blocks) and width-pruned
@@ -28,7 +28,7 @@ from tinyfusion.profiles import get_profile
 from tinyfusion.speed import speed_sweep
 
 ALL_RATIOS = [0, 0.25, 0.5, 0.75, 0.893]
-# "teacher" stands for the profile's teacher config (DiT-T28/7 for cpu, DiT-W28/4 for gpu).
+# "teacher" stands for the profile's teacher config (DiT-T28/4 for cpu, DiT-W28/4 for gpu).
 CPU_CASES = [
     dict(model="teacher", batch=64, steps=2, ratios=ALL_RATIOS, repeats=5),  # prune/fine-tune batch: compute-bound
     dict(model="teacher", batch=8, steps=4, ratios=ALL_RATIOS, repeats=5),   # small batch: per-layer overhead

@@ -1,4 +1,4 @@
-"""tinyfusion.speed: pruned-model surgery, parameter/MAC accounting and the row-split gated forward.
+"""tinyfusion.speed: pruned-model surgery and parameter/MAC accounting; DiT's masked_block against the plain blend.
 
 No timings are asserted (shared CPUs make them meaningless); the benchmarks under benchmarks/ measure them.
 """
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tinyfusion.models import DiT
-from tinyfusion.speed import (count_params, depth_pruned, forward_macs, gated_forward, model_params, random_dit,
-                              sampling_throughput, speed_sweep, uniform_kept, width_for_params, width_pruned)
+from tinyfusion.speed import (count_params, depth_pruned, forward_macs, model_params, random_dit, sampling_throughput,
+                              speed_sweep, uniform_kept, width_for_params, width_pruned)
 
 
 def _inputs(model, n=4, seed=0):
@@ -81,7 +81,16 @@ def test_forward_macs_dit_xl_is_118_gflops():
     assert abs(forward_macs(xl) / 1e9 - 118.6) < 0.1  # the DiT paper's 118.6 Gflops
 
 
-def test_gated_forward_equal_outputs_and_gradients(dit):
+def _blend(model, x, t, y, mask):
+    """The plain blend every block computed with autograd: what masked_block must equal."""
+    h, c = model.embed(x, t, y)
+    for i, block in enumerate(model.blocks):
+        m = mask[:, i].view(-1, 1, 1)
+        h = m * block(h, c) + (1 - m) * h
+    return model.unpatchify(model.final_layer(h, c))
+
+
+def test_masked_forward_equals_blend_outputs_and_gradients(dit):
     from tinyfusion.models.gates import NMGates
     dit.train()
     gates = NMGates(6, "1:2")
@@ -90,7 +99,7 @@ def test_gated_forward_equal_outputs_and_gradients(dit):
     mask = gates.sample(8, tau=1.0)
     assert (mask.detach() == 0).any() and mask.requires_grad
     grads = []
-    for fwd in (lambda: dit(x, t, y, mask=mask), lambda: gated_forward(dit, x, t, y, mask)):
+    for fwd in (lambda: dit(x, t, y, mask=mask), lambda: _blend(dit, x, t, y, mask)):
         dit.zero_grad()
         gates.zero_grad()
         torch.manual_seed(7)  # same label dropout
@@ -138,13 +147,13 @@ def test_reproduce_time_summary():
 
 def test_straightforward_lora_step_equals_ours_loss():
     ps = _load_bench("prune_step")
-    res = ps.grad_check("DiT-T28/7", batch=4, depth=4)
-    assert res["rowsplit_max_rel_grad_diff_weights"] < 1e-4  # LoRA and input gradients
-    assert res["rowsplit_max_rel_grad_diff_gates"] < 2e-3     # a nearly cancelling sum over samples
+    res = ps.grad_check("DiT-T28/4", batch=4, depth=4)
+    assert res["blend_max_rel_grad_diff_weights"] < 1e-4  # LoRA and input gradients
+    assert res["blend_max_rel_grad_diff_gates"] < 2e-3     # a nearly cancelling sum over samples
     assert abs(res["loss_ours"] - res["loss_straightforward"]) < 1e-5
 
 
-def test_gated_forward_block_dropped_by_every_row_keeps_zero_grads(dit):
+def test_masked_forward_block_dropped_by_every_row_keeps_zero_grads(dit):
     dit.train()
     mask = torch.ones(4, 6)
     mask[:, 1] = 0          # block 1 dropped for every sample
@@ -152,7 +161,7 @@ def test_gated_forward_block_dropped_by_every_row_keeps_zero_grads(dit):
     mask.requires_grad_(True)
     x, t, y = _inputs(dit, n=4)
     grads = []
-    for fwd in (lambda: dit(x, t, y, mask=mask), lambda: gated_forward(dit, x, t, y, mask)):
+    for fwd in (lambda: dit(x, t, y, mask=mask), lambda: _blend(dit, x, t, y, mask)):
         dit.zero_grad()
         mask.grad = None
         torch.manual_seed(7)

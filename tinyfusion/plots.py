@@ -9,11 +9,9 @@ sns.set_theme(style="whitegrid", context="notebook")
 
 
 def to_uint8(images):
-    """Images in [-1, 1] (tensor or array, (N,1,H,W) or (N,H,W)) -> uint8 (N,H,W)."""
-    x = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
-    if x.dtype != np.uint8:
-        x = np.clip((x + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    return x[:, 0] if x.ndim == 4 else x
+    """Images in [-1, 1] or uint8 (tensor or array, (N,1,H,W) or (N,H,W)) -> uint8 numpy (N,H,W) for imshow."""
+    from tinyfusion.metrics import to_uint8 as as_uint8  # the one conversion the metrics use too
+    return as_uint8(images)[:, 0].numpy()
 
 
 def image_grid(images, nrow=10, row_labels=None, title=None, scale=0.9):

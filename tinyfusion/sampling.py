@@ -25,7 +25,8 @@ def balanced_labels(n, num_classes):
 
 
 def to_uint8(x):
-    """Images in [-1, 1] of shape (B, C, H, W) -> uint8 numpy (B, H, W) for C = 1, else (B, H, W, C)."""
+    """Samples in [-1, 1] of shape (B, C, H, W) -> uint8 numpy in the ADM ``.npz`` layout: (B, H, W) for C = 1,
+    else (B, H, W, C). (``metrics.to_uint8`` is the evaluator's input form: a (B, 1, H, W) tensor.)"""
     x = ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
     x = x.permute(0, 2, 3, 1).numpy()
     return x[..., 0] if x.shape[-1] == 1 else x

@@ -13,7 +13,7 @@ therefore reports both "channels" (1 - r of the heads and channels, about D14's 
     d14 = depth_pruned(model, 14)
     w50 = width_pruned(model, 0.5)                    # half the heads and MLP channels of every block
     it_s = sampling_throughput(d14, batch=64, steps=5)
-    rows = speed_sweep("DiT-T28/7", batch=250, steps=5)
+    rows = speed_sweep("DiT-T28/4", batch=250, steps=5)
 
 Throughput is denoising iterations per second: one iteration is one DiT forward of the whole batch (twice the
 batch with classifier-free guidance), as in the paper's it/s. ``speed_sweep`` interleaves the models round
@@ -360,7 +360,7 @@ def interleaved_throughput(models, batch, steps, device="cpu", dtype=torch.float
                     runs=[round(steps / w, 4) for w, _ in v]) for k, v in times.items()}
 
 
-def speed_sweep(config_name="DiT-T28/7", ratios=(0, 0.25, 0.5, 0.75, 0.893), batch=64, steps=5, device="cpu",
+def speed_sweep(config_name="DiT-T28/4", ratios=(0, 0.25, 0.5, 0.75, 0.893), batch=64, steps=5, device="cpu",
                 dtype=torch.float32, compile=False, warmup=1, repeats=3, cfg=True, width_modes=("channels", "params"),
                 model=None, progress=False):
     """Throughput of depth- and width-pruned versions of one DiT at several compression ratios.
@@ -418,53 +418,3 @@ def speed_sweep(config_name="DiT-T28/7", ratios=(0, 0.25, 0.5, 0.75, 0.893), bat
                          ideal=round(1 / (1 - meta[k]["ratio"]), 4), compute_ideal=round(F / f, 4),
                          runs=res[k]["runs"]))
     return rows
-
-
-# --------------------------------------------------------------------------- training-time masked forward
-
-
-def _block_rowsplit(block, h, c, m):
-    """``m * block(h, c) + (1 - m) * h`` with the same value and gradients, without backward work for m == 0.
-
-    For a row whose mask value is exactly 0 the gradient reaching ``block(h)`` is ``m * g = 0``, so the block's
-    parameters and input receive nothing through that row; only the mask's gradient ``<g, block(h) - h>``
-    needs the block's *value* there. Those rows therefore run under ``no_grad`` (no saved activations, no
-    backward), the others with autograd. Rows with any nonzero value (kept rows, soft masks) are unchanged. A
-    block dropped by every row still hands its trainable parameters zero gradients (not None), as before.
-    """
-    drop = m.detach() == 0
-    mv = m.view(-1, 1, 1).to(h.dtype)
-    if not bool(drop.any()) or not torch.is_grad_enabled():
-        f = block(h, c)
-    elif bool(drop.all()):
-        with torch.no_grad():
-            f = block(h, c)
-        # the blended forward gives this block's parameters exact zero gradients; keep it so (DDP expects every
-        # parameter used, and AdamW treats a zero gradient unlike a missing one), for the cost of a memset
-        params = [p for p in block.parameters() if p.requires_grad]
-        if params:
-            f = f + 0 * sum(p.reshape(-1)[0] for p in params)
-    else:
-        keep_idx = (~drop).nonzero(as_tuple=True)[0]
-        drop_idx = drop.nonzero(as_tuple=True)[0]
-        with torch.no_grad():
-            f = h.new_empty(h.shape)
-            f[drop_idx] = block(h[drop_idx], c[drop_idx])
-        f = f.index_copy(0, keep_idx, block(h[keep_idx], c[keep_idx]))
-    return mv * f + (1 - mv) * h
-
-
-def gated_forward(model, x, t, y, mask):
-    """``DiT.forward(x, t, y, mask=mask)`` for a per-sample (B, depth) mask *with* gradient, cheaper.
-
-    Equal outputs and equal gradients (to the mask, the weights and the input) as the blended forward of
-    ``tinyfusion.models.dit.DiT``, but a hard mask's zero rows skip their backward pass and saved
-    activations (see ``_block_rowsplit``); with 1:2 gates about half of all block-rows are zero. A proposal for
-    ``DiT.forward``'s ``mask.requires_grad`` branch, measured by ``benchmarks/prune_step.py``.
-    """
-    h, c = model.embed(x, t, y)
-    if mask.dim() == 1:
-        mask = mask.unsqueeze(0).expand(h.shape[0], -1)
-    for i, block in enumerate(model.blocks):
-        h = _block_rowsplit(block, h, c, mask[:, i])
-    return model.unpatchify(model.final_layer(h, c))

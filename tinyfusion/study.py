@@ -243,6 +243,33 @@ class Study:
                          **{k: sc[k] for k in ("fid", "is", "sfid", "precision", "recall", "class_accuracy")}})
         return rows
 
+    def table4(self, schemes=("1:2", "2:4", "7:14"), updates=("lora", "full", "frozen"), seed=None):
+        """The nine cells of Table 4 (scheme x update): learnable pruning, then a short fine-tune and a score.
+
+        One seed per cell (``prof.seeds[0]``), ``prof.ablation_finetune_steps`` of fine-tuning, as the paper's
+        10K-step ablation. Returns a DataFrame (one row per cell, with the paper's IS and FID beside ours), also
+        saved as ``tables/table4_runs.csv``; notebooks 03 and 04 read it by scheme and by update.
+        """
+        import pandas as pd
+        seed = self.prof.seeds[0] if seed is None else seed
+        rows = []
+        for g in schemes:
+            for u in updates:
+                r = self.learnable(g, u, seed=seed)
+                for row in self.recover(f"{g} {u}", r["kept"], seeds=[seed], steps=self.prof.ablation_finetune_steps):
+                    rows.append({**row, "scheme": g, "update": u, "trainable_fraction": r["trainable_fraction"],
+                                 "paper_IS": paper.TABLE4[(g, u)][0], "paper_FID": paper.TABLE4[(g, u)][1]})
+        t4 = pd.DataFrame(rows)
+        self.save_table(t4, "table4_runs")
+        return t4
+
+    def seed_noise(self):
+        """FID seed-to-seed spread measured in notebook 01 (median over methods of the std over seeds), the
+        yardstick for one-seed comparisons; NaN when notebook 01 has not run."""
+        import pandas as pd
+        t3 = self.root / "tables" / "01_table3_runs.csv"
+        return float(pd.read_csv(t3).groupby("method").fid.std().median()) if t3.exists() else float("nan")
+
     # ------------------------------------------------------------------ outputs
     def save_fig(self, fig, name):
         path = self.root / "figures" / f"{name}.png"
@@ -291,6 +318,14 @@ def compare(a, b, lower_is_better=True):
         return "within noise"
     better_a = ma < mb if lower_is_better else ma > mb
     return "a" if better_a else "b"
+
+
+def beyond_noise(a, b, noise):
+    """Compare two one-seed FIDs: "a" / "b" when that one is lower by more than twice ``noise`` (the seed spread),
+    else "within noise"; with no yardstick (NaN) the raw order decides."""
+    if not np.isfinite(noise):
+        return "a" if a < b else "b"
+    return "within noise" if abs(a - b) <= 2 * noise else ("a" if a < b else "b")
 
 
 def fmt(mean, std=None, digits=3):
