@@ -82,12 +82,8 @@ def test_forward_macs_dit_xl_is_118_gflops():
 
 
 def _blend(model, x, t, y, mask):
-    """The plain blend every block computed with autograd: what masked_block must equal."""
-    h, c = model.embed(x, t, y)
-    for i, block in enumerate(model.blocks):
-        m = mask[:, i].view(-1, 1, 1)
-        h = m * block(h, c) + (1 - m) * h
-    return model.unpatchify(model.final_layer(h, c))
+    """The plain blend, every block computed with autograd for every sample: what masked_block must equal."""
+    return _load_bench("prune_step").blended_forward(model, x, t, y, mask)
 
 
 def test_masked_forward_equals_blend_outputs_and_gradients(dit):
