@@ -46,7 +46,7 @@ VARIANTS = ("straightforward", "ours-blend", "ours")
 # rounds: timed steps per variant, interleaved in one process after ``warmup`` steps; rounds=0: time ``steps``
 # more steps in each variant's fresh (memory-measuring) process instead (DiT-XL/2 on a CPU: ~15-30 s a step).
 CPU_CASES = [
-    dict(model="teacher", batch=64, rounds=8, warmup=1),
+    dict(model="teacher", batch=64, rounds=20, warmup=2),  # 8 rounds proved too noisy on a shared box
     dict(model="DiT-XL/2", batch=2, rounds=2, warmup=1),
 ]
 GPU_CASES = [

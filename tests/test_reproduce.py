@@ -25,6 +25,7 @@ def test_reproduce_smoke_writes_every_artefact(tmp_path_factory):
     assert len(list((out / "notebooks").glob("*.ipynb"))) == len(rep.notebooks())
     summary = (out / "summary.md").read_text()
     assert "Verdicts" in summary and summary.count("| ") > 20
+    assert ", this run (s)" in summary  # 09 runs inside the run: its own timings (00-08) are in the table
     for claim in range(1, 9):
         v = json.loads((out / "verdicts" / f"claim{claim}.json").read_text())
         assert v["status"] in ("held", "not held", "mixed", "within noise")
@@ -59,3 +60,20 @@ def test_failing_notebook_stops_with_its_name_and_cell(tmp_path, monkeypatch):
 def test_unknown_profile_is_refused():
     with pytest.raises(SystemExit, match="unknown profile 'tiny'.*smoke, cpu, gpu, imagenet"):
         rep.reproduce("tiny")
+
+
+def test_compact_streams_keeps_the_final_state_of_progress_bars(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("run()")
+    bar = [nbformat.v4.new_output("stream", name="stderr", text=f"\rtrain: {i}/100") for i in range(101)]
+    cell.outputs = ([nbformat.v4.new_output("stream", name="stdout", text="start\n")] + bar
+                    + [nbformat.v4.new_output("stream", name="stderr", text="\n"),
+                       nbformat.v4.new_output("display_data", data={"text/plain": "42"}),
+                       nbformat.v4.new_output("stream", name="stdout", text="a\rb\nc\n")])
+    nb.cells = [cell]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, str(path))
+    rep.compact_streams(path)
+    outs = nbformat.read(str(path), as_version=4).cells[0].outputs
+    assert [o.output_type for o in outs] == ["stream", "stream", "display_data", "stream"]
+    assert outs[0].text == "start\n" and outs[1].text == "train: 100/100\n" and outs[3].text == "b\nc\n"

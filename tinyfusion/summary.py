@@ -116,7 +116,15 @@ def write_summary(study, table, verdicts):
              "## Table 1 analogue (ours beside the paper's ImageNet numbers; absolute values do not compare)", "",
              _md_table(table[keep]) if len(table) else "(no runs found)", ""]
     if timings.exists():  # every finished `make reproduce` run: the first computes, reruns reuse the cache
-        runs = [r for r in load_json(timings).get("runs", []) if r.get("total_seconds")]
+        # whole runs only (they start with notebook 00; `--only` reruns of a few notebooks are left out)
+        all_runs = [r for r in load_json(timings).get("runs", []) if any(k.startswith("00_") for k in r["notebooks"])]
+        runs = [r for r in all_runs if r.get("total_seconds")]
+        # this notebook runs inside the newest `make reproduce`, before it records its total: show that run too,
+        # with the notebooks finished so far (a run with a failed notebook is left out)
+        live = all_runs[-1] if all_runs and not all_runs[-1].get("total_seconds") else None
+        if live and live["notebooks"] and not any(v.get("failed") for v in live["notebooks"].values()):
+            runs.append({**live, "started": f"{live['started']}, this run",
+                         "total_seconds": sum(v["seconds"] for v in live["notebooks"].values())})
         if runs:
             df = pd.DataFrame({f"{r['started']} (s)": {k: v["seconds"] for k, v in r["notebooks"].items()}
                                for r in runs[-3:]}).reset_index().rename(columns={"index": "notebook"})

@@ -48,6 +48,32 @@ def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", pro
             os.environ["TINYFUSION_RESULTS"] = saved_env
 
 
+def compact_streams(path):
+    """Rewrite an executed notebook's stream outputs as a terminal would show them.
+
+    Progress bars (tqdm without a widget) arrive as thousands of stream outputs, each redrawing one line after a
+    carriage return; this merges consecutive outputs of one stream and keeps each line's text after its last
+    ``\\r``, so the committed copy holds the final state of every bar instead of megabytes of redraws.
+    """
+    import nbformat
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        merged = []
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream" \
+                    and merged[-1]["name"] == o["name"]:
+                merged[-1]["text"] += o["text"]
+            else:
+                merged.append(o)
+        for o in merged:
+            if o.get("output_type") == "stream":
+                lines = o["text"].split("\n")
+                o["text"] = "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines)
+        if "outputs" in cell:
+            cell.outputs = merged
+    nbformat.write(nb, str(path))
+
+
 def _failing_cell(path):
     """First line of the cell that raised in an executed notebook (names the cell whatever papermill inserted)."""
     try:
@@ -82,6 +108,7 @@ def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError):
             pm.execute_notebook(str(nb), str(out), parameters={"profile": profile}, kernel_name=kernel,
                                 cwd=str(NOTEBOOKS), progress_bar=progress, log_output=False)
         except PapermillExecutionError as e:
+            compact_streams(out)
             this_run["notebooks"][nb.name] = {"seconds": round(time.time() - t0, 1), "failed": True}
             save_json(timings, timings_path)
             raise SystemExit(f"[reproduce] {nb.name} failed in cell {e.cell_index} of the executed copy (execution "
@@ -92,6 +119,7 @@ def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError):
             save_json(timings, timings_path)
             raise SystemExit(f"[reproduce] {nb.name} could not run: {type(e).__name__}: {e}") from None
         dt = round(time.time() - t0, 1)
+        compact_streams(out)
         this_run["notebooks"][nb.name] = {"seconds": dt}
         timings["latest"] = {**timings.get("latest", {}), nb.name: dt}
         save_json(timings, timings_path)
