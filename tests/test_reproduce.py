@@ -77,3 +77,10 @@ def test_compact_streams_keeps_the_final_state_of_progress_bars(tmp_path):
     outs = nbformat.read(str(path), as_version=4).cells[0].outputs
     assert [o.output_type for o in outs] == ["stream", "stream", "display_data", "stream"]
     assert outs[0].text == "start\n" and outs[1].text == "train: 100/100\n" and outs[3].text == "b\nc\n"
+
+
+def test_beyond_noise_needs_twice_the_seed_spread():
+    from tinyfusion.study import beyond_noise
+    assert beyond_noise(1.0, 1.5, 0.1) == "a" and beyond_noise(1.5, 1.0, 0.1) == "b"
+    assert beyond_noise(1.0, 1.15, 0.1) == "within noise"
+    assert beyond_noise(1.0, 1.01, float("nan")) == "a"  # no yardstick: the raw order

@@ -2,9 +2,9 @@
 
     python -m tinyfusion.cli.train_evaluator --out data/evaluator.pt
 
-A small CNN (``tinyfusion.metrics.FMNISTEvaluator``, ~99K parameters) trained for 6 epochs with AdamW (half the images taken down to 16x16 and back up), a
-warmed-up cosine learning rate and random horizontal flips (``--shift N`` adds random shifts of up to N pixels),
-from a fixed seed: the same flags and thread count give bit-identical weights (``weights_sha256`` in the
+A small CNN (``tinyfusion.metrics.FMNISTEvaluator``, ~99K parameters) trained for 6 epochs with AdamW (half
+the images taken down to 16x16 and back up), a warmed-up cosine learning rate and random horizontal flips
+(``--shift N`` adds random shifts of up to N pixels), from a fixed seed: the same flags and thread count give bit-identical weights (``weights_sha256`` in the
 summary). About 6-9 minutes on one core shared with other jobs (about 4.5 alone). Refuses to write a
 checkpoint whose test accuracy is below ``--min-accuracy`` (0.9).
 
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from tinyfusion.cli.common import cli_main
 from tinyfusion.data import load_fashion_mnist
 from tinyfusion.io import save_checkpoint, save_json, sha256
-from tinyfusion.metrics import FMNISTEvaluator
+from tinyfusion.metrics import FMNISTEvaluator, at_resolution
 from tinyfusion.profiles import ROOT
 
 DEFAULTS = dict(out="data/evaluator.pt", summary="", epochs=6, batch_size=128, lr=1e-2, weight_decay=5e-4,
@@ -41,7 +41,6 @@ def augment(x, shift, g, lowres=(), lowres_prob=0.0):
     (``metrics.at_resolution``), so the evaluator judges samples of the 16x16 cpu-profile models as well as
     full-resolution ones.
     """
-    from tinyfusion.metrics import at_resolution
     flip = torch.rand(len(x), generator=g) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if lowres and lowres_prob:
@@ -127,7 +126,6 @@ def run(**cfg):
     bar.close()
     wall = time.time() - t0
     model.eval()
-    from tinyfusion.metrics import at_resolution
     lowres_acc = {str(r): round(accuracy(model, at_resolution(xte, r), yte), 4) for r in cfg["lowres"]}
     summary = dict(test_accuracy=round(test_acc, 4), test_accuracy_at_resolution=lowres_acc, epochs=cfg["epochs"],
                    params=n_params,
@@ -138,7 +136,8 @@ def run(**cfg):
         raise RuntimeError(f"evaluator reached test accuracy {test_acc:.4f} < {cfg['min_accuracy']}; "
                            f"not writing {out}. Train longer (--epochs) or check the data.")
     # only deterministic facts go into the checkpoint, so the same run gives the same bytes (and SHA-256)
-    keep = ("test_accuracy", "test_accuracy_at_resolution", "epochs", "params", "seed", "threads", "train_images", "test_images", "torch_version")
+    keep = ("test_accuracy", "test_accuracy_at_resolution", "epochs", "params", "seed", "threads", "train_images",
+            "test_images", "torch_version")
     save_checkpoint({"model": model.state_dict(), "config": model.config,
                      "summary": {k: summary[k] for k in keep}}, out)
     digest = sha256(out)
