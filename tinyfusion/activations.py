@@ -11,12 +11,13 @@ import torch
 
 
 @torch.no_grad()
-def hidden_states(model, batch):
+def hidden_states(model, batch, objective=None):
     """Every block's output for one calibration batch (dict with x0, y, t, noise), as a list of tensors."""
-    from tinyfusion.diffusion import create_diffusion
+    from tinyfusion.diffusion import objective_for
+    objective = objective or objective_for(model)
     model.eval()
-    x_t = create_diffusion().q_sample(batch["x0"], batch["t"], batch["noise"])
-    _, hidden = model(x_t, batch["t"], batch["y"], return_hidden=True)
+    x_t = objective.noised(batch["x0"], batch["t"], batch["noise"])
+    _, hidden = model(x_t, objective.model_time(batch["t"]), batch["y"], return_hidden=True)
     return hidden
 
 

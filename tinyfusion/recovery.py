@@ -21,24 +21,18 @@ and 2 processes see exactly what 1 process sees.
 from __future__ import annotations
 
 import math
-import time
 from contextlib import contextmanager
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 
 from tinyfusion import dist
-from tinyfusion.diffusion import create_diffusion
+from tinyfusion.diffusion import objective_for
 from tinyfusion.models.gates import parse_groups
-from tinyfusion.training import (NonFiniteGuard, cosine_lr, global_batch, load_train_state, make_ema,
-                                 save_train_state, seed_step, shard, step_generator, unwrap, update_ema)
+from tinyfusion.training import LoopConfig, cosine_lr, make_ema, train, unwrap
 
 MODES = ("finetune", "kd", "repkd", "masked_kd")
 TEACHER_MODES = ("kd", "repkd", "masked_kd")
 REP_MODES = ("repkd", "masked_kd")
-RESUME_KEYS = ("mode", "steps", "batch_size", "lr", "min_lr", "a_kd", "a_diff", "beta", "k_sigma", "seed",
-               "ema_decay", "ema_warmup", "layer_map", "grad_clip")
 
 
 # --------------------------------------------------------------------------- layer matching
@@ -138,7 +132,7 @@ def labels_as_given(model):
 
 
 def kd_losses(student, teacher, x_t, t, y, mode="kd", layer_map=None, k_sigma=None, *, x0=None, noise=None,
-              diffusion=None):
+              objective=None):
     """The loss components of one batch: ``diff`` (student's diffusion loss; needs ``x0`` and ``noise``),
     ``kd`` (MSE of student vs teacher outputs, all channels) and ``rep`` (hidden-state loss, see
     :func:`masked_rep_loss`; masked when ``k_sigma``), as scalar tensors, as far as ``mode`` needs them.
@@ -155,19 +149,20 @@ def kd_losses(student, teacher, x_t, t, y, mode="kd", layer_map=None, k_sigma=No
     if need_rep and layer_map is None:
         raise ValueError(f"mode {mode!r} needs layer_map (student layer -> teacher layer); build it with "
                          f"recovery.layer_map(kept, groups, teacher_depth)")
+    objective = objective or objective_for(student)
+    t_model = objective.model_time(t)
     with labels_as_given(student):
-        out = student(x_t, t, y, return_hidden=need_rep)
+        out = student(x_t, t_model, y, return_hidden=need_rep)
     hidden = None
     if need_rep:
         out, hidden = out
     terms = {}
     if x0 is not None and noise is not None:
-        diffusion = diffusion or create_diffusion()
-        d = diffusion.losses_from_output(out, x0, x_t, t, noise)
+        d = objective.loss_from_output(out, x0, x_t, t, noise)
         terms.update(diff=d["loss"].mean(), mse=d["mse"].mean(), vb=d["vb"].mean())
     if need_teacher:
         with torch.no_grad(), labels_as_given(teacher):
-            t_out = teacher(x_t, t, y, return_hidden=need_rep)
+            t_out = teacher(x_t, t_model, y, return_hidden=need_rep)
         t_hidden = None
         if need_rep:
             t_out, t_hidden = t_out
@@ -196,15 +191,6 @@ def beta_at(step, steps, beta):
         return float(beta)
     b0, b1 = beta
     return b0 + (b1 - b0) * step / max(steps - 1, 1)
-
-
-def ema_decay_at(step, ema_decay, ema_warmup):
-    """EMA decay with warm-up ``min(decay, (1 + step) / (warmup + step))`` (0 turns the warm-up off).
-
-    Short recoveries need it: with a constant 0.999 the EMA of a 400-step run still holds 67% of the pruned
-    weights it started from.
-    """
-    return ema_decay if not ema_warmup else min(ema_decay, (1 + step) / (ema_warmup + step))
 
 
 # --------------------------------------------------------------------------- training loop
@@ -267,80 +253,28 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
     run_cfg = dict(mode=mode, steps=int(steps), batch_size=int(batch_size), lr=lr, min_lr=min_lr, a_kd=a_kd,
                    a_diff=a_diff, beta=beta, k_sigma=k_sigma, seed=seed, ema_decay=ema_decay, ema_warmup=ema_warmup,
                    layer_map=layer_map if mode in REP_MODES else None, grad_clip=grad_clip)
-    inject = set(int(s) for s in (inject_nan_at or ()))
-
-    ema = make_ema(unwrap(student))
-    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0)
-    guard = NonFiniteGuard(steps, max_skipped)
-    start, log = 0, []
-    state = load_train_state(state_path, run_cfg, RESUME_KEYS) if state_path else None
-    if state is not None:
-        unwrap(student).load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        start, log, guard.skipped = state["step"], state["log"], state.get("skipped", 0)
-        dist.print0(f"resuming {state_path} at step {start}")
-    ddp = DDP(student) if dist.is_dist() else student
-    diffusion = create_diffusion()
     m = unwrap(student)
     drop_p = m.y_embedder.dropout_prob if m.y_embedder.embedding_table.num_embeddings > m.num_classes else 0.0
+    loop = LoopConfig(steps=int(steps), batch_size=int(batch_size), seed=seed, grad_clip=grad_clip,
+                      ema_decay=ema_decay, ema_warmup=ema_warmup, label_dropout=drop_p, log_every=log_every,
+                      ckpt_every=ckpt_every, stop_after=stop_after, max_skipped=max_skipped,
+                      inject_nan_at=tuple(inject_nan_at or ()))
+    objective = objective_for(student)
+    ema = make_ema(m)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0)
 
-    def checkpoint(step):
-        if state_path:
-            save_train_state(state_path, step, m.config, model=m.state_dict(), ema=ema.state_dict(),
-                             opt=opt.state_dict(), log=log, skipped=guard.skipped, run_config=run_cfg)
+    def loss_fn(net, batch, step):
+        x0, y, noise, t = batch
+        x_t = objective.noised(x0, t, noise)
+        terms = kd_losses(net, teacher, x_t, t, y, mode, layer_map, k_sigma, x0=x0, noise=noise, objective=objective)
+        return {"loss": total_loss(terms, mode, a_kd, a_diff, beta_at(step, steps, beta)), **terms}
 
-    student.train()
-    first, seen, t0 = None, 0, time.time()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"recovery:{mode}", dynamic_ncols=True,
-               disable=not (progress and dist.is_main()))
-    stopped_at = None
-    for step in bar:
-        x0, y, noise, t = global_batch(images, labels, step, batch_size, seed)
-        drop = torch.rand(batch_size, generator=step_generator(seed, step, salt=2)) < drop_p
-        y = torch.where(drop, m.num_classes, y)
-        x0, y, noise, t = (v.to(dev) for v in shard((x0, y, noise, t)))
-        seed_step(seed, step)
-        lr_now = cosine_lr(step, steps, lr, min_lr)
-        for g in opt.param_groups:
-            g["lr"] = lr_now
-        b = beta_at(step, steps, beta)
-        x_t = diffusion.q_sample(x0, t, noise)
-        terms = kd_losses(ddp, teacher, x_t, t, y, mode, layer_map, k_sigma, x0=x0, noise=noise,
-                          diffusion=diffusion)
-        loss = total_loss(terms, mode, a_kd, a_diff, b)
-        if step in inject:
-            loss = loss + float("nan")
-        opt.zero_grad(set_to_none=True)
-        ok = guard.ok(loss, step)
-        if ok:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
-            opt.step()
-            update_ema(ema, m, ema_decay_at(step, ema_decay, ema_warmup))
-        seen += batch_size
-        logged = step == 0 or (step + 1) % log_every == 0 or step + 1 == steps
-        if first is None or logged:
-            comps = {k: v.detach() for k, v in terms.items()}
-            stats = dist.reduce_dict({"loss": loss.detach(), **comps})
-            entry = {"step": step, "lr": lr_now, "beta": b if mode in REP_MODES else 0.0, **stats,
-                     "skipped": not ok}
-            first = first or entry
-            if logged:
-                log.append(entry)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}")
-        if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < steps:
-            checkpoint(step + 1)
-        if stop_after and step + 1 - start >= stop_after and step + 1 < steps:
-            stopped_at = step + 1
-            checkpoint(stopped_at)
-            break
-    bar.close()
-    wall = time.time() - t0
-    if stopped_at is None:
-        checkpoint(steps)
-    if log and log[0]["step"] == 0:  # the initial loss, also when this call resumed a run
-        first = log[0]
-    return dict(model=m, ema=ema, log=log, skipped_steps=guard.skipped, first_step_components=first,
-                samples_per_s=seen / max(wall, 1e-9), steps_run=max(0, (stopped_at or steps) - start),
-                stopped_at=stopped_at, wall_s=wall)
+    def on_log(step, entry):
+        entry["beta"] = beta_at(step, steps, beta) if mode in REP_MODES else 0.0
+
+    res = train(student, loss_fn, opt, images, labels, objective, loop, lr_at=lambda s: cosine_lr(s, steps, lr, min_lr),
+                ema=ema, on_log=on_log, state={"model": m, "ema": ema, "opt": opt}, state_path=state_path,
+                identity=run_cfg, desc=f"recovery:{mode}", progress=progress)
+    return dict(model=m, ema=ema, log=res["log"], skipped_steps=res["skipped_steps"],
+                first_step_components=res["first"], samples_per_s=res["samples_per_s"], steps_run=res["steps_run"],
+                stopped_at=res["stopped_at"], wall_s=res["wall_s"])

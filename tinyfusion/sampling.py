@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tinyfusion import dist
-from tinyfusion.diffusion import sample
+from tinyfusion.diffusion import objective_for
 from tinyfusion.io import save_npz
 from tinyfusion.training import step_seed
 
@@ -37,13 +37,14 @@ def sample_batches(model, n, batch_ids, sampler="ddim", steps=25, cfg_scale=1.5,
     """{b: uint8 images of global batch b} for the given batch indices (samples b*batch ... of ``n``)."""
     dev = next(model.parameters()).device
     labels = balanced_labels(n, model.num_classes)
+    objective = objective_for(model)
     was_training = model.training
     model.eval()
     parts = {}
     for b in tqdm(batch_ids, desc=f"sample {sampler}{steps}", disable=not progress, dynamic_ncols=True):
         g = torch.Generator(device=dev).manual_seed(step_seed(seed, b, salt=3))
         ys = labels[b * batch:(b + 1) * batch]
-        x = sample(model, ys, sampler=sampler, steps=steps, cfg_scale=cfg_scale, generator=g)
+        x = objective.sample(model, ys, sampler=sampler, steps=steps, cfg_scale=cfg_scale, generator=g)
         parts[b] = to_uint8(x)
     model.train(was_training)
     return parts

@@ -9,26 +9,21 @@ Killed and started again with the same flags, it resumes from ``state.pt`` and e
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 
 from tinyfusion import dist
 from tinyfusion.cli.common import cli_main
 from tinyfusion.data import load_dataset
-from tinyfusion.diffusion import create_diffusion
+from tinyfusion.diffusion import create_objective
 from tinyfusion.io import save_checkpoint, save_json
 from tinyfusion.models import build_model
 from tinyfusion.profiles import check_budget, get_profile
-from tinyfusion.training import (NonFiniteGuard, cosine_lr, global_batch, load_train_state, make_ema,
-                                 save_train_state, seed_step, shard, unwrap, update_ema)
+from tinyfusion.training import LoopConfig, cosine_lr, make_ema, train
 
 DEFAULTS = dict(profile="cpu", out="", model="", steps=0, batch_size=0, lr=0.0, min_lr_frac=0.1, warmup=200,
                 ema_decay=0.999, seed=0, ckpt_every=500, log_every=50, grad_clip=1.0, stop_after=0)
-RESUME_KEYS = ("profile", "model", "steps", "batch_size", "lr", "seed", "ema_decay")
 
 
 def run(**cfg):
@@ -45,66 +40,36 @@ def run(**cfg):
     model = build_model(cfg["model"]).to(dev)
     ema = make_ema(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0)
-    diffusion = create_diffusion()
+    objective = create_objective(learn_sigma=model.learn_sigma)
     images, labels = load_dataset(prof).tensors()
-    start = 0
-    state = load_train_state(out / "state.pt", cfg, RESUME_KEYS)
-    log = []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        start, log = state["step"], state["log"]
-        dist.print0(f"resuming {out / 'state.pt'} at step {start}")
-    ddp = DDP(model) if dist.is_dist() else model
-    guard = NonFiniteGuard(cfg["steps"])
-    guard.skipped = state.get("skipped", 0) if state is not None else 0  # non-finite steps before a resume
     n_params = sum(p.numel() for p in model.parameters())
     dist.print0(f"pretrain {cfg['model']}: {n_params / 1e6:.2f}M params, {cfg['steps']} steps of batch "
                 f"{cfg['batch_size']} on {dist.world_size()} process(es), {len(images)} images")
+    # the model draws its own label dropout (seeded per step and rank), as the shipped teacher was trained
+    identity = {k: v for k, v in cfg.items() if k not in ("out", "ckpt_every", "log_every", "stop_after")}
+    loop = LoopConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], seed=cfg["seed"], grad_clip=cfg["grad_clip"],
+                      ema_decay=cfg["ema_decay"], ema_warmup=10, log_every=cfg["log_every"],
+                      ckpt_every=cfg["ckpt_every"], stop_after=cfg["stop_after"])
 
-    def checkpoint(step):
-        save_train_state(out / "state.pt", step, unwrap(model).config, model=unwrap(model).state_dict(),
-                         ema=ema.state_dict(), opt=opt.state_dict(), log=log, skipped=guard.skipped,
-                         run_config=cfg)
+    def loss_fn(net, batch, step):
+        x, y, noise, t = batch
+        terms = objective.training_losses(net, x, t, dict(y=y), noise=noise)
+        return {"loss": terms["loss"].mean(), "mse": terms["mse"].mean()}
 
-    t0, seen = time.time(), 0
-    model.train()
-    bar = tqdm(range(start, cfg["steps"]), initial=start, total=cfg["steps"], disable=not dist.is_main(),
-               desc="pretrain", dynamic_ncols=True)
-    for step in bar:
-        x, y, noise, t = shard(global_batch(images, labels, step, cfg["batch_size"], cfg["seed"]))
-        seed_step(cfg["seed"], step)
-        lr = cosine_lr(step, cfg["steps"], cfg["lr"], cfg["lr"] * cfg["min_lr_frac"], cfg["warmup"])
-        for g in opt.param_groups:
-            g["lr"] = lr
-        terms = diffusion.training_losses(ddp, x.to(dev), t.to(dev), dict(y=y.to(dev)), noise=noise.to(dev))
-        loss = terms["loss"].mean()
-        opt.zero_grad(set_to_none=True)
-        if guard.ok(loss, step):
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-            opt.step()
-            update_ema(ema, unwrap(model), min(cfg["ema_decay"], (1 + step) / (10 + step)))  # warm-up
-        seen += cfg["batch_size"]
-        if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
-            stats = dist.reduce_dict({"loss": loss.detach(), "mse": terms["mse"].mean().detach()})
-            log.append({"step": step + 1, "lr": lr, **stats})
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", sps=f"{seen / (time.time() - t0):.0f}")
-        if (step + 1) % cfg["ckpt_every"] == 0 and step + 1 < cfg["steps"]:
-            checkpoint(step + 1)
-        if cfg["stop_after"] and step + 1 - start >= cfg["stop_after"]:
-            checkpoint(step + 1)
-            return {"stopped_at": step + 1, "out": str(out)}
-    wall = time.time() - t0
-    checkpoint(cfg["steps"])
-    summary = {"model": cfg["model"], "config": unwrap(model).config, "params": n_params, "steps": cfg["steps"],
-               "batch_size": cfg["batch_size"], "world_size": dist.world_size(), "wall_s": round(wall, 1),
-               "samples_per_s": round(seen / max(wall, 1e-9), 1), "skipped_steps": guard.skipped,
-               "final_loss": log[-1]["loss"] if log else None, "seed": cfg["seed"], "profile": prof.name}
+    res = train(model, loss_fn, opt, images, labels, objective, loop,
+                lr_at=lambda s: cosine_lr(s, cfg["steps"], cfg["lr"], cfg["lr"] * cfg["min_lr_frac"], cfg["warmup"]),
+                ema=ema, state={"model": model, "ema": ema, "opt": opt}, state_path=out / "state.pt",
+                identity=identity, desc="pretrain")
+    if res["stopped_at"] is not None:
+        return {"stopped_at": res["stopped_at"], "out": str(out)}
+    log = res["log"]
+    summary = {"model": cfg["model"], "config": model.config, "params": n_params, "steps": cfg["steps"],
+               "batch_size": cfg["batch_size"], "world_size": dist.world_size(), "wall_s": round(res["wall_s"], 1),
+               "samples_per_s": round(res["samples_per_s"], 1), "skipped_steps": res["skipped_steps"],
+               "final_loss": log[-1]["loss"] if log else None, "seed": cfg["seed"], "profile": prof.name,
+               "objective": objective.config}
     if dist.is_main():
-        save_checkpoint({"ema": ema.state_dict(), "config": unwrap(model).config, "summary": summary},
-                        out / "teacher.pt")
+        save_checkpoint({"ema": ema.state_dict(), "config": model.config, "summary": summary}, out / "teacher.pt")
         save_json({**summary, "log": log}, out / "summary.json")
     dist.barrier()
     return {**summary, "teacher": str(out / "teacher.pt")}

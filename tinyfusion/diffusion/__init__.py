@@ -1,1 +1,38 @@
-from tinyfusion.diffusion.gaussian import GaussianDiffusion, create_diffusion, sample  # noqa: F401
+"""The one door to the training objective, as DiT's ``create_diffusion`` is for its code.
+
+Everything that trains, scores or samples a model (pre-training, fine-tuning and distillation, learnable
+pruning, calibration losses, the metric-based baselines, the random-prune study, activation capture, sampling)
+goes through an *objective* object with this interface and calls nothing else of it:
+
+* ``sample_t(n, generator)``: training times for ``n`` samples;
+* ``noised(x0, t, noise)``: the model's input at time ``t``; ``model_time(t)``: the time the network sees;
+* ``training_losses(model, x0, t, model_kwargs, noise)``: per-sample loss terms (``loss`` is the one trained);
+* ``loss_from_output(out, x0, x_t, t, noise)``: the same terms from an output already computed;
+* ``sample(model, labels, sampler, steps, cfg_scale, generator, progress)``: images in [-1, 1];
+* ``name`` and ``config``: what defines it (stored with results).
+
+A new objective (flow matching for SiT) is one module implementing these plus one line in ``OBJECTIVES``.
+"""
+from tinyfusion.diffusion.gaussian import create_diffusion
+
+
+def _ddpm(learn_sigma=True, diffusion_steps=1000):
+    return create_diffusion("", learn_sigma=learn_sigma, diffusion_steps=diffusion_steps)
+
+
+OBJECTIVES = {
+    "ddpm": _ddpm,   # DiT: 1000-step linear-beta diffusion, epsilon + learned variance
+}
+
+
+def create_objective(name="ddpm", **kwargs):
+    """The training objective registered as ``name`` (``kwargs`` are its settings, e.g. ``learn_sigma``)."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; registered: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](**kwargs)
+
+
+def objective_for(model, name="ddpm"):
+    """The objective a DiT is trained and sampled with (its output channels decide ``learn_sigma``)."""
+    from tinyfusion.training import unwrap
+    return create_objective(name, learn_sigma=getattr(unwrap(model), "learn_sigma", True))

@@ -1,9 +1,12 @@
-"""Gaussian diffusion as DiT trains and samples it (after OpenAI's improved-diffusion / the DiT repo).
+"""The DDPM objective: Gaussian diffusion as DiT trains and samples it (after improved-diffusion / the DiT repo).
 
 1000-step linear beta schedule, epsilon prediction with a learned-range variance (the model's second half of
 output channels interpolates log beta_t and log beta~_t), the hybrid loss ``MSE(eps) + L_vb`` (the VB term
 trains only the variance: the mean is detached inside it), DDPM ancestral and DDIM sampling with timestep
 respacing, and classifier-free guidance through ``DiT.forward_with_cfg``.
+
+The rest of the library reaches it only through the objective interface (``tinyfusion.diffusion``):
+``sample_t``, ``noised``, ``model_time``, ``training_losses``, ``loss_from_output`` and ``sample``.
 """
 from __future__ import annotations
 
@@ -68,6 +71,8 @@ def mean_flat(x):
 class GaussianDiffusion:
     """Diffusion over ``betas``; ``timestep_map`` maps respaced indices to the model's original timesteps."""
 
+    name = "ddpm"
+
     def __init__(self, betas, learn_sigma=True, timestep_map=None, original_num_steps=None):
         self.betas = betas = np.asarray(betas, dtype=np.float64)
         self.num_timesteps = len(betas)
@@ -85,6 +90,24 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+
+    # ---------------------------------------------------------------- the objective interface
+    @property
+    def config(self):
+        """What defines this objective (stored with checkpoints and cache keys)."""
+        return {"name": self.name, "learn_sigma": self.learn_sigma, "diffusion_steps": self.original_num_steps}
+
+    def sample_t(self, n, generator=None):
+        """Training timesteps for ``n`` samples: uniform integers in [0, num_timesteps)."""
+        return torch.randint(self.num_timesteps, (n,), generator=generator)
+
+    def noised(self, x_start, t, noise):
+        """The model's input x_t for clean data ``x_start`` at timesteps ``t`` with ``noise``."""
+        return self.q_sample(x_start, t, noise)
+
+    def model_time(self, t):
+        """The timestep the network is conditioned on (the original schedule's index for a respaced one)."""
+        return self._scale_t(t)
 
     # ---------------------------------------------------------------- forward process
     def q_sample(self, x_start, t, noise):
@@ -133,13 +156,14 @@ class GaussianDiffusion:
         extra = None
         if isinstance(out, tuple):
             out, extra = out[0], out[1:]
-        terms = self.losses_from_output(out, x_start, x_t, t, noise)
+        terms = self.loss_from_output(out, x_start, x_t, t, noise)
         if return_output:
             terms["output"] = out
             terms["extra"] = extra
         return terms
 
-    def losses_from_output(self, out, x_start, x_t, t, noise):
+    def loss_from_output(self, out, x_start, x_t, t, noise):
+        """Per-sample loss terms (``loss``, ``mse``, ``vb``) of a model output ``out`` for the input x_t."""
         C = x_start.shape[1]
         terms = {"mse": mean_flat((noise - out[:, :C]) ** 2)}
         if self.learn_sigma:
@@ -179,6 +203,36 @@ class GaussianDiffusion:
         return x
 
     @torch.no_grad()
+    def sample(self, model, labels, sampler="ddim", steps=25, cfg_scale=1.5, generator=None, progress=False,
+               **model_kwargs):
+        """Class-conditional samples in [-1, 1] for ``labels`` (a LongTensor), ``steps`` respaced steps.
+
+        With ``cfg_scale > 1`` the batch is doubled with the null label and guided as in the official code.
+        """
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
+        diffusion = create_diffusion(str(steps), learn_sigma=self.learn_sigma,
+                                     diffusion_steps=self.original_num_steps)
+        device = next(model.parameters()).device
+        labels = labels.to(device)
+        cfg = cfg_scale is not None and cfg_scale != 1.0
+        size = model.x_embedder.img_size[0]
+        shape = (len(labels), model.in_channels, size, size)
+        z = torch.randn(shape, device=device, generator=generator)
+        if cfg:
+            z = torch.cat([z, z], 0)
+            labels = torch.cat([labels, torch.full_like(labels, model.num_classes)], 0)
+            shape = z.shape
+        kw = dict(model_kwargs, y=labels)
+        loop = diffusion.ddim_sample_loop if sampler == "ddim" else diffusion.p_sample_loop
+        was_training = model.training
+        model.eval()
+        x = loop(model, shape, kw, noise=z, cfg_scale=cfg_scale if cfg else None, progress=progress,
+                 generator=generator)
+        model.train(was_training)
+        return x[: len(x) // 2] if cfg else x
+
+    @torch.no_grad()
     def ddim_sample_loop(self, model, shape, model_kwargs, noise=None, cfg_scale=None, progress=False,
                          generator=None, eta=0.0, clip_denoised=True):
         """DDIM sampling (eta=0: deterministic) over all (respaced) steps."""
@@ -212,32 +266,3 @@ def create_diffusion(timestep_respacing="", learn_sigma=True, diffusion_steps=10
         last = alphas_cumprod[i]
     return GaussianDiffusion(np.array(new_betas), learn_sigma=learn_sigma, timestep_map=use,
                              original_num_steps=diffusion_steps)
-
-
-@torch.no_grad()
-def sample(model, labels, sampler="ddim", steps=25, cfg_scale=1.5, generator=None, progress=False, **model_kwargs):
-    """Class-conditional samples in [-1, 1] for ``labels`` (a LongTensor) with the given sampler.
-
-    With ``cfg_scale > 1`` the batch is doubled with the null label and guided as in the official code.
-    """
-    if sampler not in ("ddim", "ddpm"):
-        raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
-    diffusion = create_diffusion(str(steps), learn_sigma=model.learn_sigma)
-    device = next(model.parameters()).device
-    labels = labels.to(device)
-    cfg = cfg_scale is not None and cfg_scale != 1.0
-    size = model.x_embedder.img_size[0]
-    shape = (len(labels), model.in_channels, size, size)
-    z = torch.randn(shape, device=device, generator=generator)
-    if cfg:
-        z = torch.cat([z, z], 0)
-        labels = torch.cat([labels, torch.full_like(labels, model.num_classes)], 0)
-        shape = z.shape
-    kw = dict(model_kwargs, y=labels)
-    loop = diffusion.ddim_sample_loop if sampler == "ddim" else diffusion.p_sample_loop
-    was_training = model.training
-    model.eval()
-    x = loop(model, shape, kw, noise=z, cfg_scale=cfg_scale if cfg else None, progress=progress,
-             generator=generator)
-    model.train(was_training)
-    return x[: len(x) // 2] if cfg else x

@@ -179,12 +179,6 @@ class NMGates(nn.Module):
             confidence.append(float(p[row]))
         return kept, confidence
 
-    def mask_of(self, kept):
-        """The (depth,) 0/1 float mask that keeps the layers ``kept``."""
-        mask = torch.zeros(self.depth)
-        mask[list(kept)] = 1.0
-        return mask
-
     @torch.no_grad()
     def layer_probs(self, use_ema=False):
         """(depth,) probability that each layer is kept: the candidate-row probabilities times the rows."""
@@ -204,6 +198,13 @@ class NMGates(nn.Module):
                  "kept": kept, "confidence": conf, **extra}
         self.history.append(entry)
         return entry
+
+    def get_extra_state(self):
+        """The decision history travels with the gates' state dict (resumed runs keep their snapshots)."""
+        return {"history": list(self.history)}
+
+    def set_extra_state(self, state):
+        self.history = list(state.get("history", []))
 
     def extra_repr(self):
         return f"depth={self.depth}, groups={self.groups}, scale={self.scale}"

@@ -14,22 +14,17 @@ non-finite steps skipped, EMA 0.999 of the logits.
 """
 from __future__ import annotations
 
-import time
 from copy import deepcopy
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from tinyfusion import dist
 from tinyfusion.models.gates import NMGates, parse_groups, tau_schedule
 from tinyfusion.profiles import check_budget
-from tinyfusion.training import (NonFiniteGuard, global_batch, load_train_state, save_train_state, seed_step,
-                                 shard, unwrap)
+from tinyfusion.training import LoopConfig, train, unwrap
 
 UPDATES = ("lora", "full", "frozen")
-RESUME_KEYS = ("groups", "update", "steps", "batch_size", "lr", "logit_lr_mult", "tau", "lora_rank",
-               "lora_alpha", "ema_decay", "seed", "scale", "gate_init", "n_images", "grad_clip")
 
 
 def linear_module_names(model):
@@ -81,6 +76,24 @@ def trainable_fraction(model, update, lora_rank=8):
     return count_update_params(model, update, lora_rank) / total
 
 
+class TrainableWeights:
+    """The trainable tensors of a model (the weight update dPhi) as a state: LoRA runs save adapters, not the
+    frozen copy of the teacher."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def state_dict(self):
+        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_state_dict(self, state):
+        missing = set(state) ^ {n for n, p in self.model.named_parameters() if p.requires_grad}
+        if missing:
+            raise ValueError(f"saved weight update does not match this model ({sorted(missing)[:4]} ...); delete the "
+                             f"state file or use another state path")
+        self.model.load_state_dict(state, strict=False)
+
+
 class GatedDiT(nn.Module):
     """A DiT together with its gates: ``forward`` samples a per-sample mask and runs the masked model.
 
@@ -100,7 +113,7 @@ class GatedDiT(nn.Module):
 def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100, batch_size=64, lr=1e-4,
                   logit_lr_mult=10.0, tau=(4.0, 0.1), lora_rank=8, lora_alpha=16, ema_decay=0.999, grad_clip=1.0,
                   seed=0, log_every=None, state_path=None, ckpt_every=0, stop_after=0, progress=True,
-                  scale=100.0, gate_init=0.02, diffusion=None):
+                  scale=100.0, gate_init=0.02, objective=None):
     """Train N:M gates jointly with a weight update and return the decision.
 
     ``model``: the teacher DiT (not modified: a copy is trained). ``images``/``labels``: training tensors
@@ -108,12 +121,13 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
     "7:14" or a list of [N, M] blocks. ``update``: "lora", "full" or "frozen". ``state_path``: resumable
     training state (written every ``ckpt_every`` steps, when stopped by ``stop_after`` and at the end;
     read back if present). Under torchrun the global batch is split across ranks and gradients averaged.
+    The loss is the objective's training loss of the masked model (one ``training.train`` loop).
 
     Returns a dict: kept, confidence, history (decision snapshots every ``log_every`` steps), log,
     trainable_params, gate_params, total_params, trainable_fraction, steps_per_s, skipped_steps, step
     (steps done), stopped_at (when stopped early), plus the trained ``gates`` and ``model`` (with dPhi).
     """
-    from tinyfusion.diffusion import create_diffusion
+    from tinyfusion.diffusion import objective_for
 
     _check_update(update)
     steps = check_budget("steps", steps)
@@ -123,7 +137,7 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
     depth = len(base.blocks)
     pairs = parse_groups(groups, depth)
     dev = next(base.parameters()).device
-    diffusion = diffusion or create_diffusion(learn_sigma=base.learn_sigma)
+    objective = objective or objective_for(base)
     run_config = dict(groups=[list(p) for p in pairs], update=update, steps=steps, batch_size=batch_size,
                       lr=float(lr), logit_lr_mult=float(logit_lr_mult), tau=[float(v) for v in tau],
                       lora_rank=int(lora_rank), lora_alpha=float(lora_alpha), ema_decay=float(ema_decay),
@@ -143,24 +157,6 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
     if weights:
         groups_opt.insert(0, {"params": weights, "lr": lr})
     opt = torch.optim.AdamW(groups_opt, lr=lr, weight_decay=0.0)
-    trainable = [p for g in groups_opt for p in g["params"]]
-
-    start, log, skipped, prior_wall = 0, [], 0, 0.0
-    state = load_train_state(state_path, run_config, RESUME_KEYS) if state_path else None
-    if state is not None:
-        gates.load_state_dict(state["gates"])
-        gates.history = list(state["history"])
-        missing = set(state["weights"]) ^ {n for n, p in net.named_parameters() if p.requires_grad}
-        if missing:
-            raise ValueError(f"{state_path}: saved weight update does not match this model "
-                             f"({sorted(missing)[:4]} ...); delete it or use another state path")
-        net.load_state_dict(state["weights"], strict=False)
-        opt.load_state_dict(state["opt"])
-        start, log, skipped, prior_wall = state["step"], state["log"], state["skipped"], state["wall_s"]
-        dist.print0(f"resuming {state_path} at step {start}")
-    ddp = torch.nn.parallel.DistributedDataParallel(learner) if dist.is_dist() else learner
-    guard = NonFiniteGuard(steps)
-    guard.skipped = skipped
     n_update = sum(p.numel() for p in weights)
     n_total = sum(p.numel() for n, p in net.named_parameters() if "lora_" not in n)
     n_gates = sum(p.numel() for p in gates.parameters())
@@ -168,54 +164,29 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
         dist.print0(f"learn_pruning {update} {groups}: {len(pairs)} blocks keep {gates.n_keep}/{depth} layers; "
                     f"dPhi {n_update:,} params ({100 * n_update / n_total:.2f}% of {n_total:,}), {steps} steps "
                     f"of batch {batch_size} on {dist.world_size()} process(es)")
+    gates.record(0, tau_schedule(0, steps, *tau))  # the start (a resumed run restores its own history)
 
-    def checkpoint(step, wall):
-        save_train_state(state_path, step, unwrap(net).config if hasattr(net, "config") else None,
-                         gates=gates.state_dict(), history=gates.history, opt=opt.state_dict(), log=log,
-                         weights={n: p.detach() for n, p in net.named_parameters() if p.requires_grad},
-                         skipped=guard.skipped, wall_s=wall, run_config=run_config)
+    def loss_fn(net_, batch, step):
+        x, y, noise, t = batch
+        terms = objective.training_losses(net_, x, t, dict(y=y, tau=tau_schedule(step, steps, *tau)), noise=noise)
+        return {"loss": terms["loss"].mean(), "mse": terms["mse"].mean()}
 
-    if start == 0 and not gates.history:
-        gates.record(0, tau_schedule(0, steps, *tau))
-    t0 = time.time()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"prune {update}", dynamic_ncols=True,
-               disable=not (progress and dist.is_main()))
-    stopped_at = None
-    for step in bar:
-        x, y, noise, t = (v.to(dev) for v in shard(global_batch(images, labels, step, batch_size, seed,
-                                                                 diffusion.num_timesteps)))
-        seed_step(seed, step)
-        temp = tau_schedule(step, steps, *tau)
-        terms = diffusion.training_losses(ddp, x, t, dict(y=y, tau=temp), noise=noise)
-        loss = terms["loss"].mean()
-        opt.zero_grad(set_to_none=True)
-        if guard.ok(loss, step):
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
-            opt.step()
-            gates.update_ema(ema_decay)
-        done = step + 1
-        if done % log_every == 0 or done == steps:
-            stats = dist.reduce_dict({"loss": loss.detach(), "mse": terms["mse"].mean().detach()})
-            log.append({"step": done, "tau": temp, **stats})
-            entry = gates.record(done, temp, loss=stats["loss"])
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", tau=f"{temp:.2f}",
-                            conf=f"{min(entry['confidence']):.2f}")
-        if state_path and ckpt_every and done % ckpt_every == 0 and done < steps:
-            checkpoint(done, prior_wall + time.time() - t0)
-        if stop_after and done - start >= stop_after and done < steps:
-            stopped_at = done
-            break
-    bar.close()
-    wall = time.time() - t0
-    done = stopped_at or steps
-    if state_path:
-        checkpoint(done, prior_wall + wall)
-    total_wall = prior_wall + wall  # over every session of a resumed run
+    def on_log(step, entry):
+        entry["tau"] = tau_schedule(step, steps, *tau)
+        snap = gates.record(step + 1, entry["tau"], loss=entry["loss"])
+        return {"tau": f"{entry['tau']:.2f}", "conf": f"{min(snap['confidence']):.2f}"}
+
+    loop = LoopConfig(steps=steps, batch_size=batch_size, seed=seed, grad_clip=grad_clip, log_every=log_every,
+                      ckpt_every=ckpt_every if state_path else 0, stop_after=stop_after)
+    res = train(learner, loss_fn, opt, images, labels, objective, loop, after_update=lambda s: gates.update_ema(ema_decay),
+                on_log=on_log, state={"weights": TrainableWeights(net), "gates": gates, "opt": opt},
+                state_path=state_path, identity=run_config, desc=f"prune {update}", progress=progress)
+    done = res["stopped_at"] or steps
     kept, confidence = gates.decision(use_ema=True)
-    return {"kept": kept, "confidence": confidence, "history": gates.history, "log": log,
+    return {"kept": kept, "confidence": confidence, "history": gates.history, "log": res["log"],
             "groups": [list(p) for p in pairs], "update": update,
             "trainable_params": n_update, "gate_params": n_gates, "total_params": n_total,
             "trainable_fraction": n_update / n_total,
-            "steps_per_s": done / total_wall if done and total_wall > 0 else None, "skipped_steps": guard.skipped,
-            "step": done, "stopped_at": stopped_at, "gates": gates, "model": net}
+            "steps_per_s": done / res["total_wall_s"] if done and res["total_wall_s"] > 0 else None,
+            "skipped_steps": res["skipped_steps"], "step": done, "stopped_at": res["stopped_at"], "gates": gates,
+            "model": net}

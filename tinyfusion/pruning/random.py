@@ -50,19 +50,19 @@ def _flatten_calib(calib, n_samples=None):
 
 
 @torch.no_grad()
-def _masked_forward_losses(model, diffusion, data, chunk):
+def _masked_forward_losses(model, objective, data, chunk):
     """Scores a chunk of candidates with one ``DiT.forward``: the calibration batch tiled once per candidate,
     each copy with its own hard mask."""
     n, k = len(data["y"]), len(chunk)
     tile = {key: v.repeat(k, *([1] * (v.dim() - 1))) for key, v in data.items()}
-    terms = diffusion.training_losses(model, tile["x0"], tile["t"],
+    terms = objective.training_losses(model, tile["x0"], tile["t"],
                                       {"y": tile["y"], "mask": chunk.repeat_interleave(n, dim=0)},
                                       noise=tile["noise"])
     return terms["loss"].view(k, n).double().mean(1)
 
 
 @torch.no_grad()
-def _prefix_shared_losses(model, diffusion, data, chunk):
+def _prefix_shared_losses(model, objective, data, chunk):
     """The same numbers as ``_masked_forward_losses``, computing each distinct mask prefix once.
 
     Candidates that agree on layers 0..i have the same hidden state after layer i, so the hidden states
@@ -71,8 +71,8 @@ def _prefix_shared_losses(model, diffusion, data, chunk):
     are shared by most candidates, which saves about half of the work for random 50% prunes.
     """
     n, k = len(data["y"]), len(chunk)
-    x_t = diffusion.q_sample(data["x0"], data["t"], data["noise"])
-    h0, c = model.embed(x_t, diffusion._scale_t(data["t"]), data["y"])
+    x_t = objective.noised(data["x0"], data["t"], data["noise"])
+    h0, c = model.embed(x_t, objective.model_time(data["t"]), data["y"])
     states = h0.unsqueeze(0)                       # (distinct prefixes, n, tokens, width)
     state_of = torch.zeros(k, dtype=torch.long, device=chunk.device)
     for i, block in enumerate(model.blocks):
@@ -87,22 +87,22 @@ def _prefix_shared_losses(model, diffusion, data, chunk):
     u = len(states)
     out = model.unpatchify(model.final_layer(states.reshape(u * n, *states.shape[2:]), c.repeat(u, 1)))
     rep = {key: v.repeat(u, *([1] * (v.dim() - 1))) for key, v in data.items()}
-    x_t = diffusion.q_sample(rep["x0"], rep["t"], rep["noise"])
-    terms = diffusion.losses_from_output(out, rep["x0"], x_t, rep["t"], rep["noise"])
+    x_t = objective.noised(rep["x0"], rep["t"], rep["noise"])
+    terms = objective.loss_from_output(out, rep["x0"], x_t, rep["t"], rep["noise"])
     return terms["loss"].view(u, n).double().mean(1)[state_of]
 
 
 @torch.no_grad()
-def candidate_losses(model, calib, masks, batch_candidates=256, diffusion=None, progress=False, n_samples=None,
+def candidate_losses(model, calib, masks, batch_candidates=256, objective=None, progress=False, n_samples=None,
                      share_prefixes=True):
     """Calibration loss (mean ``loss`` term over the calibration samples) of every row of ``masks`` (C, depth).
 
     Candidates are scored ``batch_candidates`` at a time; ``share_prefixes`` (default) sorts them and runs
     every distinct mask prefix once, else each chunk goes through one masked ``DiT.forward``.
     """
-    from tinyfusion.pruning.scores import _diffusion_for
+    from tinyfusion.pruning.scores import _objective_for
 
-    diffusion = _diffusion_for(model, diffusion)
+    objective = _objective_for(model, objective)
     dev = next(model.parameters()).device
     data = {k: v.to(dev) for k, v in _flatten_calib(calib, n_samples).items()}
     masks = torch.as_tensor(masks, dtype=torch.float32)
@@ -118,7 +118,7 @@ def candidate_losses(model, calib, masks, batch_candidates=256, diffusion=None, 
         bar = tqdm(total=len(masks), disable=not progress, desc="candidates", leave=False)
         for start in range(0, len(masks), batch_candidates):
             idx = order[start:start + batch_candidates]
-            losses[idx] = score(model, diffusion, data, masks[idx].to(dev)).cpu()
+            losses[idx] = score(model, objective, data, masks[idx].to(dev)).cpu()
             bar.update(len(idx))
         bar.close()
     finally:
@@ -127,7 +127,7 @@ def candidate_losses(model, calib, masks, batch_candidates=256, diffusion=None, 
 
 
 def random_candidate_study(model, calib, n_candidates, keep, batch_candidates=256, progress=True, groups=None,
-                           seed=0, n_samples=32, diffusion=None, share_prefixes=True):
+                           seed=0, n_samples=32, objective=None, share_prefixes=True):
     """Calibration losses of ``n_candidates`` random prunes keeping ``keep`` layers (Figure 5, Table 3).
 
     ``calib``: the calibration batches; every candidate is scored on their first ``n_samples`` samples
@@ -141,7 +141,7 @@ def random_candidate_study(model, calib, n_candidates, keep, batch_candidates=25
     g = torch.Generator().manual_seed(int(seed))
     masks = random_masks(int(n_candidates), depth, keep, groups, g)
     t0 = time.time()
-    losses = candidate_losses(model, calib, masks, batch_candidates, diffusion, progress, n_samples, share_prefixes)
+    losses = candidate_losses(model, calib, masks, batch_candidates, objective, progress, n_samples, share_prefixes)
     wall = time.time() - t0
     kept = [row.nonzero().flatten().tolist() for row in masks]
     rate = len(masks) / max(wall, 1e-9)
