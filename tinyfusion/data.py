@@ -176,10 +176,23 @@ class LatentFolder(Dataset):
 
 def load_dataset(profile, split="train"):
     """The training set a profile names (Fashion-MNIST with the profile's limit, or ImageNet latents)."""
-    if profile.dataset == "fashion-mnist":
-        return FashionMNIST(split, limit=profile.data_limit if split == "train" else profile.eval_limit,
-                            size=profile.image_size)
-    if profile.dataset == "imagenet-latents":
-        root = Path(os.environ.get("TINYFUSION_LATENTS", "data/local/imagenet256"))
+    return load_data(data_identity(profile, split))
+
+
+def load_data(identity):
+    """The dataset a :func:`data_identity` describes (what cached steps load, from their own config)."""
+    if identity["dataset"] == "fashion-mnist":
+        return FashionMNIST(identity["split"], limit=identity["limit"], size=identity["size"])
+    if identity["dataset"] == "imagenet-latents":
+        root = Path(identity["root"])
         return LatentFolder(root / "imagenet256_features", root / "imagenet256_labels")
-    raise ValueError(f"unknown dataset {profile.dataset!r}")
+    raise ValueError(f"unknown dataset {identity['dataset']!r}")
+
+
+def data_identity(profile, split="train"):
+    """What decides the images ``load_dataset(profile, split)`` returns (part of every cached step's config)."""
+    if profile.dataset == "fashion-mnist":
+        return {"dataset": profile.dataset, "split": split, "size": profile.image_size,
+                "limit": profile.data_limit if split == "train" else profile.eval_limit}
+    return {"dataset": profile.dataset, "split": split,
+            "root": os.environ.get("TINYFUSION_LATENTS", "data/local/imagenet256")}

@@ -278,3 +278,94 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
     return dict(model=m, ema=ema, log=res["log"], skipped_steps=res["skipped_steps"],
                 first_step_components=res["first"], samples_per_s=res["samples_per_s"], steps_run=res["steps_run"],
                 stopped_at=res["stopped_at"], wall_s=res["wall_s"])
+
+
+# --------------------------------------------------------------------------- one recovery run: config and artefacts
+def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_sigma=0.0, kept=None, groups="1:2",
+                    parent_map=None, steps=0, batch_size=0, lr=0.0, min_lr=0.0, a_kd=0.9, a_diff=0.1,
+                    beta=(1e-2, 0.0), ema_decay=0.999, ema_warmup=10, grad_clip=1.0, seed=0, inject_nan_at=None):
+    """The resolved settings of one recovery run: every value :func:`run_recovery` reads, profile defaults filled
+    in (0 / None / "" mean "the profile's"), input files as ``Path`` (the cache hashes them), the layer map derived.
+
+    ``kept`` (default: the ``kept`` stored in the student checkpoint), ``groups`` ("none": one block) and
+    ``parent_map`` give the RepKD layer map (see :func:`layer_map`); the teacher defaults to the profile's.
+    """
+    from pathlib import Path
+
+    from tinyfusion.data import data_identity
+    from tinyfusion.io import load_checkpoint
+    from tinyfusion.models.dit import depth_of_state_dict, state_dict_of
+    from tinyfusion.profiles import check_budget, get_profile
+
+    prof = get_profile(profile)
+    if mode not in MODES:
+        raise ValueError(f"--mode {mode!r} is unknown; choose one of {', '.join(MODES)}")
+    if not student:
+        raise ValueError("--student is required: the pruned checkpoint to recover")
+    student = Path(student)
+    steps = check_budget("steps", steps or prof.finetune_steps)
+    batch_size = check_budget("batch_size", batch_size or prof.finetune_batch)
+    lr = float(lr or prof.finetune_lr)
+    teacher_path = None
+    if mode in TEACHER_MODES:
+        teacher_path = Path(teacher) if teacher else prof.path(prof.teacher)
+        if not teacher_path.exists():
+            raise FileNotFoundError(f"teacher {teacher_path} does not exist; train it (tinyfusion.cli.pretrain) or "
+                                    f"pass --teacher")
+    if kept is None:
+        ckpt = load_checkpoint(student)
+        kept = ckpt.get("kept") if isinstance(ckpt, dict) else None
+    groups = None if str(groups).lower() in ("none", "") else groups
+    lmap = None
+    if mode in REP_MODES:
+        if kept is None:
+            raise ValueError(f"mode {mode!r} matches student layers to teacher layers: pass --kept (JSON list of the "
+                             f"student's kept layer indices); {student} stores none")
+        teacher_depth = depth_of_state_dict(state_dict_of(load_checkpoint(teacher_path)))
+        lmap = layer_map(kept, groups, teacher_depth, parent_map)
+    return dict(profile=prof.name, data=data_identity(prof), student=student, teacher=teacher_path, mode=mode,
+                k_sigma=float(k_sigma) if k_sigma else None, kept=None if kept is None else [int(k) for k in kept],
+                layer_map=lmap, steps=steps, batch_size=batch_size, lr=lr, min_lr=float(min_lr or lr / 2),
+                a_kd=float(a_kd), a_diff=float(a_diff), beta=[float(b) for b in beta], ema_decay=float(ema_decay),
+                ema_warmup=int(ema_warmup), grad_clip=float(grad_clip), seed=int(seed),
+                inject_nan_at=list(inject_nan_at) if inject_nan_at else None)
+
+
+def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_skipped=None, progress=True):
+    """Run the recovery of a :func:`recovery_config` into ``out``: ``state.pt`` (resumable), ``model.pt``
+    (``{"ema", "config", "kept", "recovery"}``, loads with ``load_dit``) and ``log.json``; returns the result
+    dict (paths, losses, throughput), or ``{"stopped_at", ...}`` when ``stop_after`` ended it early."""
+    from pathlib import Path
+
+    from tinyfusion.data import load_data
+    from tinyfusion.io import save_checkpoint, save_json
+    from tinyfusion.models import load_dit
+
+    c, out = config, Path(out)
+    student = load_dit(c["student"])
+    teacher = load_dit(c["teacher"]) if c["teacher"] else None
+    images, labels = load_data(c["data"]).tensors()
+    dist.print0(f"recovery {c['mode']}: student {student.depth} layers from {c['student']}"
+                + (f", teacher {teacher.depth} layers, layer_map {c['layer_map']}" if teacher is not None else "")
+                + f"; {c['steps']} steps of batch {c['batch_size']} on {dist.world_size()} process(es)")
+    res = finetune(student, images, labels, c["mode"], teacher, c["layer_map"], steps=c["steps"],
+                   batch_size=c["batch_size"], lr=c["lr"], min_lr=c["min_lr"], a_kd=c["a_kd"], a_diff=c["a_diff"],
+                   beta=tuple(c["beta"]), k_sigma=c["k_sigma"], ema_decay=c["ema_decay"], ema_warmup=c["ema_warmup"],
+                   grad_clip=c["grad_clip"], seed=c["seed"], log_every=log_every, state_path=out / "state.pt",
+                   ckpt_every=ckpt_every, stop_after=stop_after, max_skipped=max_skipped, progress=progress,
+                   inject_nan_at=c["inject_nan_at"])
+    if res["stopped_at"] is not None:
+        return {"stopped_at": res["stopped_at"], "out": str(out), "state": str(out / "state.pt")}
+    log = res["log"]
+    result = dict(out=str(out), model=str(out / "model.pt"), state=str(out / "state.pt"), log=str(out / "log.json"),
+                  mode=c["mode"], steps=c["steps"], batch_size=c["batch_size"], world_size=dist.world_size(),
+                  skipped_steps=res["skipped_steps"], samples_per_s=round(res["samples_per_s"], 1),
+                  wall_s=round(res["wall_s"], 1), first_step=res["first_step_components"],
+                  final_loss=log[-1]["loss"] if log else None, layer_map=c["layer_map"], kept=c["kept"],
+                  student=str(c["student"]), teacher=str(c["teacher"]) if c["teacher"] else None)
+    if dist.is_main():
+        save_checkpoint({"ema": res["ema"].state_dict(), "config": res["model"].config, "kept": c["kept"],
+                         "recovery": result}, out / "model.pt")
+        save_json(log, out / "log.json")
+    dist.barrier()
+    return result

@@ -76,3 +76,41 @@ def sample_to_npz(model, n, path=None, sampler="ddim", steps=25, cfg_scale=1.5, 
             save_npz(path, images=images, labels=out["labels"])
     dist.barrier()
     return out
+
+
+# --------------------------------------------------------------------------- one scoring run
+def score_config(profile=None, *, checkpoint, n=0, sampler="", steps=0, cfg_scale=None, seed=0, batch=0,
+                 evaluator=None, reference_limit=None):
+    """The resolved settings of scoring one checkpoint (sample ``n`` images, score them against the real test
+    set): profile defaults for 0 / "" / None, the checkpoint and the evaluator as ``Path`` (hashed by the cache)."""
+    from pathlib import Path
+
+    from tinyfusion.profiles import check_budget, get_profile
+
+    prof = get_profile(profile)
+    return dict(profile=prof.name, checkpoint=Path(checkpoint), n=check_budget("n", n or prof.eval_samples),
+                sampler=sampler or prof.sampler, steps=check_budget("steps", steps or prof.sample_steps),
+                cfg_scale=prof.cfg_scale if cfg_scale is None else float(cfg_scale), seed=int(seed),
+                batch=check_budget("batch", batch or prof.batch_eval),
+                evaluator=Path(prof.path(evaluator or prof.evaluator)),
+                reference_limit=reference_limit if reference_limit is not None else prof.eval_limit)
+
+
+def sample_checkpoint(config, path, progress=True):
+    """Draw the samples of a :func:`score_config` from its checkpoint into the ``.npz`` at ``path`` (every rank
+    under torchrun; rank 0 writes)."""
+    from tinyfusion.models import load_dit
+
+    c = config
+    model = load_dit(c["checkpoint"]).to(dist.device()).eval()
+    res = sample_to_npz(model, c["n"], path, sampler=c["sampler"], steps=c["steps"], cfg_scale=c["cfg_scale"],
+                        seed=c["seed"], batch=c["batch"], progress=progress)
+    return {"depth": model.depth, "wall_s": round(res["wall_s"], 2), "images_per_s": round(res["images_per_s"], 1)}
+
+
+def score_samples(config, path):
+    """The metrics of the samples at ``path`` (``metrics.evaluate_npz`` with the config's evaluator and
+    reference)."""
+    from tinyfusion.metrics import evaluate_npz
+    return {**evaluate_npz(path, seed=0, evaluator_path=config["evaluator"],
+                           reference_limit=config["reference_limit"]), "samples": str(path)}

@@ -1,66 +1,30 @@
 """The replication's steps, cached per profile: what the numbered notebooks call.
 
-``Study(profile)`` owns ``results/<profile>/``. Each expensive step (random-candidate study, learnable pruning,
-surgery, fine-tuning, sampling + scoring) writes its artefacts into a folder keyed by its config
-(``<kind>/<name>-<hash>``) and a ``study.json`` last; a rerun with the same config reuses it, a changed
-config recomputes into a new folder, and a half-finished step resumes from its own checkpoint.
-Entry points run in-process on one process, under torchrun (``tinyfusion.launch``) when ``profile.nproc > 1``.
+``Study(profile)`` owns ``results/<profile>/``. Each expensive step (random-candidate study, baselines,
+learnable pruning, surgery, fine-tuning, sampling + scoring) resolves its full config with the library's own
+resolver (``learnable_config``, ``recovery_config``, ``score_config``, ...), and ``tinyfusion.cache`` keys a
+folder by it (``<kind>/<name>-<hash>``, ``run.json`` written last): a rerun with the same config reuses it, any
+changed setting or input file recomputes into a new folder, and a half-finished step resumes from its own
+checkpoint. Steps run in this process by calling the library, or under torchrun through the entry point of
+the same name (``tinyfusion.launch``) when ``profile.nproc > 1``.
 """
 from __future__ import annotations
 
-import importlib
-import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tinyfusion import paper
-from tinyfusion.data import load_dataset
-from tinyfusion.io import _json_default, config_key, load_json, save_json, sha256
+from tinyfusion import cache, paper
+from tinyfusion.data import data_identity, load_dataset
+from tinyfusion.io import save_json
 from tinyfusion.models import load_dit
 from tinyfusion.profiles import get_profile
 
 BASELINES = ("shortgpt", "flux-lite", "sensitivity", "oracle")
 RANDOM_PICKS = ("min-loss random", "median-loss random", "max-loss random")
-
-
-_FINGERPRINTS = {}  # (path, size, mtime) -> start of the file's SHA-256
-
-
-def _rel(path):
-    """A file as a stable cache-key string: its path (relative to the repository when inside it) and, when it
-    exists, the start of its SHA-256, so that a file replaced at the same path (a retrained teacher) makes every
-    step computed from it recompute instead of reusing results of the old file."""
-    from tinyfusion.profiles import ROOT
-    p = Path(path).resolve()
-    try:
-        name = str(p.relative_to(ROOT))
-    except ValueError:
-        name = str(p)
-    if not p.is_file():
-        return name
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _FINGERPRINTS:
-        _FINGERPRINTS[key] = sha256(p)[:12]
-    return f"{name}@{_FINGERPRINTS[key]}"
-
-
-def _plain(obj):
-    """``obj`` as it reads back from JSON (numpy values and tuples become plain numbers and lists)."""
-    return json.loads(json.dumps(obj, default=_json_default))
-
-
-def run_entry(module, nproc=1, **cfg):
-    """Run ``tinyfusion.cli.<module>``: in this process when ``nproc == 1``, else under torchrun."""
-    name = module if "." in module else f"tinyfusion.cli.{module}"
-    if nproc > 1:
-        from tinyfusion.launch import launch
-        return launch(name, nproc=nproc, **cfg)
-    return importlib.import_module(name).run(**cfg)
+RANDOM_STUDY_SAMPLES = 32  # calibration samples each random candidate is scored on (the picks are rescored on all)
 
 
 class Study:
@@ -94,35 +58,48 @@ class Study:
             self._teacher = load_dit(self.teacher_path, name=self.prof.model).eval()
         return self._teacher
 
+    @property
+    def objective(self):
+        """The teacher's training objective (sampling, losses): ``objective.sample(model, labels, ...)``."""
+        from tinyfusion.diffusion import objective_for
+        return objective_for(self.teacher())
+
     def data(self):
         """Training images and labels of the profile, as two tensors."""
         if self._data is None:
             self._data = load_dataset(self.prof).tensors()
         return self._data
 
+    def _calib_config(self):
+        return {"data": data_identity(self.prof), "batches": self.prof.calib_batches, "batch": self.prof.calib_batch,
+                "seed": 0}
+
     def calib(self):
         """The calibration set every pruning method is scored on (fixed images, noise and timesteps)."""
         if self._calib is None:
             from tinyfusion.pruning.scores import calibration_set
             images, labels = self.data()
-            self._calib = calibration_set(images, labels, self.prof.calib_batches, self.prof.calib_batch, seed=0)
+            self._calib = calibration_set(images, labels, self.prof.calib_batches, self.prof.calib_batch, seed=0,
+                                          objective=self.objective)
         return self._calib
 
     # ------------------------------------------------------------------ caching
-    def cached(self, kind, name, config, fn):
-        """Return ``fn(folder)``'s result for ``config``, computing it only when no finished result exists."""
+    def cached(self, kind, name, config, compute):
+        """``compute(folder)``'s result for the resolved ``config``, from ``results/<profile>/<kind>/`` when a
+        finished run of the same config is there (see ``tinyfusion.cache``)."""
         config = {"profile": self.prof.name, **config}
-        folder = self.root / kind / f"{name}-{config_key(config)}"
-        done = folder / "study.json"
-        if done.exists() and not self.recompute:
-            saved = load_json(done)
-            if saved.get("config") == _plain(config):
-                return saved["result"]
-        folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        result = fn(folder)
-        save_json({"config": config, "result": result, "wall_s": round(time.time() - t0, 2)}, done)
-        return _plain(result)
+        return cache.cached(cache.folder(self.root, kind, name, config), config, compute, self.recompute)
+
+    def _step(self, kind, name, config, compute, entry, flags):
+        """A step that may need several processes: the library's ``compute`` in this process, or, when the
+        profile asks for ``nproc > 1``, the entry point ``tinyfusion.cli.<entry>`` under torchrun with the
+        ``flags`` that resolve to the same ``config`` (it caches into the same folder)."""
+        if self.prof.nproc <= 1:
+            return self.cached(kind, name, config, compute)
+        from tinyfusion.launch import launch
+        out = cache.folder(self.root, kind, name, {"profile": self.prof.name, **config})
+        return launch(f"tinyfusion.cli.{entry}", nproc=self.prof.nproc, **cache.jsonable(flags), out=str(out),
+                      recompute=self.recompute)
 
     # ------------------------------------------------------------------ pruning
     def random_study(self):
@@ -130,103 +107,123 @@ class Study:
         from tinyfusion.pruning.random import random_candidate_study
         keep = self.teacher().depth // 2
 
-        def fn(folder):
-            r = random_candidate_study(self.teacher(), self.calib(), self.prof.random_candidates, keep)
+        def compute(folder):
+            r = random_candidate_study(self.teacher(), self.calib(), self.prof.random_candidates, keep,
+                                       n_samples=RANDOM_STUDY_SAMPLES, objective=self.objective)
             np.save(folder / "losses.npy", np.asarray(r["losses"], dtype=np.float64))
             order = np.argsort(r["losses"])
             pick = {"min-loss random": int(order[0]), "median-loss random": int(order[len(order) // 2]),
                     "max-loss random": int(order[-1])}
-            return {"n": len(r["losses"]), "rate": r["rate"], "n_samples": r.get("n_samples"), "min": float(np.min(r["losses"])),
-                    "max": float(np.max(r["losses"])), "median": float(np.median(r["losses"])),
+            return {"n": len(r["losses"]), "rate": r["rate"], "n_samples": r.get("n_samples"),
+                    "min": float(np.min(r["losses"])), "max": float(np.max(r["losses"])),
+                    "median": float(np.median(r["losses"])), "losses": str(folder / "losses.npy"),
                     "picks": {k: {"kept": list(map(int, r["kept"][i])), "loss": float(r["losses"][i])}
                               for k, i in pick.items()}}
-        cfg = {"n": self.prof.random_candidates, "keep": keep, "teacher": _rel(self.teacher_path),
-               "calib": [self.prof.calib_batches, self.prof.calib_batch]}
-        res = self.cached("random_study", "r50", cfg, fn)
-        res["losses"] = np.load(self._path_of("random_study", "r50", cfg) / "losses.npy")
-        return res
-
-    def _path_of(self, kind, name, config):
-        return self.root / kind / f"{name}-{config_key({'profile': self.prof.name, **config})}"
+        cfg = {"n": self.prof.random_candidates, "keep": keep, "seed": 0, "n_samples": RANDOM_STUDY_SAMPLES,
+               "teacher": self.teacher_path, "calib": self._calib_config()}
+        res = self.cached("random_study", "r50", cfg, compute)
+        return {**res, "losses": np.load(res["losses"])}
 
     def baseline(self, method):
         """Kept indices and per-layer scores of a metric-based or hand-made baseline (28 -> 14)."""
         from tinyfusion.pruning import scores
         from tinyfusion.pruning.indices import oracle_indices
+        if method not in BASELINES:
+            raise ValueError(f"unknown baseline {method!r}; choose from {BASELINES}")
         keep = self.teacher().depth // 2
 
-        def fn(folder):
+        def compute(folder):
             if method == "oracle":
                 return {"kept": oracle_indices(self.teacher().depth, keep), "scores": None}
             f = {"shortgpt": scores.shortgpt, "flux-lite": scores.flux_lite, "sensitivity": scores.sensitivity}[method]
-            kept, s = f(self.teacher(), self.calib(), keep)
+            kept, s = f(self.teacher(), self.calib(), keep, objective=self.objective)
             return {"kept": list(map(int, kept)), "scores": [float(v) for v in s]}
-        if method not in BASELINES:
-            raise ValueError(f"unknown baseline {method!r}; choose from {BASELINES}")
-        return self.cached("baselines", method.replace("-", ""), {"keep": keep, "teacher": _rel(self.teacher_path),
-                           "calib": [self.prof.calib_batches, self.prof.calib_batch]}, fn)
+        cfg = {"method": method, "keep": keep, "teacher": self.teacher_path}
+        if method != "oracle":  # the hand-made pattern depends on nothing else
+            cfg["calib"] = self._calib_config()
+        return self.cached("baselines", method.replace("-", ""), cfg, compute)
 
     def learnable(self, groups="1:2", update="lora", seed=0, source=None, steps=None):
-        """Learnable pruning (``cli.prune_learn``) of ``source`` (default: the teacher); cached."""
-        source = str(source or self.teacher_path)
-        steps = steps or self.prof.prune_steps
-        cfg = {"groups": groups, "update": update, "seed": seed, "source": _rel(source), "steps": steps,
-               "ema_decay": self.prof.prune_ema_decay}
-        return self.cached("prune_learn", f"{str(groups).replace(':', 'of')}_{update}_s{seed}", cfg,
-                           lambda folder: run_entry("prune_learn", self.prof.nproc, profile=self.prof.name,
-                                                    teacher=source, groups=groups, update=update, seed=seed,
-                                                    steps=steps, ema_decay=self.prof.prune_ema_decay,
-                                                    out=str(folder)))
+        """Learnable pruning of ``source`` (default: the teacher); the kept layers, confidences and paths."""
+        from tinyfusion.pruning import learnable
+        flags = dict(profile=self.prof.name, teacher=str(source or self.teacher_path), groups=groups, update=update,
+                     seed=seed, steps=steps or 0)
+        config = learnable.learnable_config(source=flags["teacher"], groups=groups, update=update, seed=seed,
+                                            steps=steps or 0, profile=self.prof)
+        return self._step("prune_learn", f"{str(groups).replace(':', 'of')}_{update}_s{seed}", config,
+                          lambda folder: learnable.run_learnable(config, folder), "prune_learn", flags)
 
     def calibration_loss(self, kept):
+        from tinyfusion.pruning.indices import mask_from_kept
         from tinyfusion.pruning.scores import calibration_loss
-        mask = torch.zeros(self.teacher().depth)
-        mask[list(kept)] = 1
-        return calibration_loss(self.teacher(), self.calib(), mask=mask)
+        return calibration_loss(self.teacher(), self.calib(), mask=mask_from_kept(kept, self.teacher().depth),
+                                objective=self.objective)
 
     def pruned(self, kept, source=None, name="pruned"):
         """Path of the compact model keeping ``kept`` layers of ``source`` (default: the teacher)."""
         from tinyfusion.io import save_checkpoint
         from tinyfusion.pruning.indices import prune
         source = Path(source or self.teacher_path)
+        kept = list(map(int, kept))
 
-        def fn(folder):
-            model = prune(load_dit(source, name=self.prof.model), list(kept))
-            save_checkpoint({"ema": model.state_dict(), "config": model.config}, folder / "model.pt")
+        def compute(folder):
+            model = prune(load_dit(source, name=self.prof.model), kept)
+            save_checkpoint({"ema": model.state_dict(), "config": model.config, "kept": kept,
+                             "source": str(source)}, folder / "model.pt")
             return {"path": str(folder / "model.pt"), "depth": model.depth}
-        return self.cached("pruned", name, {"kept": list(map(int, kept)), "source": _rel(source)}, fn)["path"]
+        return self.cached("pruned", name, {"kept": kept, "source": source}, compute)["path"]
 
     # ------------------------------------------------------------------ recovery and scoring
     def finetune(self, student, mode="finetune", k_sigma=0.0, seed=0, steps=None, teacher=None, kept=None,
                  groups="1:2", parent_map=None, name="ft"):
-        """Fine-tune (``cli.finetune``) the pruned checkpoint ``student``; returns its result dict."""
-        steps = steps or self.prof.finetune_steps
-        teacher = str(teacher or self.teacher_path)
-        cfg = dict(student=_rel(student), mode=mode, k_sigma=k_sigma, seed=seed, steps=steps, teacher=_rel(teacher),
-                   kept=kept, groups=groups, parent_map=parent_map)
-        return self.cached("finetune", f"{name}_{mode}_s{seed}", cfg,
-                           lambda folder: run_entry("finetune", self.prof.nproc, profile=self.prof.name,
-                                                    student=str(student), teacher=teacher, mode=mode,
-                                                    k_sigma=k_sigma, kept=kept, groups=groups, parent_map=parent_map,
-                                                    steps=steps, seed=seed, out=str(folder)))
+        """Fine-tune or distil the pruned checkpoint ``student``; returns the run's result (``model``: its path)."""
+        from tinyfusion import recovery
+        flags = dict(profile=self.prof.name, student=str(student), mode=mode, k_sigma=k_sigma, seed=seed,
+                     steps=steps or 0, teacher=str(teacher) if teacher else "", kept=kept, groups=groups,
+                     parent_map=parent_map)
+        config = recovery.recovery_config(**{**flags, "profile": self.prof})
+        return self._step("finetune", f"{name}_{mode}_s{seed}", config,
+                          lambda folder: recovery.run_recovery(config, folder), "finetune", flags)
 
     def score(self, checkpoint, name=None):
         """Sample ``profile.eval_samples`` images (fixed seed, sampler, steps, CFG) and score them.
 
-        The cache is keyed by the checkpoint and the evaluation settings, so every notebook that scores the same
-        model reuses one result; ``name`` only labels the folder (default: the checkpoint's run folder).
+        The cache is keyed by the checkpoint and every sampling and scoring setting, so every notebook that
+        scores the same model reuses one result; ``name`` only labels the folder (default: the checkpoint's run
+        folder).
         """
-        from tinyfusion.metrics import evaluate_npz
-        p = self.prof
+        from tinyfusion import sampling
         name = name or Path(checkpoint).parent.name.split("-")[0]
-        cfg = dict(checkpoint=_rel(checkpoint), n=p.eval_samples, sampler=p.sampler, steps=p.sample_steps,
-                   cfg_scale=p.cfg_scale, seed=0)
+        config = sampling.score_config(self.prof, checkpoint=checkpoint)
 
-        def fn(folder):
-            run_entry("sample", p.nproc, **{**cfg, "checkpoint": str(checkpoint)}, batch=p.batch_eval,
-                      out=str(folder / "samples.npz"))
-            return {**evaluate_npz(folder / "samples.npz", seed=0), "samples": str(folder / "samples.npz")}
-        return self.cached("scores", name, cfg, fn)
+        def compute(folder):
+            path = folder / "samples.npz"
+            if self.prof.nproc > 1:
+                from tinyfusion.launch import launch
+                keys = ("checkpoint", "n", "sampler", "steps", "cfg_scale", "seed", "batch")
+                launch("tinyfusion.cli.sample", nproc=self.prof.nproc,
+                       **cache.jsonable({k: config[k] for k in keys}), out=str(path))
+            else:
+                sampling.sample_checkpoint(config, path)
+            return sampling.score_samples(config, path)
+        return self.cached("scores", name, config, compute)
+
+    def fid_floor(self):
+        """Real-vs-real metrics at the profile's resolution: the floor every FID sits above (``metrics.fid_floor``
+        on ``min(5000, n_test // 2)`` images a side)."""
+        from tinyfusion.metrics import fid_floor
+        n = min(5000, (self.prof.eval_limit or 10000) // 2)
+        evaluator = self.prof.path(self.prof.evaluator)
+        return self.cached("floor", "fid_floor", {"n": n, "size": self.prof.image_size, "evaluator": evaluator},
+                           lambda folder: fid_floor(n=n, size=self.prof.image_size, evaluator_path=evaluator))
+
+    def speed_sweep(self):
+        """Sampling throughput of depth- and width-pruned copies of the profile's model on this machine's CPU
+        (``speed.speed_sweep`` with the profile's ``extra["speed"]`` settings): a list of rows."""
+        from tinyfusion.speed import speed_sweep
+        kw = self.prof.extra.get("speed", {})
+        return self.cached("speed", "sweep", {"model": self.prof.model, "device": "cpu", **kw},
+                           lambda folder: {"rows": speed_sweep(self.prof.model, **kw)})["rows"]
 
     def recover(self, label, kept, seeds=None, mode="finetune", k_sigma=0.0, steps=None, source=None,
                 teacher=None, groups="1:2", parent_map=None):

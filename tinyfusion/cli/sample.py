@@ -16,9 +16,8 @@ from pathlib import Path
 
 from tinyfusion import dist
 from tinyfusion.cli.common import cli_main
-from tinyfusion.models import load_dit
 from tinyfusion.profiles import check_budget
-from tinyfusion.sampling import sample_to_npz
+from tinyfusion.sampling import sample_checkpoint
 
 DEFAULTS = dict(checkpoint="", n=1000, sampler="ddim", steps=25, cfg_scale=1.5, seed=0, batch=250, out="",
                 progress=True)
@@ -37,13 +36,11 @@ def run(**cfg):
                                             f"_n{n}_seed{cfg['seed']}.npz"))
     if out.suffix != ".npz":
         raise ValueError(f"--out must end in .npz, got {out}")
-    model = load_dit(ckpt).to(dist.device()).eval()
-    res = sample_to_npz(model, n, out, sampler=cfg["sampler"], steps=cfg["steps"], cfg_scale=cfg["cfg_scale"],
-                        seed=cfg["seed"], batch=batch, progress=cfg["progress"])
-    return dict(out=str(out), checkpoint=str(ckpt), n=n, depth=model.depth, sampler=cfg["sampler"],
-                steps=cfg["steps"], cfg_scale=cfg["cfg_scale"], seed=cfg["seed"], batch=batch,
-                world_size=dist.world_size(), wall_s=round(res["wall_s"], 2),
-                images_per_s=round(res["images_per_s"], 1))
+    config = dict(checkpoint=ckpt, n=n, sampler=cfg["sampler"], steps=cfg["steps"], cfg_scale=cfg["cfg_scale"],
+                  seed=cfg["seed"], batch=batch)
+    res = sample_checkpoint(config, out, progress=cfg["progress"])
+    return dict(out=str(out), **{k: str(v) if k == "checkpoint" else v for k, v in config.items()}, **res,
+                world_size=dist.world_size())
 
 
 def main(argv=None):

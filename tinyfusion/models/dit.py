@@ -310,6 +310,13 @@ def depth_of_state_dict(state_dict):
     return len(ids)
 
 
+def state_dict_of(ckpt):
+    """The weights in a checkpoint: ours (``{"ema" or "model": state_dict, "config": ...}``) or a raw state dict."""
+    if isinstance(ckpt, dict) and ("ema" in ckpt or "model" in ckpt):
+        return ckpt.get("ema") or ckpt["model"]
+    return ckpt
+
+
 def load_dit(path_or_state, name=None, config=None, strict=True):
     """Load a DiT checkpoint of any depth into the official layout.
 
@@ -322,11 +329,8 @@ def load_dit(path_or_state, name=None, config=None, strict=True):
 
     label = str(path_or_state) if not isinstance(path_or_state, dict) else "<state dict>"
     ckpt = load_checkpoint(path_or_state) if not isinstance(path_or_state, dict) else path_or_state
-    state = ckpt
-    stored_config = None
-    if isinstance(ckpt, dict) and ("ema" in ckpt or "model" in ckpt):
-        state = ckpt.get("ema") or ckpt["model"]
-        stored_config = ckpt.get("config")
+    state = state_dict_of(ckpt)
+    stored_config = ckpt.get("config") if state is not ckpt else None
     depth = depth_of_state_dict(state)
     if config is not None:
         model = DiT(**{**config, "depth": depth})

@@ -190,3 +190,72 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
             "steps_per_s": done / res["total_wall_s"] if done and res["total_wall_s"] > 0 else None,
             "skipped_steps": res["skipped_steps"], "step": done, "stopped_at": res["stopped_at"], "gates": gates,
             "model": net}
+
+
+# --------------------------------------------------------------------------- one learnable-pruning run
+def learnable_config(profile=None, *, source=None, groups="1:2", update="lora", steps=0, batch_size=0, lr=0.0,
+                     seed=0, logit_lr_mult=10.0, tau=(4.0, 0.1), lora_rank=8, lora_alpha=16.0, ema_decay=0.0,
+                     grad_clip=1.0):
+    """The resolved settings of one learnable-pruning run (what :func:`run_learnable` reads): profile defaults
+    filled in for 0 / None (``source``: the profile's teacher; ``ema_decay``: the profile's gate-EMA decay)."""
+    import json
+    from pathlib import Path
+
+    from tinyfusion.data import data_identity
+    from tinyfusion.profiles import get_profile
+
+    prof = get_profile(profile)
+    _check_update(update)
+    source = Path(prof.path(source or prof.teacher))
+    if not source.exists():
+        raise FileNotFoundError(f"teacher checkpoint {source} does not exist; train it first "
+                                f"(python -m tinyfusion.cli.pretrain --profile {prof.name}) or pass --teacher")
+    if isinstance(groups, str) and groups.strip().startswith("["):
+        groups = json.loads(groups)
+    return dict(profile=prof.name, data=data_identity(prof), source=source, model=prof.model, groups=groups,
+                update=update,
+                steps=check_budget("steps", steps or prof.prune_steps),
+                batch_size=check_budget("batch_size", batch_size or prof.prune_batch),
+                lr=float(lr or prof.prune_lr), seed=int(seed), logit_lr_mult=float(logit_lr_mult),
+                tau=[float(v) for v in tau], lora_rank=int(lora_rank), lora_alpha=float(lora_alpha),
+                ema_decay=float(ema_decay or prof.prune_ema_decay), grad_clip=float(grad_clip))
+
+
+def run_learnable(config, out, *, log_every=0, ckpt_every=50, stop_after=0, progress=True):
+    """Run a :func:`learnable_config` into ``out``: ``kept.json`` (decision, confidences), ``history.json``
+    (snapshots for the decision plots), ``pruned.pt`` (the ORIGINAL weights of the kept layers, renumbered: dPhi
+    and the gates are dropped, as in the paper) and ``state.pt`` (resumable). Returns the summary and the paths,
+    or ``{"stopped_at", ...}`` when ``stop_after`` ended it early."""
+    from pathlib import Path
+
+    from tinyfusion.data import load_data
+    from tinyfusion.io import save_checkpoint, save_json
+    from tinyfusion.models import load_dit
+    from tinyfusion.pruning.indices import prune
+
+    c, out = config, Path(out)
+    teacher = load_dit(c["source"], name=c["model"]).to(dist.device())
+    images, labels = load_data(c["data"]).tensors()
+    res = learn_pruning(teacher, images, labels, groups=c["groups"], update=c["update"], steps=c["steps"],
+                        batch_size=c["batch_size"], lr=c["lr"], logit_lr_mult=c["logit_lr_mult"], tau=tuple(c["tau"]),
+                        lora_rank=c["lora_rank"], lora_alpha=c["lora_alpha"], ema_decay=c["ema_decay"],
+                        grad_clip=c["grad_clip"], seed=c["seed"], log_every=log_every or None,
+                        state_path=out / "state.pt", ckpt_every=ckpt_every, stop_after=stop_after, progress=progress)
+    if res["stopped_at"] is not None:
+        return {"stopped_at": res["stopped_at"], "out": str(out), "state": str(out / "state.pt")}
+    summary = {"kept": res["kept"], "confidence": res["confidence"], "groups": res["groups"], "update": c["update"],
+               "steps": c["steps"], "batch_size": c["batch_size"], "lr": c["lr"], "seed": c["seed"],
+               "profile": c["profile"], "teacher": str(c["source"]), "depth": len(res["kept"]),
+               "trainable_params": res["trainable_params"], "total_params": res["total_params"],
+               "trainable_fraction": res["trainable_fraction"], "steps_per_s": res["steps_per_s"],
+               "skipped_steps": res["skipped_steps"], "world_size": dist.world_size()}
+    if dist.is_main():
+        pruned = prune(teacher, res["kept"])  # the original weights: dPhi and the gates are dropped
+        save_checkpoint({"ema": pruned.state_dict(), "config": pruned.config, "kept": res["kept"],
+                         "source": str(c["source"])}, out / "pruned.pt")
+        save_json(summary, out / "kept.json")
+        save_json({"groups": res["groups"], "update": c["update"], "history": res["history"], "log": res["log"]},
+                  out / "history.json")
+    dist.barrier()
+    return {**summary, "out": str(out), "kept_json": str(out / "kept.json"),
+            "history_json": str(out / "history.json"), "pruned": str(out / "pruned.pt"), "state": str(out / "state.pt")}
