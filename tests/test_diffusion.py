@@ -1,8 +1,14 @@
+import re
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
-from tinyfusion.diffusion import create_diffusion, sample
-from tinyfusion.diffusion.gaussian import space_timesteps
+from tinyfusion.diffusion import OBJECTIVES, create_objective, objective_for
+from tinyfusion.diffusion.gaussian import create_diffusion, space_timesteps
+
+INTERFACE = ("sample_t", "noised", "model_time", "training_losses", "loss_from_output", "sample", "name", "config")
 
 
 def test_schedule_and_respacing():
@@ -45,8 +51,46 @@ def test_loss_falls_when_training(tiny_dit):
 
 def test_sampling_is_seeded_and_bounded(tiny_dit):
     labels = torch.arange(6) % 10
+    sample = objective_for(tiny_dit).sample
     a = sample(tiny_dit, labels, "ddim", 5, 1.5, generator=torch.Generator().manual_seed(3))
     b = sample(tiny_dit, labels, "ddim", 5, 1.5, generator=torch.Generator().manual_seed(3))
     c = sample(tiny_dit, labels, "ddpm", 5, 1.0, generator=torch.Generator().manual_seed(3))
     assert a.shape == (6, 1, 8, 8) and torch.equal(a, b)
     assert a.abs().max() <= 1.0 + 1e-5 and c.shape == a.shape
+    with pytest.raises(ValueError, match="sampler must be"):
+        sample(tiny_dit, labels, "euler", 5)
+
+
+def test_every_registered_objective_has_the_interface(tiny_dit):
+    for name in OBJECTIVES:
+        obj = create_objective(name)
+        missing = [m for m in INTERFACE if not hasattr(obj, m)]
+        assert not missing, (name, missing)
+        assert obj.name == name and obj.config["name"] == name
+    with pytest.raises(ValueError, match="unknown objective 'flowz'.*ddpm"):
+        create_objective("flowz")
+    assert objective_for(tiny_dit).config["learn_sigma"] is True
+
+
+def test_loss_from_output_matches_training_losses(tiny_dit):
+    obj = create_objective()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(8, 1, 8, 8, generator=g)
+    t, noise, y = obj.sample_t(8, generator=g), torch.randn(8, 1, 8, 8, generator=g), torch.arange(8)
+    tiny_dit.eval()
+    terms = obj.training_losses(tiny_dit, x0, t, dict(y=y), noise=noise)
+    x_t = obj.noised(x0, t, noise)
+    again = obj.loss_from_output(tiny_dit(x_t, obj.model_time(t), y), x0, x_t, t, noise)
+    for k in ("loss", "mse", "vb"):
+        assert torch.allclose(terms[k], again[k]), k
+    assert t.dtype == torch.long and 0 <= int(t.min()) and int(t.max()) < 1000
+
+
+def test_nothing_outside_the_objective_calls_its_internals():
+    """The objective is one door: adding one (flow for SiT) must not touch the callers."""
+    root = Path(__file__).resolve().parent.parent / "tinyfusion"
+    internals = re.compile(r"\b(q_sample|_scale_t|losses_from_output|p_mean_variance|create_diffusion|"
+                           r"ddim_sample_loop|p_sample_loop|GaussianDiffusion)\b")
+    offenders = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py") if "diffusion" not in p.parts
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if internals.search(line)]
+    assert not offenders, offenders

@@ -1,4 +1,5 @@
-"""The evaluator (our Inception stand-in), its torch-fidelity registration, and the metrics built on it."""
+"""The evaluator (our Inception stand-in), its training and torch-fidelity registration, and the metrics built
+on it."""
 import json
 import re
 import shutil
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinyfusion import metrics
+from tinyfusion import evaluator, metrics
 from tinyfusion.data import load_fashion_mnist
 from tinyfusion.io import CorruptArtefactError, save_checkpoint, save_npz
 
@@ -16,7 +17,7 @@ KEYS = {"fid", "is", "is_std", "precision", "recall", "kid", "kid_std", "sfid", 
 
 @pytest.fixture(scope="module")
 def evaluator_path():
-    path = metrics.DEFAULT_EVALUATOR
+    path = evaluator.DEFAULT_EVALUATOR
     assert path.exists(), f"{path} missing: run python -m tinyfusion.cli.train_evaluator --out {path}"
     return path
 
@@ -35,9 +36,9 @@ def no_disk_cache(tmp_path, monkeypatch):
 def test_extractor_registers_and_returns_feature_shapes(evaluator_path):
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
     from torch_fidelity.utils import create_feature_extractor
-    metrics.register()  # a second registration is a no-op, not an error
-    assert FEATURE_EXTRACTORS_REGISTRY["tinyfusion-fmnist"] is metrics.FeatureExtractorTinyFusion
-    fe = create_feature_extractor("tinyfusion-fmnist", list(metrics.FEATURES), cuda=False, verbose=False,
+    evaluator.register()  # a second registration is a no-op, not an error
+    assert FEATURE_EXTRACTORS_REGISTRY["tinyfusion-fmnist"] is evaluator.FeatureExtractorTinyFusion
+    fe = create_feature_extractor("tinyfusion-fmnist", list(evaluator.FEATURES), cuda=False, verbose=False,
                                   feature_extractor_weights_path=str(evaluator_path))
     x = torch.randint(0, 256, (5, 3, 28, 28), dtype=torch.uint8)
     feats = fe.convert_features_tuple_to_dict(fe(x))
@@ -53,9 +54,17 @@ def test_extractor_registers_and_returns_feature_shapes(evaluator_path):
         fe(x.float())
 
 
+def test_importing_metrics_registers_the_extractor():
+    import subprocess
+    import sys
+    code = ("import tinyfusion.metrics; from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY as R; "
+            "assert 'tinyfusion-fmnist' in R")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_evaluator_accuracy_on_test_images(evaluator_path, test_set):
     images, labels = test_set
-    model = metrics.load_evaluator(evaluator_path)
+    model = evaluator.load_evaluator(evaluator_path)
     with torch.no_grad():
         pred = model(metrics.to_uint8(images[:1000])).argmax(1).numpy()
     assert (pred == labels[:1000]).mean() >= 0.88
@@ -134,18 +143,18 @@ def test_corrupted_or_missing_evaluator_raises_naming_the_file(evaluator_path, t
     bad = tmp_path / "evaluator.pt"
     shutil.copy(evaluator_path, bad)
     shutil.copy(str(evaluator_path) + ".sha256", str(bad) + ".sha256")
-    metrics.load_evaluator(bad)  # an intact copy loads
+    evaluator.load_evaluator(bad)  # an intact copy loads
     data = bytearray(bad.read_bytes())
     for i in range(len(data) // 2, len(data) // 2 + 16):
         data[i] ^= 0xFF
     bad.write_bytes(bytes(data))
     with pytest.raises(CorruptArtefactError, match=re.escape(str(bad))):
-        metrics.load_evaluator(bad)
+        evaluator.load_evaluator(bad)
     with pytest.raises(CorruptArtefactError, match=re.escape(str(bad))):
         metrics.evaluate_samples(np.zeros((4, 28, 28), np.uint8), evaluator_path=bad,
                                  reference=np.zeros((4, 28, 28), np.uint8))
     with pytest.raises(FileNotFoundError, match="train_evaluator"):
-        metrics.load_evaluator(tmp_path / "nowhere.pt")
+        evaluator.load_evaluator(tmp_path / "nowhere.pt")
 
 
 def test_evaluate_cli_prints_one_json_for_an_npz(evaluator_path, test_set, tmp_path, capsys):
@@ -184,7 +193,7 @@ def test_train_evaluator_is_deterministic_and_checks_accuracy(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert (tmp_path / "a.pt.sha256").read_text().split()[0] == a["sha256"]
     assert json.loads((tmp_path / "a.json").read_text())["test_images"] == 200
-    assert metrics.load_evaluator(tmp_path / "a.pt").sha256 == a["sha256"]
+    assert evaluator.load_evaluator(tmp_path / "a.pt").sha256 == a["sha256"]
     with pytest.raises(RuntimeError, match="accuracy"):
         train_evaluator.run(out=str(tmp_path / "c.pt"), **{**kw, "min_accuracy": 0.99})
     assert not (tmp_path / "c.pt").exists()

@@ -1,4 +1,5 @@
-"""tinyfusion.speed: pruned-model surgery and parameter/MAC accounting; DiT's masked_block against the plain blend.
+"""tinyfusion.speed and tinyfusion.pruning.width: width pruning, parameter/MAC accounting, throughput; DiT's
+masked_block against the plain blend.
 
 No timings are asserted (shared CPUs make them meaningless); the benchmarks under benchmarks/ measure them.
 """
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 from tinyfusion.models import DiT
-from tinyfusion.speed import (count_params, depth_pruned, forward_macs, model_params, random_dit, sampling_throughput,
-                              speed_sweep, uniform_kept, width_for_params, width_pruned)
+from tinyfusion.pruning.indices import oracle_indices, prune
+from tinyfusion.pruning.width import count_params, forward_macs, model_params, width_for_params, width_pruned
+from tinyfusion.speed import random_dit, sampling_throughput, speed_sweep
 
 
 def _inputs(model, n=4, seed=0):
@@ -27,14 +29,9 @@ def dit():
                            num_classes=10)).eval()
 
 
-def test_depth_pruned_matches_prune(dit):
-    from tinyfusion.pruning.indices import prune
-    small = depth_pruned(dit, 3)
-    ref = prune(dit, uniform_kept(6, 3)).eval()
-    assert small.config["depth"] == 3 and len(small.blocks) == 3
-    assert small.pruned_from == uniform_kept(6, 3) == [0, 3, 5]
-    x, t, y = _inputs(dit)
-    assert torch.allclose(small(x, t, y), ref(x, t, y), atol=1e-6)
+def test_depth_pruned_param_count_matches_model_params(dit):
+    small = prune(dit, oracle_indices(6, 3))
+    assert small.pruned_from == [0, 3, 5] and small.config["depth"] == 3
     assert count_params(small) == model_params(dit.config, depth=3)
 
 

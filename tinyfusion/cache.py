@@ -65,9 +65,17 @@ def key(config):
 
 
 def folder(root, kind, label, config):
-    """Where the step ``kind`` of ``config`` lives: ``<root>/<kind>/<label>-<key>``."""
+    """Where the step ``kind`` of ``config`` lives: ``<root>/<kind>/<label>-<key>``.
+
+    The label only makes folders readable: a finished run of the same key under another label (a notebook's
+    run found by the entry point, or the other way round) is that folder.
+    """
+    k = key(config)
+    done_before = sorted(p.parent for p in (Path(root) / kind).glob(f"*-{k}/{RECORD}"))
+    if done_before:
+        return done_before[0]
     safe = str(label).replace(" ", "_").replace(":", "of").replace("/", "-")
-    return Path(root) / kind / f"{safe}-{key(config)}"
+    return Path(root) / kind / f"{safe}-{k}"
 
 
 def jsonable(config):

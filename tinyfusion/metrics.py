@@ -1,15 +1,9 @@
 """Sample quality with the project's own evaluator: FID, IS, sFID, precision/recall, KID, class accuracy.
 
-The paper scores ImageNet samples with the ADM evaluator (Inception-V3). Here the Inception network's role is
-played by a small Fashion-MNIST classifier, ``FMNISTEvaluator``, trained by ``tinyfusion.cli.train_evaluator``
-and committed as ``data/evaluator.pt`` with its SHA-256. It provides the same four feature kinds:
-
-- ``spatial``: the first 7 channels of the 7x7 map of its third conv block (343 numbers), the stand-in for the
-  first 7 channels of Inception's ``mixed_6/conv`` that sFID uses;
-- ``pool``: the 128-d globally pooled penultimate feature (Inception's ``pool3``), for FID, KID, precision/recall;
-- ``logits_unbiased`` (``pool @ W.T``, no bias, as torch-fidelity does for Inception) for IS, and ``logits``.
-
-It is registered with torch-fidelity as the feature extractor ``"tinyfusion-fmnist"``, so
+This module holds the image conversion (``to_uint8``, ``resample``, ``at_resolution``, ``UInt8Images``), feature
+extraction, the real reference's features and their cache, and the metrics. The evaluator network itself (the
+Fashion-MNIST classifier that plays Inception's role, ``data/evaluator.pt``), its loading and its torch-fidelity
+plug-in ``"tinyfusion-fmnist"`` are in ``tinyfusion.evaluator``; importing this module registers the plug-in, so
 ``torch_fidelity.calculate_metrics(..., feature_extractor="tinyfusion-fmnist",
 feature_extractor_weights_path="data/evaluator.pt")`` works. ``evaluate_samples`` computes the same numbers with
 torch-fidelity's own metric functions on features it extracts once, keeping the real test set's features in
@@ -30,159 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_isc import isc_featuresdict_to_metric
 from torch_fidelity.metric_kid import kid_featuresdict_to_metric
 from torch_fidelity.metric_prc import calc_cdist_part
 
-from tinyfusion.io import CorruptArtefactError, load_checkpoint, save_checkpoint, sha256, verify_sha256
+from tinyfusion.evaluator import _EVALUATORS, EXTRACTOR_NAME, FEATURES, _cached_evaluator, _resolve
+from tinyfusion.io import CorruptArtefactError, load_checkpoint, save_checkpoint
 from tinyfusion.profiles import ROOT
-
-EXTRACTOR_NAME = "tinyfusion-fmnist"
-DEFAULT_EVALUATOR = ROOT / "data" / "evaluator.pt"
-FEATURES = ("spatial", "pool", "logits_unbiased", "logits")
-FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530   # pixel statistics of the Fashion-MNIST training set (in [0, 1])
-SPATIAL_CHANNELS = 7                         # like sFID's first 7 channels of mixed_6/conv
-
-
-# ----------------------------------------------------------------------------------------------- the network
-def _conv_bn(cin, cout, stride=1):
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
-
-
-class FMNISTEvaluator(nn.Module):
-    """A small CNN classifier for 28x28 grayscale images that also returns the features the metrics use.
-
-    Four 3x3 conv + BatchNorm + ReLU blocks: 28x28 -> 14x14 -> 7x7 -> 7x7, then global average pooling and a
-    linear layer. Input: uint8 images (B, 1, 28, 28) (or (B, 3, ...) of a repeated grey channel, of which the
-    first is read); they are scaled to [0, 1] and normalised with Fashion-MNIST's mean and std.
-    """
-
-    def __init__(self, widths=(16, 32, 64, 128), num_classes=10, spatial_channels=SPATIAL_CHANNELS):
-        super().__init__()
-        self.config = dict(widths=list(widths), num_classes=num_classes, spatial_channels=spatial_channels)
-        w = widths
-        self.block1 = _conv_bn(1, w[0])            # 28x28
-        self.block2 = _conv_bn(w[0], w[1], 2)      # 14x14
-        self.block3 = _conv_bn(w[1], w[2], 2)      # 7x7: its first channels are the sFID features
-        self.block4 = _conv_bn(w[2], w[3])         # 7x7
-        self.fc = nn.Linear(w[3], num_classes)
-        self.spatial_channels = spatial_channels
-
-    @staticmethod
-    def normalise(x):
-        """uint8 (B, C, H, W) -> float input of the network (first channel, resized to 28x28 if needed)."""
-        if x.dtype != torch.uint8:
-            raise TypeError(f"the evaluator expects uint8 images, got {x.dtype}; convert with metrics.to_uint8")
-        x = x[:, :1].float().div(255.0)
-        if x.shape[-2:] != (28, 28):
-            x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False, antialias=True)
-        return (x - FMNIST_MEAN) / FMNIST_STD
-
-    def features(self, x):
-        """Dict of every feature for uint8 images ``x`` (B, 1|3, H, W)."""
-        h = F.relu(self.block1(self.normalise(x)))
-        h = F.relu(self.block2(h))
-        s = self.block3(h)                         # pre-activation 7x7 map, like Inception's mixed_6/conv
-        h = F.relu(self.block4(F.relu(s)))
-        pool = h.mean((2, 3))
-        return {"spatial": s[:, :self.spatial_channels].flatten(1), "pool": pool,
-                "logits_unbiased": pool @ self.fc.weight.T, "logits": self.fc(pool)}
-
-    def forward(self, x):
-        """Class logits of uint8 images."""
-        return self.features(x)["logits"]
-
-
-# ------------------------------------------------------------------------------------- loading, with checksum
-_EVALUATORS: dict = {}
-
-
-def _resolve(path):
-    return Path(path) if path is not None else DEFAULT_EVALUATOR
-
-
-def load_evaluator(path=None, verify=True):
-    """The trained evaluator (eval mode, no grad) from ``path`` (default ``data/evaluator.pt``).
-
-    The file's SHA-256 is checked against ``<path>.sha256`` (when that file exists): a damaged or replaced
-    evaluator would silently change every FID in the project.
-    """
-    path = _resolve(path)
-    if not path.exists():
-        raise FileNotFoundError(f"evaluator checkpoint {path} does not exist; train it with "
-                                f"`python -m tinyfusion.cli.train_evaluator --out {path}` (a few minutes on one CPU core)")
-    sha_file = Path(str(path) + ".sha256")
-    digest = verify_sha256(path, sha_file) if verify and sha_file.exists() else None
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise CorruptArtefactError(f"{path} is not an evaluator checkpoint (expected keys 'model' and 'config'); "
-                                   f"retrain it with `python -m tinyfusion.cli.train_evaluator --out {path}`")
-    model = FMNISTEvaluator(**ckpt["config"])
-    model.load_state_dict(ckpt["model"])
-    model.eval().requires_grad_(False)
-    model.sha256 = digest or sha256(path)
-    model.path = str(path)
-    return model
-
-
-def _cached_evaluator(path=None):
-    """``load_evaluator`` once per (path, mtime, size); the checksum is verified on each fresh load."""
-    path = _resolve(path)
-    if not path.exists():
-        return load_evaluator(path)  # raises the helpful error
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    if key not in _EVALUATORS:
-        _EVALUATORS[key] = load_evaluator(path)
-    return _EVALUATORS[key]
-
-
-# ------------------------------------------------------------------------------------ torch-fidelity plug-in
-class FeatureExtractorTinyFusion(FeatureExtractorBase):
-    """torch-fidelity feature extractor wrapping ``FMNISTEvaluator`` (uint8 Bx3xHxW in, features out)."""
-
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-        super().__init__(name, features_list)
-        self.model = _cached_evaluator(feature_extractor_weights_path)
-
-    @staticmethod
-    def get_provided_features_list():
-        return FEATURES
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return {"isc": "logits_unbiased", "fid": "pool", "kid": "pool", "prc": "pool"}[metric]
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
-
-    def forward(self, x):
-        if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] in (1, 3)):
-            raise ValueError(f"expected uint8 images of shape Bx3xHxW, got "
-                             f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
-        feats = self.model.features(x)
-        return tuple(feats[name].float() for name in self.features_list)
-
-
-def register():
-    """Register ``"tinyfusion-fmnist"`` with torch-fidelity (idempotent)."""
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
-    if EXTRACTOR_NAME not in FEATURE_EXTRACTORS_REGISTRY:
-        register_feature_extractor(EXTRACTOR_NAME, FeatureExtractorTinyFusion)
-
-
-register()
 
 
 # ----------------------------------------------------------------------------------------------- image input
@@ -324,13 +175,6 @@ def _fidelity_kwargs(n1, n2, kid_subset_size, seed, evaluator_path, batch_size):
                 feature_extractor_weights_path=str(_resolve(evaluator_path)), cache=False, verbose=False,
                 samples_shuffle=False, kid_subset_size=int(kid_subset_size or min(1000, n1, n2)),
                 rng_seed=int(seed), batch_size=batch_size, save_cpu_ram=True)
-
-
-def frechet_distance(features_1, features_2):
-    """Fréchet distance between Gaussians fitted to two feature sets (torch-fidelity's FID formula)."""
-    return fid_statistics_to_metric(fid_features_to_statistics(features_1.double()),
-                                    fid_features_to_statistics(features_2.double()), False)[
-        "frechet_inception_distance"]
 
 
 def evaluate_samples(images, labels=None, reference=None, evaluator_path=None, kid_subset_size=None, seed=0,

@@ -1,14 +1,17 @@
-"""Layer index sets and model surgery: validate a set of kept layers, the Oracle pattern, and ``prune``.
+"""Layer index sets and model surgery: validate a set of kept layers, the Oracle pattern, the mask of a set,
+and ``prune``.
 
-``prune(model, kept)`` turns a decision into a compact shallow DiT: a deep copy of the kept blocks,
+``prune(model, kept)`` turns a decision into a compact shallow DiT: copies of the kept blocks' weights,
 renumbered 0..D-1 (official key layout ``blocks.0`` ... ``blocks.{D-1}``), with ``config["depth"] = D``.
-Its output equals the full model's output under the mask that keeps ``kept`` (Eq. 1), and its state dict
-loads with ``tinyfusion.models.load_dit``.
+Its output equals the full model's output under the mask that keeps ``kept`` (Eq. 1, ``mask_from_kept``), and
+its state dict loads with ``tinyfusion.models.load_dit``.
 """
 from __future__ import annotations
 
 import copy
 import math
+
+import torch
 
 
 def check_kept(kept, depth, n_keep=None):
@@ -28,6 +31,13 @@ def check_kept(kept, depth, n_keep=None):
     if n_keep is not None and len(kept) != n_keep:
         raise ValueError(f"expected {n_keep} kept layers, got {len(kept)}: {sorted(kept)}")
     return sorted(kept)
+
+
+def mask_from_kept(kept, depth):
+    """The (depth,) float32 0/1 mask with ones at the layers ``kept`` (checked with ``check_kept``)."""
+    mask = torch.zeros(depth)
+    mask[check_kept(kept, depth)] = 1.0
+    return mask
 
 
 def oracle_indices(depth=28, keep=14):
@@ -78,9 +88,11 @@ def has_adapters(model):
 def prune(model, kept, merge_lora=True):
     """A compact DiT keeping the blocks ``kept`` (a new model; the input model is untouched).
 
-    LoRA adapters, if any, are merged first (``merge_lora=False`` drops them instead). The result is a fresh
+    LoRA adapters, if any, are merged first (``merge_lora=False`` drops them instead). The result is a
     ``DiT(**config, depth=len(kept))`` holding copies of the weights: no gates, no adapters, blocks
-    renumbered 0..D-1, every parameter trainable as in a newly built DiT.
+    renumbered 0..D-1, every parameter trainable as in a newly built DiT (``pos_embed`` frozen), on the model's
+    device, in its training mode, with ``pruned_from = kept``. It is built on the meta device and filled from
+    the state dict, so no full-size model is ever initialised (cheap for DiT-XL/2).
     """
     from tinyfusion.models.dit import DiT
     from tinyfusion.training import unwrap
@@ -100,8 +112,10 @@ def prune(model, kept, merge_lora=True):
             if int(idx) not in kept:
                 continue
             key = f"blocks.{kept.index(int(idx))}.{rest}"
-        state[key] = value.detach().clone()
-    small = DiT(**{**model.config, "depth": len(kept)}).to(next(model.parameters()).device)
-    small.load_state_dict(state, strict=True)
+        state[key] = value
+    with torch.device("meta"):
+        small = DiT(**{**model.config, "depth": len(kept)})
+    small = small.to_empty(device=next(model.parameters()).device)
+    small.load_state_dict(state, strict=True)  # copies the values
     small.pruned_from = kept
-    return small
+    return small.train(model.training)

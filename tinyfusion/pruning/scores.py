@@ -14,16 +14,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinyfusion.pruning.indices import check_kept
 
 
-def calibration_set(images, labels, n_batches, batch_size, seed=0, diffusion=None):
+def calibration_set(images, labels, n_batches, batch_size, seed=0, objective=None):
     """Fixed calibration batches: a list of dicts {x0, y, t, noise} drawn once from ``seed``.
 
-    Images are drawn without replacement while the data last; timesteps uniformly over the diffusion's
-    steps; the noise is stored, so every later loss on this set is a deterministic function of the model.
+    Images are drawn without replacement while the data last; times from the objective's ``sample_t`` (default:
+    DDPM's uniform timesteps); the noise is stored, so every later loss on this set is a deterministic function
+    of the model.
     """
-    num_timesteps = diffusion.num_timesteps if diffusion is not None else 1000
+    if objective is None:
+        from tinyfusion.diffusion import create_objective
+        objective = create_objective()
     g = torch.Generator().manual_seed(int(seed))
     total = int(n_batches) * int(batch_size)
     if total <= 0:
@@ -37,34 +39,26 @@ def calibration_set(images, labels, n_batches, batch_size, seed=0, diffusion=Non
         sel = idx[b * batch_size:(b + 1) * batch_size]
         x0 = images[sel].float()
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(num_timesteps, (len(sel),), generator=g)
+        t = objective.sample_t(len(sel), generator=g)
         out.append({"x0": x0, "y": labels[sel].long(), "t": t, "noise": noise})
     return out
-
-
-def mask_from_kept(kept, depth):
-    """(depth,) float mask with ones at ``kept``."""
-    kept = check_kept(kept, depth)
-    mask = torch.zeros(depth)
-    mask[kept] = 1.0
-    return mask
 
 
 def _device(model):
     return next(model.parameters()).device
 
 
-def _diffusion_for(model, diffusion):
-    if diffusion is not None:
-        return diffusion
-    from tinyfusion.diffusion import create_diffusion
-    return create_diffusion(learn_sigma=getattr(model, "learn_sigma", True))
+def _objective_for(model, objective):
+    if objective is not None:
+        return objective
+    from tinyfusion.diffusion import objective_for
+    return objective_for(model)
 
 
 @torch.no_grad()
-def calibration_losses(model, calib, mask=None, diffusion=None):
+def calibration_losses(model, calib, mask=None, objective=None):
     """Per-sample diffusion training losses (the ``loss`` term) of the (masked) model, concatenated."""
-    diffusion = _diffusion_for(model, diffusion)
+    objective = _objective_for(model, objective)
     dev = _device(model)
     was_training = model.training
     model.eval()
@@ -74,7 +68,7 @@ def calibration_losses(model, calib, mask=None, diffusion=None):
             kw = {"y": batch["y"].to(dev)}
             if mask is not None:
                 kw["mask"] = torch.as_tensor(mask, dtype=torch.float32).to(dev)
-            terms = diffusion.training_losses(model, batch["x0"].to(dev), batch["t"].to(dev), kw,
+            terms = objective.training_losses(model, batch["x0"].to(dev), batch["t"].to(dev), kw,
                                               noise=batch["noise"].to(dev))
             out.append(terms["loss"].float().cpu())
         return torch.cat(out)
@@ -82,19 +76,19 @@ def calibration_losses(model, calib, mask=None, diffusion=None):
         model.train(was_training)
 
 
-def calibration_loss(model, calib, mask=None, diffusion=None):
+def calibration_loss(model, calib, mask=None, objective=None):
     """Mean diffusion training loss of the model over the calibration set (eval mode, no grad).
 
     ``mask``: optional (depth,) layer mask (1 = keep) or (B, depth) per-sample masks.
     """
-    return float(calibration_losses(model, calib, mask, diffusion).mean())
+    return float(calibration_losses(model, calib, mask, objective).mean())
 
 
 @torch.no_grad()
-def block_io_stats(model, calib, diffusion=None):
+def block_io_stats(model, calib, objective=None):
     """Per layer, over all calibration tokens: mean cosine similarity and mean squared difference between
     the layer's input and output hidden states (the full, unpruned model)."""
-    diffusion = _diffusion_for(model, diffusion)
+    objective = _objective_for(model, objective)
     dev = _device(model)
     depth = len(model.blocks)
     cos_sum = torch.zeros(depth, dtype=torch.float64)
@@ -105,8 +99,8 @@ def block_io_stats(model, calib, diffusion=None):
     try:
         for batch in calib:
             x0, t, noise = batch["x0"].to(dev), batch["t"].to(dev), batch["noise"].to(dev)
-            x_t = diffusion.q_sample(x0, t, noise)
-            h, c = model.embed(x_t, diffusion._scale_t(t), batch["y"].to(dev))
+            x_t = objective.noised(x0, t, noise)
+            h, c = model.embed(x_t, objective.model_time(t), batch["y"].to(dev))
             for i, block in enumerate(model.blocks):
                 out = block(h, c)
                 cos_sum[i] += F.cosine_similarity(h.float(), out.float(), dim=-1).sum().double().cpu()
@@ -127,26 +121,26 @@ def keep_top(scores, keep):
     return sorted(int(i) for i in order[:keep])
 
 
-def shortgpt(model, calib, keep, diffusion=None):
+def shortgpt(model, calib, keep, objective=None):
     """ShortGPT: keep the ``keep`` layers with the highest block influence 1 - cos(input, output).
 
     Returns (sorted kept indices, per-layer block influence).
     """
-    cos, _ = block_io_stats(model, calib, diffusion)
+    cos, _ = block_io_stats(model, calib, objective)
     scores = [1.0 - c for c in cos]
     return keep_top(scores, keep), scores
 
 
-def flux_lite(model, calib, keep, diffusion=None):
+def flux_lite(model, calib, keep, objective=None):
     """Flux-Lite: keep the ``keep`` layers that change the hidden state most (MSE between input and output).
 
     Returns (sorted kept indices, per-layer MSE).
     """
-    _, mse = block_io_stats(model, calib, diffusion)
+    _, mse = block_io_stats(model, calib, objective)
     return keep_top(mse, keep), mse
 
 
-def sensitivity(model, calib, keep, diffusion=None, progress=False):
+def sensitivity(model, calib, keep, objective=None, progress=False):
     """Sensitivity: keep the ``keep`` layers whose single removal raises the calibration loss most.
 
     Returns (sorted kept indices, per-layer loss increase over the full model's calibration loss).
@@ -154,10 +148,10 @@ def sensitivity(model, calib, keep, diffusion=None, progress=False):
     from tqdm.auto import tqdm
 
     depth = len(model.blocks)
-    base = calibration_loss(model, calib, diffusion=diffusion)
+    base = calibration_loss(model, calib, objective=objective)
     scores = []
     for i in tqdm(range(depth), disable=not progress, desc="sensitivity", leave=False):
         mask = torch.ones(depth)
         mask[i] = 0.0
-        scores.append(calibration_loss(model, calib, mask, diffusion) - base)
+        scores.append(calibration_loss(model, calib, mask, objective) - base)
     return keep_top(scores, keep), scores

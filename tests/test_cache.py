@@ -1,0 +1,104 @@
+"""One cache keyed by the resolved config: every setting a step reads, and its input files' contents."""
+from pathlib import Path
+
+import pytest
+
+from tinyfusion import cache
+
+
+@pytest.fixture
+def results_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path / "results"))
+    return tmp_path
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Replace the compute of learnable pruning, recovery and scoring by counters (no training here)."""
+    from tinyfusion import recovery, sampling
+    from tinyfusion.pruning import learnable
+    seen = []
+
+    def record(kind):
+        def fn(config, out, *a, **k):
+            seen.append((kind, Path(out)))
+            return {"model": str(Path(out) / "model.pt"), "kept": [0, 1]}
+        return fn
+    monkeypatch.setattr(learnable, "run_learnable", record("prune_learn"))
+    monkeypatch.setattr(recovery, "run_recovery", record("finetune"))
+    monkeypatch.setattr(sampling, "sample_checkpoint", record("sample"))
+    monkeypatch.setattr(sampling, "score_samples", lambda config, path: {"fid": 1.0})
+    return seen
+
+
+def _tiny_teacher(path):
+    from tinyfusion.io import save_checkpoint
+    from tinyfusion.models import DiT
+    m = DiT(input_size=16, patch_size=4, in_channels=1, hidden_size=16, depth=4, num_heads=2, num_classes=10)
+    save_checkpoint({"ema": m.state_dict(), "config": m.config}, path)
+    return path
+
+
+def test_every_setting_a_step_reads_is_in_its_key(results_env, calls):
+    from tinyfusion.profiles import get_profile
+    from tinyfusion.study import Study
+
+    teacher = _tiny_teacher(results_env / "teacher.pt")
+    evaluator = results_env / "evaluator.pt"
+    evaluator.write_bytes(b"evaluator weights, version 1")
+    student = results_env / "student.pt"
+    student.write_bytes(b"a pruned model")
+
+    def run(**overrides):
+        s = Study(get_profile("smoke", teacher=str(teacher), evaluator=str(evaluator), **overrides))
+        s.learnable("1:2", "lora", seed=0)
+        s.finetune(student, kept=[0, 2])
+        s.score(student)
+        return [kind for kind, _ in calls]
+
+    assert run() == ["prune_learn", "finetune", "sample"]
+    assert run() == ["prune_learn", "finetune", "sample"]  # the same config: everything reused
+    for change, recomputed in [({"finetune_batch": 8}, "finetune"), ({"finetune_lr": 1e-4}, "finetune"),
+                               ({"prune_lr": 3e-4}, "prune_learn"), ({"batch_eval": 16}, "sample")]:
+        before = len(calls)
+        run(**change)
+        assert [k for k, _ in calls[before:]] == [recomputed], change
+    before = len(calls)
+    evaluator.write_bytes(b"evaluator weights, version 2: retrained")  # same path, new contents
+    run()
+    assert [k for k, _ in calls[before:]] == ["sample"]  # old scores are not reused with a new evaluator
+    before = len(calls)
+    student.write_bytes(b"a pruned model, recomputed")
+    run()
+    assert [k for k, _ in calls[before:]] == ["finetune", "sample"]
+    assert len({out for _, out in calls}) == len(calls)  # each recompute went to its own folder
+
+
+def test_the_entry_point_and_the_study_share_one_folder(results_env, calls):
+    from tinyfusion.cli import finetune
+    from tinyfusion.study import Study
+
+    student = results_env / "student.pt"
+    student.write_bytes(b"a pruned model")
+    Study("smoke").finetune(student, kept=[0, 2], name="x")
+    res = finetune.run(profile="smoke", student=str(student), kept=[0, 2])
+    assert res["cached"] is True and len(calls) == 1  # the CLI found the notebook's run
+
+
+def test_cached_records_last_and_skips_stopped_runs(tmp_path):
+    config = {"steps": 3, "input": tmp_path / "in.txt"}
+    config["input"].write_text("a")
+    out = cache.folder(tmp_path, "kind", "label", config)
+    runs = []
+
+    def stopped(folder):
+        runs.append(folder)
+        return {"stopped_at": 1}
+    assert cache.cached(out, config, stopped)["stopped_at"] == 1
+    assert not cache.done(out, config)  # a stopped run is resumed next time, not reused
+    assert cache.cached(out, config, lambda f: runs.append(f) or {"v": (1, 2)}) == {"v": [1, 2]}
+    assert cache.done(out, config) and len(runs) == 2
+    assert cache.cached(out, config, lambda f: runs.append(f) or {"v": 0}) == {"v": [1, 2]} and len(runs) == 2
+    assert cache.fingerprint(config)["input"].startswith(str(config["input"]) + "@")
+    config["input"].write_text("b")
+    assert not cache.done(out, config) and cache.folder(tmp_path, "kind", "label", config) != out
