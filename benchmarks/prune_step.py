@@ -211,14 +211,14 @@ def _sync(device):
 
 def worker(spec):
     """One fresh process: build the variant, one memory-measured step, ``warmup`` + ``steps`` timed steps."""
-    from tinyfusion.diffusion import create_diffusion
+    from tinyfusion.diffusion import create_objective
     from tinyfusion.speed import random_dit
 
     torch.manual_seed(spec.get("seed", 0))
     device = torch.device(spec.get("device", "cpu"))
     model = random_dit(spec["model"], device=device).train()
     learner, opt, trainable, ema = build(spec["variant"], model)
-    step = make_step(learner, opt, trainable, ema, create_diffusion(learn_sigma=model.learn_sigma))
+    step = make_step(learner, opt, trainable, ema, create_objective(learn_sigma=model.learn_sigma))
     batches = [_batch(model, spec["batch"], 1000 + i, device) for i in range(1 + spec["warmup"] + spec["steps"])]
     params = list(learner.parameters())
     n_train = sum(p.numel() for p in trainable)
@@ -269,11 +269,11 @@ def run_worker(spec, timeout=900):
 def grad_check(model_name="DiT-T28/4", batch=16, depth=8, seed=0):
     """Max relative gradient difference between ours and ours-blend (same mask, same LoRA weights),
     and the loss of the straightforward step with the same weights and mask (it must equal ours)."""
-    from tinyfusion.diffusion import create_diffusion
+    from tinyfusion.diffusion import create_objective
     from tinyfusion.speed import random_dit
 
     torch.manual_seed(seed)
-    diffusion = create_diffusion()
+    diffusion = create_objective()
     base = random_dit(model_name, depth=depth)
     learner = build_ours(base)
     for n, p in learner.model.named_parameters():
@@ -324,12 +324,12 @@ def profile_ours(model_name, batch, variant="ours", steps=2, rows=15):
     """torch.profiler table (self CPU time) of a few steps of a variant."""
     from torch.profiler import profile
 
-    from tinyfusion.diffusion import create_diffusion
+    from tinyfusion.diffusion import create_objective
     from tinyfusion.speed import random_dit
 
     model = random_dit(model_name).train()
     learner, opt, trainable, ema = build(variant, model)
-    step = make_step(learner, opt, trainable, ema, create_diffusion())
+    step = make_step(learner, opt, trainable, ema, create_objective())
     b = _batch(model, batch, 0, "cpu")
     step(*b, tau=2.0)
     with profile() as prof:
@@ -341,10 +341,10 @@ def profile_ours(model_name, batch, variant="ours", steps=2, rows=15):
 # --------------------------------------------------------------------------- driver
 def interleaved_steps(model_name, batch, rounds, warmup, device, seed=0):
     """Step times of every variant in one process, round by round (A, B, C, A, B, C, ...): {variant: (wall, cpu)}."""
-    from tinyfusion.diffusion import create_diffusion
+    from tinyfusion.diffusion import create_objective
     from tinyfusion.speed import random_dit
 
-    diffusion, steps = create_diffusion(), {}
+    diffusion, steps = create_objective(), {}
     torch.manual_seed(seed)
     base = random_dit(model_name, device=device).train()
     data = [_batch(base, batch, 1000 + i, device) for i in range(warmup + rounds)]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from tinyfusion.diffusion import create_diffusion
+from tinyfusion.diffusion import create_objective
 from tinyfusion.models.dit import DiT
 from tinyfusion.models.gates import NMGates, candidate_matrix, groups_label, parse_groups, tau_schedule
 
@@ -84,7 +84,7 @@ def test_mask_rows_are_candidate_rows():
 
 
 def _loss(model, gates, x, t, y, noise, mask):
-    d = create_diffusion()
+    d = create_objective()
     return d.training_losses(model, x, t, dict(y=y, mask=mask), noise=noise)["loss"].mean()
 
 

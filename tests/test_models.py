@@ -83,9 +83,9 @@ def test_registry_overrides():
 
 
 def test_backward_reaches_every_block(tiny_dit):
-    from tinyfusion.diffusion import create_diffusion
+    from tinyfusion.diffusion import create_objective
     m = _randomise(tiny_dit)
-    d = create_diffusion()
+    d = create_objective()
     loss = d.training_losses(m, torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 500, 999]),
                              dict(y=torch.arange(4)))["loss"].mean()
     loss.backward()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinyfusion.diffusion import create_diffusion
+from tinyfusion.diffusion import create_objective
 from tinyfusion.io import load_checkpoint, save_checkpoint
 from tinyfusion.models import build_model, load_dit
 from tinyfusion.models.dit import DiT
@@ -50,7 +50,7 @@ def known_model():
     useful = [1, 2]
     for i, b in enumerate(m.blocks):
         b.requires_grad_(i in useful)
-    d = create_diffusion()
+    d = create_objective()
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=2e-4, weight_decay=0)
     for step in range(200):
         x, y, noise, t = global_batch(images, labels, step, 64, 0)
