@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from tinyfusion import cache
 
@@ -102,3 +103,22 @@ def test_cached_records_last_and_skips_stopped_runs(tmp_path):
     assert cache.fingerprint(config)["input"].startswith(str(config["input"]) + "@")
     config["input"].write_text("b")
     assert not cache.done(out, config) and cache.folder(tmp_path, "kind", "label", config) != out
+
+
+def test_a_state_written_for_another_student_is_not_resumed(tmp_path):
+    """Same flags, same --out, a different student file of the same shape: the saved state is refused."""
+    from tinyfusion.io import save_checkpoint
+    from tinyfusion.models import DiT
+    from tinyfusion.recovery import recovery_config, run_recovery
+
+    def student(seed):
+        torch.manual_seed(seed)
+        m = DiT(input_size=16, patch_size=4, in_channels=1, hidden_size=16, depth=2, num_heads=2, num_classes=10)
+        save_checkpoint({"ema": m.state_dict(), "config": m.config, "kept": [0, 1]}, tmp_path / "student.pt")
+    student(0)
+    config = recovery_config("smoke", student=tmp_path / "student.pt", steps=3, batch_size=4)
+    assert run_recovery(config, tmp_path / "out", stop_after=1, progress=False)["stopped_at"] == 1
+    student(1)  # replaced at the same path
+    config = recovery_config("smoke", student=tmp_path / "student.pt", steps=3, batch_size=4)
+    with pytest.raises(ValueError, match="was written by another run.*student"):
+        run_recovery(config, tmp_path / "out", progress=False)

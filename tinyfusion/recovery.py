@@ -206,7 +206,7 @@ def _check_teacher(student, teacher):
 def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=None, *, steps, batch_size,
              lr=2e-4, min_lr=1e-4, a_kd=0.9, a_diff=0.1, beta=(1e-2, 0.0), k_sigma=None, ema_decay=0.999,
              ema_warmup=10, grad_clip=1.0, seed=0, log_every=1, state_path=None, ckpt_every=0, stop_after=0,
-             max_skipped=None, progress=True, inject_nan_at=None):
+             max_skipped=None, progress=True, inject_nan_at=None, identity=None):
     """Fine-tune or distil ``student`` (in place) on ``images``/``labels`` for ``steps`` steps of global batch
     ``batch_size``; see the module docstring for the modes and the loss.
 
@@ -215,7 +215,9 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
     resumable state (model, EMA, optimiser, step, RNG, log), loaded if present and written every ``ckpt_every``
     steps, when ``stop_after`` steps have run in this call (the run then returns early with ``stopped_at``),
     and at the end. A step whose loss is not finite is skipped (``training.NonFiniteGuard``; more than
-    ``max_skipped`` raise); ``inject_nan_at``: steps whose loss is replaced by NaN (tests).
+    ``max_skipped`` raise); ``inject_nan_at``: steps whose loss is replaced by NaN (tests). ``identity``: what a
+    saved state must have been written for to be resumed (default: these settings; ``run_recovery`` passes the
+    fingerprint of its resolved config, which includes the student's, teacher's and data's identities).
 
     Returns dict(model, ema, log (one dict per logged step, step 0 always: step, lr, beta, loss, components,
     skipped), skipped_steps, samples_per_s, first_step_components (step 0's entry, the "initial loss" of the
@@ -274,7 +276,7 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
 
     res = train(student, loss_fn, opt, images, labels, objective, loop, lr_at=lambda s: cosine_lr(s, steps, lr, min_lr),
                 ema=ema, on_log=on_log, state={"model": m, "ema": ema, "opt": opt}, state_path=state_path,
-                identity=run_cfg, desc=f"recovery:{mode}", progress=progress)
+                identity=identity or run_cfg, desc=f"recovery:{mode}", progress=progress)
     return dict(model=m, ema=ema, log=res["log"], skipped_steps=res["skipped_steps"],
                 first_step_components=res["first"], samples_per_s=res["samples_per_s"], steps_run=res["steps_run"],
                 stopped_at=res["stopped_at"], wall_s=res["wall_s"])
@@ -337,6 +339,7 @@ def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_
     dict (paths, losses, throughput), or ``{"stopped_at", ...}`` when ``stop_after`` ended it early."""
     from pathlib import Path
 
+    from tinyfusion import cache
     from tinyfusion.data import load_data
     from tinyfusion.io import save_checkpoint, save_json
     from tinyfusion.models import load_dit
@@ -353,7 +356,7 @@ def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_
                    beta=tuple(c["beta"]), k_sigma=c["k_sigma"], ema_decay=c["ema_decay"], ema_warmup=c["ema_warmup"],
                    grad_clip=c["grad_clip"], seed=c["seed"], log_every=log_every, state_path=out / "state.pt",
                    ckpt_every=ckpt_every, stop_after=stop_after, max_skipped=max_skipped, progress=progress,
-                   inject_nan_at=c["inject_nan_at"])
+                   inject_nan_at=c["inject_nan_at"], identity=cache.fingerprint(c))
     if res["stopped_at"] is not None:
         return {"stopped_at": res["stopped_at"], "out": str(out), "state": str(out / "state.pt")}
     log = res["log"]

@@ -113,7 +113,7 @@ class GatedDiT(nn.Module):
 def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100, batch_size=64, lr=1e-4,
                   logit_lr_mult=10.0, tau=(4.0, 0.1), lora_rank=8, lora_alpha=16, ema_decay=0.999, grad_clip=1.0,
                   seed=0, log_every=None, state_path=None, ckpt_every=0, stop_after=0, progress=True,
-                  scale=100.0, gate_init=0.02, objective=None):
+                  scale=100.0, gate_init=0.02, objective=None, identity=None):
     """Train N:M gates jointly with a weight update and return the decision.
 
     ``model``: the teacher DiT (not modified: a copy is trained). ``images``/``labels``: training tensors
@@ -121,7 +121,8 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
     "7:14" or a list of [N, M] blocks. ``update``: "lora", "full" or "frozen". ``state_path``: resumable
     training state (written every ``ckpt_every`` steps, when stopped by ``stop_after`` and at the end;
     read back if present). Under torchrun the global batch is split across ranks and gradients averaged.
-    The loss is the objective's training loss of the masked model (one ``training.train`` loop).
+    The loss is the objective's training loss of the masked model (one ``training.train`` loop). ``identity``:
+    what a saved state must have been written for to be resumed (default: these settings and the data size).
 
     Returns a dict: kept, confidence, history (decision snapshots every ``log_every`` steps), log,
     trainable_params, gate_params, total_params, trainable_fraction, steps_per_s, skipped_steps, step
@@ -180,7 +181,7 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
                       ckpt_every=ckpt_every if state_path else 0, stop_after=stop_after)
     res = train(learner, loss_fn, opt, images, labels, objective, loop, after_update=lambda s: gates.update_ema(ema_decay),
                 on_log=on_log, state={"weights": TrainableWeights(net), "gates": gates, "opt": opt},
-                state_path=state_path, identity=run_config, desc=f"prune {update}", progress=progress)
+                state_path=state_path, identity=identity or run_config, desc=f"prune {update}", progress=progress)
     done = res["stopped_at"] or steps
     kept, confidence = gates.decision(use_ema=True)
     return {"kept": kept, "confidence": confidence, "history": gates.history, "log": res["log"],
@@ -228,6 +229,7 @@ def run_learnable(config, out, *, log_every=0, ckpt_every=50, stop_after=0, prog
     or ``{"stopped_at", ...}`` when ``stop_after`` ended it early."""
     from pathlib import Path
 
+    from tinyfusion import cache
     from tinyfusion.data import load_data
     from tinyfusion.io import save_checkpoint, save_json
     from tinyfusion.models import load_dit
@@ -240,7 +242,8 @@ def run_learnable(config, out, *, log_every=0, ckpt_every=50, stop_after=0, prog
                         batch_size=c["batch_size"], lr=c["lr"], logit_lr_mult=c["logit_lr_mult"], tau=tuple(c["tau"]),
                         lora_rank=c["lora_rank"], lora_alpha=c["lora_alpha"], ema_decay=c["ema_decay"],
                         grad_clip=c["grad_clip"], seed=c["seed"], log_every=log_every or None,
-                        state_path=out / "state.pt", ckpt_every=ckpt_every, stop_after=stop_after, progress=progress)
+                        state_path=out / "state.pt", ckpt_every=ckpt_every, stop_after=stop_after, progress=progress,
+                        identity=cache.fingerprint(c))
     if res["stopped_at"] is not None:
         return {"stopped_at": res["stopped_at"], "out": str(out), "state": str(out / "state.pt")}
     summary = {"kept": res["kept"], "confidence": res["confidence"], "groups": res["groups"], "update": c["update"],
