@@ -1,43 +1,66 @@
-"""The papermill driver: every expected figure, table and summary appears; a failing notebook stops the run."""
+"""The papermill driver on small planted notebooks (a run in order with timings; a failing notebook stops the run),
+and notebook 09's summary (the paper's rows beside ours, the timing table) on planted tables and timings.
+
+The real notebooks run once in ``make test``, under nbval; ``notebooks/test_artefacts.py`` then checks every figure,
+table, verdict and summary they wrote.
+"""
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
 
 import tinyfusion.cli.reproduce as rep
-
-FIGURES = ["00_data_grid", "00_teacher_samples", "01_calibration_histogram", "01_kept_layers", "01_calib_vs_fid",
-           "02_decision_dynamics", "02_kept_vs_baselines", "03_scheme_ablation", "04_lora_vs_full",
-           "05_massive_activations", "06_kd_loss_curves", "07_speedup"]
-TABLES = ["00_teacher_metrics", "01_table3", "01_table3_runs", "02_block_confidence", "table4_runs", "05_summary",
-          "06_table5", "07_speedup", "08_table7"]
+from tinyfusion import paper, summary
+from tinyfusion.profiles import get_profile
 
 
-def test_reproduce_smoke_writes_every_artefact(tmp_path_factory):
-    root = os.environ.get("TINYFUSION_RESULTS") or str(tmp_path_factory.mktemp("results"))
-    rep.reproduce("smoke", results_root=root, progress=False)
-    out = Path(root) / "smoke"
-    missing = [f for f in FIGURES if not (out / "figures" / f"{f}.png").exists()]
-    missing += [t for t in TABLES if not (out / "tables" / f"{t}.csv").exists()]
-    assert not missing, missing
-    assert len(list((out / "notebooks").glob("*.ipynb"))) == len(rep.notebooks())
-    summary = (out / "summary.md").read_text()
-    assert "Verdicts" in summary and summary.count("| ") > 20
-    assert ", this run (s)" in summary  # 09 runs inside the run: its own timings (00-08) are in the table
-    for claim in range(1, 9):
-        v = json.loads((out / "verdicts" / f"claim{claim}.json").read_text())
-        assert v["status"] in ("held", "not held", "mixed", "within noise")
-    timings = json.loads((out / "timings.json").read_text())
-    assert set(timings["latest"]) >= {p.name for p in rep.notebooks()}
-
-
-def _notebook(path, sources):
+def _notebook(path, sources, parameters=False):
+    """A notebook of code cells; ``parameters``: tag the first cell as papermill's parameters cell."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    if parameters:
+        nb.cells[0].metadata["tags"] = ["parameters"]
     nbformat.write(nb, path)
+
+
+def test_planted_notebooks_run_in_order_with_the_profile_and_record_timings(tmp_path, monkeypatch):
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    _notebook(nbdir / "00_first.ipynb", ["profile = 'cpu'", "print(f'first ran with profile={profile}')"], True)
+    _notebook(nbdir / "01_second.ipynb", ["profile = 'cpu'", "import os, pathlib",
+                                          "print('results root:', os.environ['TINYFUSION_RESULTS'])",
+                                          "print('cwd:', pathlib.Path.cwd().name)"], True)
+    _notebook(nbdir / "scratch.ipynb", ["raise RuntimeError('not a numbered notebook: never run')"])
+    monkeypatch.setattr(rep, "NOTEBOOKS", nbdir)
+    monkeypatch.delenv("TINYFUSION_RESULTS", raising=False)
+    done = rep.reproduce("smoke", results_root=tmp_path / "res", progress=False)
+    assert "TINYFUSION_RESULTS" not in os.environ  # restored after the run
+    out = tmp_path / "res" / "smoke"
+    assert list(done) == ["00_first.ipynb", "01_second.ipynb"] and all(v["seconds"] >= 0 for v in done.values())
+    assert sorted(p.name for p in (out / "notebooks").iterdir()) == ["00_first.ipynb", "01_second.ipynb"]
+    first = (out / "notebooks" / "00_first.ipynb").read_text()
+    assert "first ran with profile=smoke" in first  # papermill injected the profile after the parameters cell
+    second = (out / "notebooks" / "01_second.ipynb").read_text()
+    assert f"results root: {(tmp_path / 'res').resolve()}" in second and "cwd: nbs" in second
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings["latest"]) == {"00_first.ipynb", "01_second.ipynb"}
+    (run,) = timings["runs"]
+    assert run["profile"] == "smoke" and set(run["notebooks"]) == set(done) and run["total_seconds"] > 0
+    # a rerun of one notebook adds a run and updates only that notebook's latest time
+    rep.reproduce("smoke", only=["01"], results_root=tmp_path / "res", progress=False)
+    timings = json.loads((out / "timings.json").read_text())
+    assert [list(r["notebooks"]) for r in timings["runs"]] == [["00_first.ipynb", "01_second.ipynb"],
+                                                               ["01_second.ipynb"]]
+    assert timings["latest"]["00_first.ipynb"] == run["notebooks"]["00_first.ipynb"]["seconds"]
 
 
 def test_failing_notebook_stops_with_its_name_and_cell(tmp_path, monkeypatch):
@@ -55,6 +78,34 @@ def test_failing_notebook_stops_with_its_name_and_cell(tmp_path, monkeypatch):
     kept = tmp_path / "res" / "smoke" / "notebooks" / "01_broken.ipynb"
     assert kept.exists() and "planted failure" in kept.read_text()
     assert not (tmp_path / "res" / "smoke" / "notebooks" / "02_never.ipynb").exists()
+
+
+def _nbval_session(tmp_path, planted, *args):
+    """Run pytest (nbval) in a copy of ``notebooks/``'s conftest and artefact check beside ``planted`` notebooks
+    ({name: cell sources}); returns (exit code, output)."""
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir(parents=True)
+    for f in ("conftest.py", "test_artefacts.py"):
+        shutil.copy(Path(rep.NOTEBOOKS) / f, nbdir / f)
+    for name, sources in planted.items():
+        _notebook(nbdir / name, sources)
+    env = {**os.environ, "TINYFUSION_RESULTS": str(tmp_path / "res"), "TINYFUSION_PROFILE": "smoke"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *args, "notebooks"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_artefact_check_runs_after_the_notebooks_and_skips_when_they_did_not_all_pass(tmp_path):
+    ok = {"00_fine.ipynb": ["x = 1"], "01_fine.ipynb": ["y = 2"]}
+    # both ran in this session: the check runs (and fails here, as planted notebooks write no artefacts)
+    rc, out = _nbval_session(tmp_path / "a", ok, "--nbval-lax")
+    assert rc == 1 and "2 passed" in out and "1 failed" in out and "not written by the notebooks" in out, out
+    # a notebook failed above: the check is skipped, naming it
+    rc, out = _nbval_session(tmp_path / "b", {**ok, "01_fine.ipynb": ["raise ValueError('planted')"]}, "--nbval-lax")
+    assert rc == 1 and "01_fine.ipynb failed above" in out and "1 skipped" in out, out
+    # no nbval: the notebooks were not collected, and the check says so instead of reading stale files
+    rc, out = _nbval_session(tmp_path / "c", ok)
+    assert rc == 0 and "none ran before it in this pytest session" in out, out
 
 
 def test_unknown_profile_is_refused():
@@ -79,8 +130,60 @@ def test_compact_streams_keeps_the_final_state_of_progress_bars(tmp_path):
     assert outs[0].text == "start\n" and outs[1].text == "train: 100/100\n" and outs[3].text == "b\nc\n"
 
 
-def test_beyond_noise_needs_twice_the_seed_spread():
-    from tinyfusion.study import beyond_noise
-    assert beyond_noise(1.0, 1.5, 0.1) == "a" and beyond_noise(1.5, 1.0, 0.1) == "b"
-    assert beyond_noise(1.0, 1.15, 0.1) == "within noise"
-    assert beyond_noise(1.0, 1.01, float("nan")) == "a"  # no yardstick: the raw order
+# ---------------------------------------------------------------------- notebook 09's summary
+def _study(root):
+    (root / "tables").mkdir(parents=True, exist_ok=True)
+    return SimpleNamespace(prof=get_profile("smoke"), root=root)
+
+
+def test_summary_rows_stand_beside_the_papers_numbers(tmp_path):
+    study = _study(tmp_path)
+    metrics = dict(fid=1.0, sfid=2.0, precision=0.5, recall=0.5, class_accuracy=0.9)
+    pd.DataFrame([{"IS": 5.0, "FID": 1.0, "sFID": 2.0, "Prec": 0.5, "Rec": 0.5, "class acc": 0.9}]).to_csv(
+        tmp_path / "tables" / "00_teacher_metrics.csv", index=False)
+    pd.DataFrame([{"method": m, "seed": s, "is": 4.0 + s, **metrics} for m in ("learnable", "max-loss random")
+                  for s in (0, 1)]).to_csv(tmp_path / "tables" / "01_table3_runs.csv", index=False)
+    pd.DataFrame([{"variant": v, "seed": 0, "is": 4.0, **metrics} for v in ("finetune", "kd", "masked_kd_2")]).to_csv(
+        tmp_path / "tables" / "06_table5_runs.csv", index=False)
+    pd.DataFrame([{"teacher": t, "pruned_from": f, "is": 3.0, **metrics} for t in ("XL", "D14") for f in ("XL", "D14")]
+                 ).to_csv(tmp_path / "tables" / "08_table7.csv", index=False)
+    table, verdicts = summary.collect(study)
+    got = table.set_index("variant")[["paper IS", "paper FID"]]
+    want = {"teacher (28 layers)": (paper.TABLE1[0]["IS"], paper.TABLE1[0]["FID"]),
+            "learnable": paper.TABLE3["learnable"][1:], "max-loss random": (np.nan, np.nan),
+            "learnable + logits KD": (np.nan, paper.TABLE5["kd"]["FID"]),
+            "learnable + Masked KD 2σ": (np.nan, paper.TABLE5["masked_kd_2"]["FID"]),
+            "D7 from XL, teacher XL": (np.nan, paper.TABLE7[("XL", "XL")]),
+            "D7 from D14, teacher XL": (np.nan, paper.TABLE7[("XL", "D14")]),
+            "D7 from XL, teacher D14": (np.nan, paper.TABLE7[("D14", "XL")]),
+            "D7 from D14, teacher D14": (np.nan, paper.TABLE7[("D14", "D14")])}
+    assert set(got.index) == set(want)  # plain fine-tuning (Table 5's "finetune") is Table 3's learnable row
+    for variant, pair in want.items():
+        np.testing.assert_array_equal(got.loc[variant].to_numpy(dtype=float), np.array(pair, dtype=float), variant)
+    assert table.set_index("variant").loc["learnable", "seeds"] == 2
+    assert list(verdicts.verdict) == ["not run"] * 8
+
+
+def test_summary_times_finished_runs_and_the_run_it_is_part_of(tmp_path):
+    study = _study(tmp_path)
+    whole = {"00_a.ipynb": {"seconds": 60.0}, "01_b.ipynb": {"seconds": 120.0}}
+    runs = [{"started": "2026-01-01 10:00:00", "profile": "smoke", "notebooks": whole, "total_seconds": 181.0},
+            # a `--only 03` rerun (no notebook 00) and a run that failed: left out
+            {"started": "2026-01-02 10:00:00", "profile": "smoke", "notebooks": {"03_c.ipynb": {"seconds": 5.0}},
+             "total_seconds": 5.0},
+            {"started": "2026-01-03 10:00:00", "profile": "smoke",
+             "notebooks": {"00_a.ipynb": {"seconds": 1.0, "failed": True}}},
+            # the run notebook 09 is part of: no total yet, the notebooks finished so far
+            {"started": "2026-01-04 10:00:00", "profile": "smoke",
+             "notebooks": {"00_a.ipynb": {"seconds": 30.0}, "01_b.ipynb": {"seconds": 90.0}}}]
+    (tmp_path / "timings.json").write_text(json.dumps({"runs": runs}))
+    text = summary.write_summary(study, *summary.collect(study)).read_text()
+    assert "| notebook | 2026-01-01 10:00:00 (s) | 2026-01-04 10:00:00, this run (s) |" in text
+    assert "| 01_b.ipynb | 120.0 | 90.0 |" in text
+    assert "| total (min) | 3.0 | 2.0 |" in text  # 181 s as recorded; this run: the sum so far, 120 s
+    assert "2026-01-02" not in text and "2026-01-03" not in text
+    # once the live run has a failed notebook it is not shown as "this run"
+    runs[-1]["notebooks"]["02_c.ipynb"] = {"seconds": 2.0, "failed": True}
+    (tmp_path / "timings.json").write_text(json.dumps({"runs": runs}))
+    text = summary.write_summary(study, *summary.collect(study)).read_text()
+    assert "this run" not in text and "| total (min) | 3.0 |" in text

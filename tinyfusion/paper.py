@@ -1,27 +1,12 @@
 """The paper's numbers (TinyFusion, arXiv 2412.01199), transcribed from ../shared/PAPER.md.
 
-These are the reference values every notebook prints beside its own; nothing here is a result of ours.
+These are the reference values every notebook prints beside its own; nothing here is a result of ours. This is the
+only place they are written: the summary (``tinyfusion.summary``) and the verdicts read them from here, and a value
+the paper prints in two tables (Table 1 repeats rows of Tables 3 and 5) is written once and referred to.
 """
 import math
 
 NAN = math.nan
-
-# Table 1: DiT-XL/2 on ImageNet 256 (IS, FID, sFID, Prec, Rec, it/s); None where the paper gives no value.
-TABLE1 = [
-    dict(method="DiT-XL/2 (teacher)", depth=28, steps="7M", IS=278.24, FID=2.27, sFID=4.60, Prec=0.83, Rec=0.57, its=6.91),
-    dict(method="ShortGPT 28->14", depth=14, steps="100K", IS=66.10, FID=22.28, sFID=6.20, Prec=0.63, Rec=0.56, its=13.54),
-    dict(method="Flux-Lite 28->14", depth=14, steps="100K", IS=54.54, FID=25.92),
-    dict(method="Sensitivity 28->14", depth=14, steps="100K", IS=70.36, FID=21.15),
-    dict(method="Oracle (BK-SDM) 28->14", depth=14, steps="100K", IS=141.18, FID=7.43),
-    dict(method="TinyDiT-D14 (learnable)", depth=14, steps="100K", IS=151.88, FID=5.73, sFID=4.91, Prec=0.80, Rec=0.55, its=13.54),
-    dict(method="TinyDiT-D14 (learnable)", depth=14, steps="500K", FID=3.92),
-    dict(method="TinyDiT-D14 + Masked KD", depth=14, steps="100K", FID=3.73),
-    dict(method="TinyDiT-D14 + Masked KD", depth=14, steps="500K", IS=234.50, FID=2.86, sFID=4.75, Prec=0.82, Rec=0.55),
-    dict(method="TinyDiT-D19 + KD", depth=19, steps="100K", FID=2.90),
-    dict(method="DiT-L/2 (from scratch)", depth=24, steps="1M", FID=3.73, its=9.73),
-    dict(method="Diff-Pruning 50% (width)", depth=28, steps="", FID=3.85, its=10.43),
-    dict(method="Diff-Pruning 75% (width)", depth=28, steps="", FID=14.58, its=13.59),
-]
 
 # Table 3: 28->14, fine-tuned 100K steps without KD: (calibration loss, IS, FID); NaN = diverged.
 TABLE3 = {
@@ -35,7 +20,6 @@ TABLE3 = {
     "learnable": (0.98, 151.88, 5.73),
 }
 TABLE3_NOTE = "100,000 random candidates; calibration losses spanned 0.195 to 37.694"
-ORACLE_28_14 = [0, 2, 4, 6, 8, 10, 12, 15, 17, 19, 21, 23, 25, 27]
 
 # Table 4: 28->14 with 10K fine-tuning steps, FID on 10K samples with 64 steps: (IS, FID).
 TABLE4 = {
@@ -54,17 +38,42 @@ TABLE5 = {
     "masked_kd_4": dict(initial_loss=391.4, FID=3.75),
 }
 
+
+def _t3(method):
+    """IS and FID of a Table 3 row, which Table 1 repeats."""
+    return dict(IS=TABLE3[method][1], FID=TABLE3[method][2])
+
+
+_D14_ITS = 13.54  # sampling iterations/s of the 14-layer models in Table 1
+
+# Table 1: DiT-XL/2 on ImageNet 256 (IS, FID, sFID, Prec, Rec, it/s); a key is absent where the paper gives no value.
+TABLE1 = [
+    dict(method="DiT-XL/2 (teacher)", depth=28, steps="7M", IS=278.24, FID=2.27, sFID=4.60, Prec=0.83, Rec=0.57, its=6.91),
+    dict(method="ShortGPT 28->14", depth=14, steps="100K", **_t3("shortgpt"), sFID=6.20, Prec=0.63, Rec=0.56,
+         its=_D14_ITS),
+    dict(method="Flux-Lite 28->14", depth=14, steps="100K", **_t3("flux-lite")),
+    dict(method="Sensitivity 28->14", depth=14, steps="100K", **_t3("sensitivity")),
+    dict(method="Oracle (BK-SDM) 28->14", depth=14, steps="100K", **_t3("oracle")),
+    dict(method="TinyDiT-D14 (learnable)", depth=14, steps="100K", **_t3("learnable"), sFID=4.91, Prec=0.80, Rec=0.55,
+         its=_D14_ITS),
+    dict(method="TinyDiT-D14 (learnable)", depth=14, steps="500K", FID=3.92),
+    dict(method="TinyDiT-D14 + Masked KD", depth=14, steps="100K", FID=TABLE5["masked_kd_2"]["FID"]),
+    dict(method="TinyDiT-D14 + Masked KD", depth=14, steps="500K", IS=234.50, FID=2.86, sFID=4.75, Prec=0.82, Rec=0.55),
+    dict(method="TinyDiT-D19 + KD", depth=19, steps="100K", FID=2.90),
+    dict(method="DiT-L/2 (from scratch)", depth=24, steps="1M", FID=3.73, its=9.73),
+    dict(method="Diff-Pruning 50% (width)", depth=28, steps="", FID=3.85, its=10.43),
+    dict(method="Diff-Pruning 75% (width)", depth=28, steps="", FID=14.58, its=13.59),
+]
+
 # Table 7: D7, (teacher, pruned-from) -> FID.
 TABLE7 = {("XL", "XL"): 56.18, ("XL", "D14"): 36.69, ("D14", "XL"): 58.73, ("D14", "D14"): 32.47}
 
-# Table 8: learning-rate search for the recovery stage (lr -> FID).
-TABLE8 = {2e-4: 3.73, 1e-4: 4.10, 5e-5: 6.63}
-
-# Figure 8: hidden-state extremes of DiT-XL/2 and of the pruned student.
+# Figure 8: hidden-state extremes of DiT-XL/2 and of the pruned student, and the largest |h| over the std.
 FIGURE8 = {"teacher": dict(min=-429, max=191, std=12.5), "student": dict(min=-527, max=54, std=14.2)}
+FIGURE8_MAX_OVER_STD = {k: max(abs(v["min"]), v["max"]) / v["std"] for k, v in FIGURE8.items()}
 
 # Figure 4 / Table 1: D14 from D28 sampling speed-up on GPU.
-SPEEDUP_D14 = 13.54 / 6.91
+SPEEDUP_D14 = _D14_ITS / TABLE1[0]["its"]
 
 CLAIMS = {
     1: "The lowest calibration loss does not give the best model after fine-tuning.",

@@ -45,3 +45,125 @@ def keep_matrix(kept_by_method: dict, depth: int, title="Kept layers"):
     ax.set_xlabel("layer")
     ax.set_title(title)
     return fig
+
+
+def per_class_indices(labels, per_class=10, classes=10):
+    """Indices of the first ``per_class`` examples of each class 0..classes-1, class by class (for ``image_grid``)."""
+    labels = np.asarray(labels)
+    return np.concatenate([np.where(labels == c)[0][:per_class] for c in range(classes)])
+
+
+def calibration_histogram(losses, n_samples=""):
+    """Figure 5: histogram of the calibration losses of random prunes (log-spaced bins)."""
+    losses = np.asarray(losses)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bins = np.logspace(np.log10(losses.min()), np.log10(losses.max()), 60)
+    ax.hist(losses, bins=bins, color="tab:blue", alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"calibration loss (log; {n_samples} calibration samples per candidate)")
+    ax.set_ylabel("candidates")
+    ax.set_title("Calibration loss of random 28→14 prunes")
+    return fig
+
+
+def calib_vs_fid(runs):
+    """Scatter of FID after fine-tuning against calibration loss right after pruning, one colour per method.
+
+    ``runs``: records (or a DataFrame) with ``method``, ``calib_loss`` and ``fid``, one per fine-tuning run.
+    """
+    import pandas as pd
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, grp in pd.DataFrame(runs).groupby("method", sort=False):
+        ax.scatter(grp.calib_loss, grp.fid, label=name, s=40)
+    ax.set_xscale("log")
+    ax.set_xlabel("calibration loss right after pruning (log)")
+    ax.set_ylabel("FID after fine-tuning")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return fig
+
+
+def keep_prob_history(history):
+    """(steps, per-layer keep probabilities) recorded during a learnable-pruning run.
+
+    ``history``: the list of decision snapshots of the run (``history.json``'s ``"history"``), each a dict with
+    ``step`` and ``layer_probs``. Returns a (T,) array of steps and a (T, depth) array of probabilities.
+    """
+    return np.array([h["step"] for h in history]), np.array([h["layer_probs"] for h in history])
+
+
+def decision_dynamics(histories, depth):
+    """One panel per scheme: the probability that each layer is kept, over the training steps (Figures 6, 9-11).
+
+    ``histories``: {scheme: the run's list of decision snapshots} (see ``keep_prob_history``).
+    """
+    fig, axes = plt.subplots(len(histories), 1, figsize=(9, 2.6 * len(histories)), sharex=False, squeeze=False)
+    axes = axes[:, 0]
+    for ax, (g, history) in zip(axes, histories.items()):
+        steps, P = keep_prob_history(history)
+        im = ax.imshow(P.T, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower",
+                       extent=[steps[0], steps[-1], -0.5, depth - 0.5])
+        ax.set_ylabel("layer")
+        ax.set_title(f"{g}: probability that each layer is kept")
+    axes[-1].set_xlabel("training step")
+    fig.colorbar(im, ax=axes, shrink=0.6)
+    return fig
+
+
+def massive_activations(stats, values, ratio_line=20):
+    """Figure 8 analogue: per-layer extremes, max |h| / std per layer, and the histogram of hidden-state values.
+
+    ``stats``: {model: per-layer statistics (``activations.hidden_stats`` records or a DataFrame)};
+    ``values``: {model: a sample of hidden-state values (``activations.value_sample``)}.
+    """
+    import pandas as pd
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for k, df in stats.items():
+        df = pd.DataFrame(df)
+        axes[0].plot(df.layer, df["max"], label=f"{k} max")
+        axes[0].plot(df.layer, df["min"], "--", label=f"{k} min")
+        axes[1].plot(df.layer, df["max_abs_over_std"], label=k)
+        axes[2].hist(values[k], bins=200, alpha=0.6, label=k, log=True)
+    axes[0].set_title("extremes per layer"); axes[0].set_xlabel("layer"); axes[0].legend(fontsize=7)
+    axes[1].set_title("max |h| / std per layer"); axes[1].set_xlabel("layer")
+    axes[1].axhline(ratio_line, color="gray", ls=":"); axes[1].legend()
+    axes[2].set_title("hidden-state values (log count)"); axes[2].legend()
+    return fig
+
+
+def loss_curves(logs):
+    """Total loss and the RepKD component per step, one line per run (a run that diverges shows it here).
+
+    ``logs``: {label: the run's training log, as records with ``step``, ``loss`` and optionally ``rep``, or the
+    path of its JSON file}.
+    """
+    import pandas as pd
+    from tinyfusion.io import load_json
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+    for label, log in logs.items():
+        log = pd.DataFrame(load_json(log) if isinstance(log, str) else log)
+        axes[0].plot(log.step, log["loss"], label=label)
+        if "rep" in log and log.rep.abs().sum() > 0:
+            axes[1].plot(log.step, log.rep, label=label)
+    axes[0].set_yscale("log"); axes[0].set_title("total loss"); axes[0].set_xlabel("step"); axes[0].legend(fontsize=7)
+    axes[1].set_yscale("log"); axes[1].set_title("RepKD component (before β)"); axes[1].set_xlabel("step")
+    axes[1].legend(fontsize=7)
+    return fig
+
+
+def speedup(rows, title):
+    """Sampling speed-up against compression ratio, one line per pruning method, beside the linear ideal.
+
+    ``rows``: the speed sweep (records with ``method``, ``ratio`` and ``speedup``; the ``"base"`` row is each
+    line's start).
+    """
+    import pandas as pd
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    r = np.linspace(0, df.ratio.max(), 50)
+    ax.plot(r, 1 / (1 - r), "k:", label="linear (ideal)")
+    for method, grp in df[df.method != "base"].groupby("method", sort=False):
+        grp = pd.concat([df[df.method == "base"], grp]).sort_values("ratio")
+        ax.plot(grp.ratio, grp.speedup, "o-", label=method)
+    ax.set_xlabel("compression ratio"); ax.set_ylabel("sampling speed-up (iterations/s vs unpruned)")
+    ax.legend(fontsize=8); ax.set_title(title)
+    return fig

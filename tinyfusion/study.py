@@ -10,7 +10,6 @@ the same name (``tinyfusion.launch``) when ``profile.nproc > 1``.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +259,124 @@ class Study:
         self.save_table(t4, "table4_runs")
         return t4
 
+    def table3_candidates(self):
+        """The Table 3 candidates (28 -> 14): ``({method: kept}, {seed: learnable run})``: the min/median/max
+        calibration-loss random picks, the baselines, and learnable 1:2 LoRA (its first seed's decision)."""
+        rs = self.random_study()
+        kept = {name: rs["picks"][name]["kept"] for name in RANDOM_PICKS}
+        kept.update({name: self.baseline(name)["kept"] for name in BASELINES})
+        learned = {s: self.learnable("1:2", "lora", seed=s) for s in self.prof.seeds}
+        kept["learnable"] = learned[self.prof.seeds[0]]["kept"]
+        return kept, learned
+
+    def table3(self):
+        """Table 3: every candidate pruned, fine-tuned ``prof.finetune_steps`` steps and scored, on every seed
+        (learnable: its own decision per seed), with its calibration loss. Returns ``(runs, table)``: one row per
+        run (``tables/01_table3_runs.csv``) and one per method with the paper beside it (``tables/01_table3.csv``).
+        """
+        import pandas as pd
+        from tinyfusion.verdicts import fmt
+        kept, learned = self.table3_candidates()
+        rows = []
+        for name, k in kept.items():
+            if name == "learnable":
+                for s in self.prof.seeds:
+                    rows += [{**r, "calib_loss": self.calibration_loss(learned[s]["kept"])}
+                             for r in self.recover("learnable", learned[s]["kept"], seeds=[s])]
+            else:
+                loss = self.calibration_loss(k)
+                rows += [{**r, "calib_loss": loss} for r in self.recover(name, k)]
+        runs = pd.DataFrame(rows)
+        self.save_table(runs, "01_table3_runs")
+        summary = summarise(rows)
+        summary["calib_loss"] = [runs[runs.method == m]["calib_loss"].mean() for m in summary.method]
+        table = pd.DataFrame({
+            "method": summary.method,
+            "calib loss (ours)": summary.calib_loss.round(4),
+            "IS (ours)": [fmt(m, s) for m, s in zip(summary.is_mean, summary.is_std)],
+            "FID (ours)": [fmt(m, s) for m, s in zip(summary.fid_mean, summary.fid_std)],
+            "class acc (ours)": summary.class_accuracy_mean.round(3),
+            "seeds": summary.fid_count,
+            "calib loss (paper)": [paper.TABLE3[m][0] for m in summary.method],
+            "IS (paper)": [paper.TABLE3[m][1] for m in summary.method],
+            "FID (paper)": [paper.TABLE3[m][2] for m in summary.method]})
+        self.save_table(table, "01_table3")
+        return runs, table
+
+    def block_confidence(self, runs):
+        """Per scheme and block of learnable-pruning ``runs`` ({scheme: run}): the final confidence of the decision
+        beside the uniform 1 / candidates (``tables/02_block_confidence.csv``)."""
+        import pandas as pd
+        from tinyfusion.models.gates import candidate_matrix, parse_groups
+        depth = self.teacher().depth
+        rows = [{"scheme": g, "block": b, "confidence": conf, "uniform": 1 / c, "candidates": c}
+                for g, r in runs.items()
+                for b, (conf, c) in enumerate(zip(r["confidence"],
+                                                  [candidate_matrix(n, m).shape[0] for n, m in parse_groups(g, depth)]))]
+        conf = pd.DataFrame(rows)
+        self.save_table(conf, "02_block_confidence")
+        return conf
+
+    KD_VARIANTS = (("finetune", "finetune", 0.0, "all"), ("kd", "kd", 0.0, "all"), ("repkd", "repkd", 0.0, "first"),
+                   ("masked_kd_0.1", "masked_kd", 0.1, "first"), ("masked_kd_2", "masked_kd", 2.0, "all"),
+                   ("masked_kd_4", "masked_kd", 4.0, "first"))
+
+    def table5(self):
+        """Table 5: the learnable D14 (first seed's decision) recovered by each of ``KD_VARIANTS`` (label, mode,
+        k_sigma, seeds: all of the profile's or the first). Returns ``(runs, table, logs)``: one row per run
+        (``tables/06_table5_runs.csv``), one per variant with the paper beside it (``tables/06_table5.csv``), and
+        {(variant, seed): recovery result}."""
+        import pandas as pd
+        from tinyfusion.verdicts import fmt
+        kept = self.learnable("1:2", "lora", seed=self.prof.seeds[0])["kept"]
+        student = self.pruned(kept, name="learnable")
+        rows, logs = [], {}
+        for label, mode, k, which in self.KD_VARIANTS:
+            for s in self.prof.seeds if which == "all" else self.prof.seeds[:1]:
+                ft = self.finetune(student, mode=mode, k_sigma=k, seed=s, kept=kept, name="learnable")
+                sc = self.score(ft["model"])
+                logs[(label, s)] = ft
+                first = ft.get("first_step") or {}
+                rows.append({"variant": label, "seed": s, "fid": sc["fid"], "is": sc["is"], "sfid": sc["sfid"],
+                             "precision": sc["precision"], "recall": sc["recall"],
+                             "class_accuracy": sc["class_accuracy"], "skipped_steps": ft.get("skipped_steps", 0),
+                             "initial_rep_loss": first.get("rep"), "initial_total_loss": first.get("loss"),
+                             "final_loss": ft.get("final_loss")})
+        runs = pd.DataFrame(rows)
+        self.save_table(runs, "06_table5_runs")
+        agg = summarise(rows, by="variant")
+        table = pd.DataFrame({
+            "variant": agg.variant, "FID (ours)": [fmt(m, s) for m, s in zip(agg.fid_mean, agg.fid_std)],
+            "IS (ours)": [fmt(m, s) for m, s in zip(agg.is_mean, agg.is_std)], "seeds": agg.fid_count,
+            "initial RepKD loss (ours)": runs.groupby("variant", sort=False).initial_rep_loss.first().values,
+            "skipped steps": runs.groupby("variant", sort=False).skipped_steps.sum().values,
+            "initial loss (paper)": [paper.TABLE5[v]["initial_loss"] for v in agg.variant],
+            "FID (paper)": [paper.TABLE5[v]["FID"] for v in agg.variant]})
+        self.save_table(table, "06_table5")
+        return runs, table, logs
+
+    def table7(self):
+        """Table 7: D7 learned (1:2 LoRA) from the Masked-KD D14 or (1:4) from the teacher, each distilled (logits
+        KD) from either; one seed. Returns the rows (``tables/08_table7.csv``) with the paper's FID beside."""
+        import pandas as pd
+        seed = self.prof.seeds[0]
+        learned = self.learnable("1:2", "lora", seed=seed)
+        d14 = self.finetune(self.pruned(learned["kept"], name="learnable"), mode="masked_kd", k_sigma=2.0, seed=seed,
+                            kept=learned["kept"], name="learnable")["model"]
+        sources = {"XL": (str(self.teacher_path), "1:4"), "D14": (d14, "1:2")}
+        teachers = {"XL": str(self.teacher_path), "D14": d14}
+        rows = []
+        for src, (path, groups) in sources.items():
+            r = self.learnable(groups, "lora", seed=seed, source=path)
+            for tname, tpath in teachers.items():
+                for row in self.recover(f"D7 from {src}", r["kept"], seeds=[seed], mode="kd", source=path,
+                                        teacher=tpath):
+                    rows.append({**row, "pruned_from": src, "teacher": tname, "kept": r["kept"],
+                                 "paper_FID": paper.TABLE7[(tname, src)]})
+        t7 = pd.DataFrame(rows)
+        self.save_table(t7, "08_table7")
+        return t7
+
     def seed_noise(self):
         """FID seed-to-seed spread measured in notebook 01 (median over methods of the std over seeds), the
         yardstick for one-seed comparisons; NaN when notebook 01 has not run."""
@@ -280,8 +397,9 @@ class Study:
 
     def verdict(self, claim, status, evidence, notebook):
         """Record the verdict on one of the paper's claims (``status``: held / not held / mixed / within noise)."""
-        if status not in ("held", "not held", "mixed", "within noise"):
-            raise ValueError(f"unknown verdict status {status!r}")
+        from tinyfusion.verdicts import STATUSES
+        if status not in STATUSES:
+            raise ValueError(f"unknown verdict status {status!r}; choose one of {STATUSES}")
         v = {"claim": claim, "text": paper.CLAIMS[claim], "status": status, "evidence": evidence,
              "notebook": notebook, "profile": self.prof.name}
         save_json(v, self.root / "verdicts" / f"claim{claim}.json")
@@ -296,38 +414,3 @@ def summarise(rows, by="method", metrics=("fid", "is", "sfid", "precision", "rec
     agg = df.groupby(by, sort=False)[list(metrics)].agg(["mean", "std", "count"])
     agg.columns = [f"{m}_{s}" for m, s in agg.columns]
     return agg.reset_index()
-
-
-def compare(a, b, lower_is_better=True):
-    """Which of two sets of seed results is better: "a", "b" or "within noise".
-
-    A gap counts only when it exceeds the sum of the two standard deviations (each at least 1% of the mean);
-    with one seed per side nothing can be said beyond the raw order, and the caller should say so.
-    """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        fa, fb = np.isfinite(a).all(), np.isfinite(b).all()
-        return "a" if fa and not fb else "b" if fb and not fa else "within noise"
-    ma, mb = a.mean(), b.mean()
-    sa = max(a.std(ddof=1) if len(a) > 1 else 0.0, 0.01 * abs(ma))
-    sb = max(b.std(ddof=1) if len(b) > 1 else 0.0, 0.01 * abs(mb))
-    if abs(ma - mb) <= sa + sb:
-        return "within noise"
-    better_a = ma < mb if lower_is_better else ma > mb
-    return "a" if better_a else "b"
-
-
-def beyond_noise(a, b, noise):
-    """Compare two one-seed FIDs: "a" / "b" when that one is lower by more than twice ``noise`` (the seed spread),
-    else "within noise"; with no yardstick (NaN) the raw order decides."""
-    if not np.isfinite(noise):
-        return "a" if a < b else "b"
-    return "within noise" if abs(a - b) <= 2 * noise else ("a" if a < b else "b")
-
-
-def fmt(mean, std=None, digits=3):
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "NaN"
-    if std is None or (isinstance(std, float) and math.isnan(std)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"

@@ -10,21 +10,24 @@ from tinyfusion import paper
 from tinyfusion.io import load_json
 
 METRICS = ["is", "fid", "sfid", "precision", "recall", "class_accuracy"]
-# which paper Table 1 / 3 / 5 row each of our variants stands beside: (IS, FID)
-PAPER_ROWS = {
-    "teacher (28 layers)": (278.24, 2.27),
-    "learnable": (151.88, 5.73), "oracle": (141.18, 7.43), "shortgpt": (66.10, 22.28),
-    "flux-lite": (54.54, 25.92), "sensitivity": (70.36, 21.15),
-    "min-loss random": (73.10, 20.69), "median-loss random": (149.51, 6.45), "max-loss random": (np.nan, np.nan),
-    "learnable + logits KD": (np.nan, 4.66), "learnable + Masked KD 2σ": (np.nan, 3.73),
-    "learnable + Masked KD 4σ": (np.nan, 3.75), "learnable + RepKD": (np.nan, np.nan),
-    "learnable + Masked KD 0.1σ": (np.nan, np.nan),
-    "D7 from XL, teacher XL": (np.nan, 56.18), "D7 from D14, teacher D14": (np.nan, 32.47),
-    "D7 from D14, teacher XL": (np.nan, 36.69), "D7 from XL, teacher D14": (np.nan, 58.73),
-}
 KD_NAMES = {"kd": "learnable + logits KD", "masked_kd_2": "learnable + Masked KD 2σ",
             "masked_kd_4": "learnable + Masked KD 4σ", "repkd": "learnable + RepKD",
             "masked_kd_0.1": "learnable + Masked KD 0.1σ"}
+
+
+def d7_name(pruned_from, teacher):
+    """Our name of a Table 7 row: the D7 pruned from ``pruned_from`` ("XL" or "D14"), distilled from ``teacher``."""
+    return f"D7 from {pruned_from}, teacher {teacher}"
+
+
+# which paper row each of our variants stands beside, as (IS, FID): Table 1's teacher, Table 3 by method (the same
+# names as ours), Table 5 by KD variant (no IS given) and Table 7 by (teacher, pruned from); numbers live in paper.py
+PAPER_ROWS = {
+    "teacher (28 layers)": (paper.TABLE1[0]["IS"], paper.TABLE1[0]["FID"]),
+    **{method: (is_, fid) for method, (_, is_, fid) in paper.TABLE3.items()},
+    **{name: (np.nan, paper.TABLE5[variant]["FID"]) for variant, name in KD_NAMES.items()},
+    **{d7_name(src, teacher): (np.nan, fid) for (teacher, src), fid in paper.TABLE7.items()},
+}
 
 
 def _read(study, name):
@@ -63,7 +66,7 @@ def collect(study):
     t7 = _read(study, "08_table7")
     if t7 is not None:
         for _, r in t7.iterrows():
-            rows.append(_agg(pd.DataFrame([r]), f"D7 from {r['pruned_from']}, teacher {r['teacher']}", 7, ft))
+            rows.append(_agg(pd.DataFrame([r]), d7_name(r["pruned_from"], r["teacher"]), 7, ft))
     speed = _read(study, "07_speedup")
     table = pd.DataFrame(rows)
     if len(table):

@@ -1,0 +1,47 @@
+"""Every figure, table, verdict and the summary that the notebooks wrote in this pytest session.
+
+Runs after nbval has executed ``00_...ipynb`` ... ``09_...ipynb`` (``pytest --nbval-lax notebooks/``; pytest collects
+this folder's files in name order) and reads the folder they wrote: ``$TINYFUSION_RESULTS/<profile>`` (by default
+``results/<profile>``), the smoke profile unless ``TINYFUSION_PROFILE`` says otherwise (see ``conftest.py``).
+Skipped, with the reason, when the notebooks did not all run before it in this session.
+"""
+import json
+import os
+
+import pytest
+
+from tinyfusion.profiles import get_profile
+from tinyfusion.verdicts import STATUSES
+
+FIGURES = ["00_data_grid", "00_teacher_samples", "01_calibration_histogram", "01_kept_layers", "01_calib_vs_fid",
+           "02_decision_dynamics", "02_kept_vs_baselines", "03_scheme_ablation", "04_lora_vs_full",
+           "05_massive_activations", "06_kd_loss_curves", "07_speedup"]
+TABLES = ["00_teacher_metrics", "01_table3", "01_table3_runs", "02_block_confidence", "table4_runs", "05_summary",
+          "06_table5", "07_speedup", "08_table7"]
+
+
+def test_notebooks_wrote_every_artefact(notebook_session):
+    s = notebook_session
+    not_run = [n for n in s["expected"] if n not in s["ran"]]
+    if len(not_run) == len(s["expected"]):
+        pytest.skip("checks what the numbered notebooks write, but none ran before it in this pytest session; run "
+                    "them all with `pytest --nbval-lax notebooks/` (or `make test`)")
+    if not_run:
+        pytest.skip(f"checks what the notebooks write, but {', '.join(not_run)} did not run before it in this pytest "
+                    f"session; run them all with `pytest --nbval-lax notebooks/` (or `make test`)")
+    if s["failed"]:
+        pytest.skip(f"{', '.join(sorted(s['failed']))} failed above, so their artefacts are not checked")
+    out = get_profile(os.environ["TINYFUSION_PROFILE"]).results
+    files = [out / "figures" / f"{f}.png" for f in FIGURES] + [out / "tables" / f"{t}.csv" for t in TABLES]
+    files += [out / "verdicts" / f"claim{c}.json" for c in range(1, 9)] + [out / "summary.md"]
+    missing = [str(f.relative_to(out)) for f in files if not f.exists()]
+    assert not missing, f"not written by the notebooks in {out}: {missing}"
+    stale = [str(f.relative_to(out)) for f in files if f.stat().st_mtime < s["started"] - 2]
+    assert not stale, f"left from an earlier run, not rewritten in this session: {stale}"
+    for claim in range(1, 9):
+        v = json.loads((out / "verdicts" / f"claim{claim}.json").read_text())
+        assert v["claim"] == claim and v["status"] in STATUSES and v["evidence"], v
+        assert v["notebook"] in s["expected"], v
+    summary = (out / "summary.md").read_text()
+    assert "Verdicts" in summary and summary.count("| ") > 20
+    assert all(f"| {claim} |" in summary for claim in range(1, 9))  # one verdict row per claim

@@ -1,0 +1,347 @@
+"""The verdict rules of tinyfusion.verdicts on constructed numbers: wins, losses, ties, NaN, one seed per side."""
+import math
+
+import pytest
+
+from tinyfusion import paper
+from tinyfusion import verdicts as V
+
+NAN = math.nan
+BASELINES = ("shortgpt", "flux-lite", "sensitivity", "oracle")
+
+
+def table4(lora, full, frozen, schemes=("1:2", "2:4", "7:14")):
+    """Table 4 cells {(scheme, update): FID}; each argument is a FID or a {scheme: FID} dict."""
+    pick = lambda v, g: v[g] if isinstance(v, dict) else v  # noqa: E731
+    return {(g, u): pick(v, g) for g in schemes for u, v in (("lora", lora), ("full", full), ("frozen", frozen))}
+
+
+# ---------------------------------------------------------------------- statuses and the record
+def test_statuses_and_record():
+    assert V.STATUSES == ("held", "not held", "mixed", "within noise", "not testable here")
+    v = V.Verdict(V.HELD, "because")
+    assert (v.status, v.evidence, v.details) == ("held", "because", {})
+    with pytest.raises(ValueError, match="unknown verdict status 'maybe'"):
+        V.Verdict("maybe", "")
+
+
+# ---------------------------------------------------------------------- compare
+def test_compare_win_loss_and_direction():
+    good, bad = [1.0, 1.1, 0.9], [2.0, 2.1, 1.9]
+    assert V.compare(good, bad) == "a" and V.compare(bad, good) == "b"
+    assert V.compare(good, bad, lower_is_better=False) == "b"  # e.g. IS: higher is better
+
+
+def test_compare_gap_must_exceed_the_summed_seed_spreads():
+    # stds 0.141 each: a gap of 0.1 is inside their sum, a gap of 0.5 is not
+    assert V.compare([1.0, 1.2], [1.1, 1.3]) == "within noise"
+    assert V.compare([1.0, 1.2], [1.5, 1.7]) == "a"
+
+
+def test_compare_one_seed_per_side_uses_a_one_percent_floor():
+    assert V.compare([1.0], [1.01]) == "within noise"   # 0.01 <= 0.01 + 0.0101
+    assert V.compare([1.0], [1.05]) == "a"
+    assert V.compare([100.0], [98.5]) == "within noise"  # the floor scales with the mean (1.0 + 0.985)
+    assert V.compare([100.0], [97.0]) == "b"
+
+
+def test_compare_nan_side_loses_and_two_nan_sides_tie():
+    assert V.compare([NAN], [5.0]) == "b" and V.compare([5.0], [NAN]) == "a"
+    assert V.compare([1.0, NAN], [9.0, 9.1]) == "b"  # one diverged seed makes the whole side non-finite
+    assert V.compare([NAN], [NAN]) == "within noise"
+    assert V.compare([math.inf], [5.0]) == "b"
+
+
+# ---------------------------------------------------------------------- beyond_noise
+def test_beyond_noise_needs_twice_the_seed_spread():
+    assert V.beyond_noise(1.0, 1.5, 0.1) == "a" and V.beyond_noise(1.5, 1.0, 0.1) == "b"
+    assert V.beyond_noise(1.0, 1.15, 0.1) == "within noise"
+    assert V.beyond_noise(1.0, 1.5, 0.25) == "within noise"  # exactly 2 x noise is still a tie
+    assert V.beyond_noise(1.0, 1.01, NAN) == "a"  # no yardstick: the raw order
+    assert V.beyond_noise(1.0, 1.0, NAN) == "b"   # ... and an exact tie goes to b
+    assert V.beyond_noise(1.0, 1.0, 0.0) == "within noise"
+
+
+def test_beyond_noise_nan_fid_is_b_on_either_side():
+    # kept oddity: a diverged (NaN) run on side a loses, but on side b it wins too
+    assert V.beyond_noise(NAN, 1.0, 0.1) == "b"
+    assert V.beyond_noise(1.0, NAN, 0.1) == "b"
+
+
+def test_fmt():
+    assert V.fmt(1.23456) == "1.235" and V.fmt(1.0, 0.5, 2) == "1.00 ± 0.50"
+    assert V.fmt(NAN) == "NaN" and V.fmt(None) == "NaN" and V.fmt(2.0, NAN) == "2.000"
+
+
+def test_spearman_finite_drops_pairs_with_a_nan():
+    rho, p, n = V.spearman_finite([1, 2, NAN, 4, 5], [10, 20, 30, NAN, 50])
+    assert n == 3 and rho == pytest.approx(1.0)
+    rho, p, n = V.spearman_finite([1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1])
+    assert rho == pytest.approx(-1.0) and p < 0.01 and n == 6
+
+
+# ---------------------------------------------------------------------- claim 1
+def fid1(min_loss, **others):
+    """FIDs over seeds by method; keyword names spell the methods with "_" (median_loss_random, flux_lite)."""
+    return {"min-loss random": min_loss, **{k.replace("_loss_", "-loss ").replace("_", "-"): v for k, v in others.items()}}
+
+
+def test_claim1_held_when_min_loss_ends_clearly_worse():
+    v = V.claim1_calibration_loss(fid1([20.0, 21.0], median_loss_random=[6.0, 6.5], learnable=[5.0, 5.2]), 0.5, 0.01)
+    assert v.status == "held" and v.details["best_other"] == "learnable"
+    assert v.evidence == ("min-loss random FID 20.500 ± 0.707 vs best (learnable) 5.100 ± 0.141; "
+                          "Spearman(calib loss, FID) = 0.50 (p=0.01): lower calibration loss went with lower FID")
+
+
+def test_claim1_not_held_when_min_loss_is_best():
+    v = V.claim1_calibration_loss(fid1([2.0, 2.1], learnable=[5.0, 5.2], shortgpt=[6.0, 6.1]), -0.2, 0.5)
+    assert v.status == "not held" and v.details["compare"] == "a"
+    assert v.evidence.endswith("no positive relation")
+
+
+def test_claim1_tie_is_not_held_only_with_a_significant_positive_correlation():
+    fid = fid1([5.0, 5.3], learnable=[5.1, 5.2], oracle=[9.0, 9.1])
+    assert V.claim1_calibration_loss(fid, 0.8, 0.01).status == "not held"
+    assert V.claim1_calibration_loss(fid, 0.8, 0.05).status == "within noise"  # p must be below 0.05
+    assert V.claim1_calibration_loss(fid, -0.8, 0.001).status == "within noise"
+    assert V.claim1_calibration_loss(fid, NAN, NAN).status == "within noise"
+
+
+def test_claim1_one_seed_per_side_prints_no_spread():
+    v = V.claim1_calibration_loss(fid1([9.0], learnable=[5.0]), 0.1, 0.7)
+    assert v.status == "held"
+    assert v.evidence.startswith("min-loss random FID 9.000 vs best (learnable) 5.000;")
+
+
+def test_claim1_nan():
+    # a diverged min-loss candidate ends worse than any finite one
+    assert V.claim1_calibration_loss(fid1([NAN], learnable=[5.0]), 0.1, 0.7).status == "held"
+    # the best other ignores a diverged seed of a candidate (nan-mean) ...
+    v = V.claim1_calibration_loss(fid1([9.0], oracle=[8.0], learnable=[NAN, 1.0]), 0.1, 0.7)
+    assert v.details["best_other"] == "learnable"
+    # ... but a candidate whose FIDs are all NaN, met first, stays "best" (kept oddity of min() with NaN keys)
+    v = V.claim1_calibration_loss(fid1([9.0], median_loss_random=[NAN], learnable=[1.0]), 0.1, 0.7)
+    assert v.details["best_other"] == "median-loss random" and v.status == "not held"
+
+
+# ---------------------------------------------------------------------- claim 2
+def fid2(learnable, **baselines):
+    return {"learnable": learnable, **{k.replace("_", "-"): v for k, v in baselines.items()}}
+
+
+def test_claim2_held_when_learnable_beats_every_baseline():
+    fid = fid2([1.0, 1.1], shortgpt=[5.0, 5.1], flux_lite=[6.0, 6.1], sensitivity=[5.5, 5.4], oracle=[3.0, 3.1])
+    v = V.claim2_learnable_vs_baselines(fid, BASELINES)
+    assert v.status == "held"
+    assert v.evidence == ("learnable FID 1.05; vs shortgpt: better; vs flux-lite: better; vs sensitivity: better; "
+                          "vs oracle: better")
+
+
+def test_claim2_loss_tie_and_mixed():
+    worse = fid2([9.0, 9.1], shortgpt=[5.0, 5.1], flux_lite=[6.0, 6.1], sensitivity=[5.5, 5.4], oracle=[3.0, 3.1])
+    assert V.claim2_learnable_vs_baselines(worse, BASELINES).status == "not held"
+    tie = {m: [5.0, 5.2] for m in ("learnable", *BASELINES)}
+    v = V.claim2_learnable_vs_baselines(tie, BASELINES)
+    assert v.status == "within noise" and v.evidence.count("within noise") == 4
+    mixed = fid2([4.0, 4.1], shortgpt=[5.0, 5.1], flux_lite=[6.0, 6.1], sensitivity=[4.0, 4.2], oracle=[3.0, 3.1])
+    v = V.claim2_learnable_vs_baselines(mixed, BASELINES)
+    assert v.status == "mixed"
+    assert v.details["outcomes"] == {"shortgpt": "a", "flux-lite": "a", "sensitivity": "within noise", "oracle": "b"}
+    # kept oddity: one loss among ties is "not held"
+    one_loss = {**tie, "oracle": [1.0, 1.1]}
+    assert V.claim2_learnable_vs_baselines(one_loss, BASELINES).status == "not held"
+
+
+def test_claim2_nan_and_one_seed():
+    fid = fid2([5.0], shortgpt=[NAN], flux_lite=[5.01], sensitivity=[7.0], oracle=[4.0])
+    v = V.claim2_learnable_vs_baselines(fid, BASELINES)
+    assert v.details["outcomes"] == {"shortgpt": "a", "flux-lite": "within noise", "sensitivity": "a", "oracle": "b"}
+    assert v.status == "mixed"
+    assert V.claim2_learnable_vs_baselines(fid2([NAN], shortgpt=[5.0]), ["shortgpt"]).status == "not held"
+
+
+# ---------------------------------------------------------------------- claim 3
+def test_claim3_held_when_small_blocks_win_every_pair():
+    cells = table4({"1:2": 1.0, "2:4": 1.0, "7:14": 5.0}, {"1:2": 1.0, "2:4": 1.0, "7:14": 5.0},
+                   {"1:2": 1.0, "2:4": 1.0, "7:14": 5.0})
+    v = V.claim3_block_size(cells, 0.1)
+    assert v.status == "held"
+    assert v.evidence == ("small block beats 7:14 in 6 of 6 (scheme, update) pairs, loses in 0, ties (within 2x seed "
+                          "spread 0.10) in 0; mean FID 1:2 1.00, 2:4 1.00, 7:14 5.00")
+
+
+def test_claim3_loss_tie_mixed():
+    worse = {"1:2": 6.0, "2:4": 6.0, "7:14": 5.0}
+    assert V.claim3_block_size(table4(worse, worse, worse), 0.1).status == "not held"
+    same = {"1:2": 5.0, "2:4": 5.1, "7:14": 5.0}
+    assert V.claim3_block_size(table4(same, same, same), 0.1).status == "within noise"
+    # kept oddity: one win among losses and ties is "mixed", as is one tie among wins
+    v = V.claim3_block_size(table4({"1:2": 1.0, "2:4": 6.0, "7:14": 5.0}, worse, same), 0.1)
+    assert v.status == "mixed" and (v.details["wins"], v.details["losses"]) == (1, 3)
+    better = {"1:2": 1.0, "2:4": 1.0, "7:14": 5.0}
+    assert V.claim3_block_size(table4(better, better, {**better, "2:4": 5.1}), 0.1).status == "mixed"
+
+
+def test_claim3_nan_noise_and_nan_fid():
+    close = {"1:2": 4.99, "2:4": 4.98, "7:14": 5.0}
+    assert V.claim3_block_size(table4(close, close, close), NAN).status == "held"  # no yardstick: raw order
+    assert V.claim3_block_size(table4(close, close, close), 0.1).status == "within noise"
+    # a diverged 7:14 cell counts as a loss for the small blocks (beyond_noise's NaN oddity); means skip NaN
+    nan714 = {"1:2": 1.0, "2:4": 1.0, "7:14": NAN}
+    v = V.claim3_block_size(table4(nan714, {**nan714, "7:14": 5.0}, {**nan714, "7:14": 5.0}), 0.1)
+    assert (v.status, v.details["wins"], v.details["losses"]) == ("mixed", 4, 2)
+    assert v.evidence.endswith("7:14 5.00")
+
+
+# ---------------------------------------------------------------------- claim 4
+def test_claim4_held_when_every_check_passes():
+    v = V.claim4_recoverability(table4(lora=1.0, full=2.0, frozen=5.0), 0.1)
+    assert v.status == "held" and v.details == {"passed": 9, "checks": 9}
+    assert v.evidence.startswith("lora beats frozen (1:2): yes; full beats frozen (1:2): yes; "
+                                 "lora at least as good as full (1:2): yes; lora beats frozen (2:4): yes")
+    assert v.evidence.endswith("lora at least as good as full (7:14): yes (noise yardstick: 2 x 0.10 FID)")
+
+
+def test_claim4_loss_tie_and_mixed():
+    v = V.claim4_recoverability(table4(lora=5.0, full=5.0, frozen=1.0), 0.1)
+    assert (v.status, v.details["passed"]) == ("not held", 3)  # only "lora at least as good as full" passes
+    # kept oddity: all tied fails every "beats" check: not held, never within noise
+    assert V.claim4_recoverability(table4(lora=5.0, full=5.0, frozen=5.0), 0.1).status == "not held"
+    v = V.claim4_recoverability(table4(lora=3.0, full=1.0, frozen=5.0), 0.1)
+    assert (v.status, v.details["passed"]) == ("mixed", 6)  # full beats lora in every scheme
+    v = V.claim4_recoverability(table4(lora=1.0, full=1.0, frozen={"1:2": 5.0, "2:4": 1.0, "7:14": 1.0}), 0.1)
+    assert (v.status, v.details["passed"]) == ("mixed", 5)
+
+
+def test_claim4_nan_and_no_yardstick():
+    v = V.claim4_recoverability(table4(lora=1.0, full=2.0, frozen=NAN), 0.1)
+    assert v.details["passed"] == 3 and v.status == "not held"  # a NaN frozen cell is never beaten
+    assert V.claim4_recoverability(table4(lora=4.9, full=4.95, frozen=5.0), NAN).status == "held"
+
+
+# ---------------------------------------------------------------------- claim 5
+def test_claim5_thresholds():
+    assert V.claim5_massive_activations([3.0, 25.0], [0.0, 3e-6]).status == "held"
+    assert V.claim5_massive_activations([20.0], [0.0]).status == "held"
+    assert V.claim5_massive_activations([15.0, 2.0], [0.0, 0.0]).status == "mixed"  # kept oddity: 10-20 is mixed
+    assert V.claim5_massive_activations([10.0], [0.0]).status == "mixed"
+    assert V.claim5_massive_activations([9.99], [0.0]).status == "not held"
+
+
+def test_claim5_evidence_and_nan():
+    v = V.claim5_massive_activations([NAN, 25.0, 4.0], [1e-6, NAN, 2e-6])
+    assert v.status == "held"
+    assert v.evidence == ("teacher max |h| / std = 25.0 (paper ~34; 'massive' fixed beforehand as >= 20); "
+                          "share of positions beyond 10 sigma: 1.50e-06")
+    assert f"paper ~{paper.FIGURE8_MAX_OVER_STD['teacher']:.0f}" in v.evidence
+    assert V.claim5_massive_activations([NAN, NAN], [NAN]).status == "not held"
+
+
+# ---------------------------------------------------------------------- claim 6
+def fid6(masked, kd, ft):
+    return {"finetune": ft, "kd": kd, "masked_kd_2": masked, "repkd": [9.0]}
+
+
+def test_claim6_held_when_all_three_parts_hold():
+    v = V.claim6_masked_kd(fid6([3.0, 3.1], [5.0, 5.1], [8.0, 8.1]), NAN, 0, 2840.5)
+    assert v.status == "held"
+    assert v.evidence == ("Masked KD 2σ vs logits KD: better (3.05 vs 5.05); logits KD vs fine-tune: better (5.05 vs "
+                          "8.05); RepKD diverged (FID nan, 0 skipped steps, initial rep loss 2840.5)")
+
+
+def test_claim6_loss_tie_mixed():
+    worse = fid6([8.0, 8.1], [6.0, 6.1], [3.0, 3.1])
+    v = V.claim6_masked_kd(worse, 5.0, 0, None)
+    assert v.status == "not held" and "RepKD did not diverge (FID 5.00, 0 skipped steps, initial rep loss None)" in v.evidence
+    tie = fid6([5.0, 5.2], [5.1, 5.2], [5.0, 5.3])
+    assert V.claim6_masked_kd(tie, 5.0, 0).status == "within noise"
+    assert V.claim6_masked_kd(worse | {"masked_kd_2": [6.0, 6.2]}, 5.0, 0).status == "within noise"
+    assert V.claim6_masked_kd(worse, 5.0, 3).status == "mixed"  # one skipped step counts as diverged
+    assert V.claim6_masked_kd(worse, 12.3, 0).status == "mixed"  # FID above twice KD's counts as diverged
+    assert V.claim6_masked_kd(worse, 12.1, 0).status == "not held"
+
+
+def test_claim6_nan_and_one_seed():
+    # a diverged Masked KD seed makes it lose to KD; a diverged KD makes KD lose to fine-tuning
+    v = V.claim6_masked_kd(fid6([3.0, NAN], [5.0, 5.1], [8.0, 8.1]), NAN, 0)
+    assert v.details["masked_kd_vs_kd"] == "b" and v.status == "mixed"
+    v = V.claim6_masked_kd(fid6([3.0], [NAN], [8.0]), 4.0, 0)
+    assert (v.details["masked_kd_vs_kd"], v.details["kd_vs_finetune"]) == ("a", "b")
+    assert not v.details["repkd_diverged"]  # twice a NaN KD mean is no bar
+    v = V.claim6_masked_kd(fid6([3.0], [3.02], [8.0]), 4.0, 0)  # one seed per side: within the 1% floors
+    assert v.details["masked_kd_vs_kd"] == "within noise" and v.status == "mixed"
+
+
+# ---------------------------------------------------------------------- claim 7
+def sweep(depth, width_params, width_channels=1.5, ratio=0.5):
+    return [dict(method="base", ratio=0.0, speedup=1.0, ideal=1.0),
+            dict(method="depth", ratio=0.25, speedup=1.3, ideal=1.3333),
+            dict(method="depth", ratio=ratio, speedup=depth, ideal=1 / (1 - ratio)),
+            dict(method="width-params", ratio=0.25, speedup=9.0, ideal=1.3333),
+            dict(method="width-params", ratio=ratio, speedup=width_params, ideal=1 / (1 - ratio)),
+            dict(method="width-channels", ratio=ratio, speedup=width_channels, ideal=1 / (1 - ratio))]
+
+
+def test_claim7_held_when_depth_is_near_linear_and_width_lags():
+    v = V.claim7_speedup(sweep(1.95, 1.5, 1.4), "DiT-T28/4")
+    assert v.status == "held"
+    assert v.evidence == ("at ratio 0.50 on CPU (DiT-T28/4): depth 1.95x, width at equal parameters 1.50x, width at "
+                          f"equal channel ratio 1.40x (linear 2.00x; paper D14: {paper.SPEEDUP_D14:.2f}x on GPU). "
+                          "benchmarks/speed.py has DiT-XL/2 shapes.")
+    assert "paper D14: 1.96x" in v.evidence
+
+
+def test_claim7_loss_mixed_and_ties():
+    assert V.claim7_speedup(sweep(1.7, 2.1), "m").status == "not held"
+    assert V.claim7_speedup(sweep(1.95, 1.9), "m").status == "mixed"   # width within 0.1x of depth
+    assert V.claim7_speedup(sweep(2.0, 1.91), "m").status == "mixed"
+    assert V.claim7_speedup(sweep(1.7, 1.5), "m").status == "mixed"    # depth below the 1.9x bar
+    assert V.claim7_speedup(sweep(1.9, 1.7), "m").status == "held"     # the bar itself counts
+
+
+def test_claim7_nearest_ratio_nan_and_missing_rows():
+    v = V.claim7_speedup(sweep(1.95, 1.5, ratio=0.45), "m")
+    assert v.details["depth"]["ratio"] == 0.45 and v.evidence.startswith("at ratio 0.45 on CPU (m)")
+    assert V.claim7_speedup(sweep(NAN, 1.5), "m").status == "not held"
+    with pytest.raises(ValueError, match="no 'width-channels' rows"):
+        V.claim7_speedup([r for r in sweep(2.0, 1.0) if r["method"] != "width-channels"], "m")
+
+
+# ---------------------------------------------------------------------- claim 8
+def table7(xl_from_d14, xl_from_xl, d14_from_d14, d14_from_xl):
+    return {("XL", "D14"): xl_from_d14, ("XL", "XL"): xl_from_xl, ("D14", "D14"): d14_from_d14,
+            ("D14", "XL"): d14_from_xl}
+
+
+def test_claim8_held_when_pruning_d14_wins_with_both_teachers():
+    v = V.claim8_iterative_pruning(table7(6.44, 9.71, 7.21, 10.08), 0.1)
+    assert v.status == "held" and v.details["wins"] == ["yes", "yes"]
+    assert v.evidence == ("D7 from D14 vs from XL: teacher XL 6.44 vs 9.71, teacher D14 7.21 vs 10.08 "
+                          "(one seed; noise yardstick 2 x 0.10)")
+
+
+def test_claim8_loss_tie_mixed():
+    assert V.claim8_iterative_pruning(table7(9.0, 6.0, 9.0, 6.0), 0.1).status == "not held"
+    assert V.claim8_iterative_pruning(table7(6.0, 6.1, 7.1, 7.0), 0.1).status == "within noise"
+    assert V.claim8_iterative_pruning(table7(5.0, 9.0, 7.0, 7.1), 0.1).status == "mixed"  # a win and a tie
+    assert V.claim8_iterative_pruning(table7(5.0, 9.0, 9.0, 5.0), 0.1).status == "mixed"
+
+
+def test_claim8_nan():
+    assert V.claim8_iterative_pruning(table7(6.0, 6.1, 7.0, 7.1), NAN).status == "held"  # no yardstick: raw order
+    v = V.claim8_iterative_pruning(table7(NAN, 9.0, 5.0, 9.0), 0.1)
+    assert v.details["wins"] == ["no", "yes"] and v.status == "mixed"
+    assert "teacher XL nan vs 9.00" in v.evidence
+
+
+# ---------------------------------------------------------------------- notebook 00's teacher check
+def test_teacher_check():
+    v = V.teacher_check(0.85, 1.234, 0.031)
+    assert v.status == "held"
+    assert v.evidence == ("class accuracy of its CFG samples = 0.850 (meets the bar of 0.8); FID 1.23 against a "
+                          "floor of 0.03.")
+    assert V.teacher_check(0.80, 1.0, 0.0).status == "held"
+    v = V.teacher_check(0.1, 30.0, 0.03, smoke=True)
+    assert v.status == "not held" and "does NOT meet" in v.evidence
+    assert v.evidence.endswith("(smoke profile: numbers are not meaningful)")
+    assert V.teacher_check(NAN, NAN, 0.03).status == "not held"

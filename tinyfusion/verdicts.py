@@ -1,0 +1,281 @@
+"""Every claim's verdict rule, as a function of plain numbers: what notebooks 01-08 call.
+
+Each ``claimN_...`` function takes numbers, arrays and dicts (never a Study or one of its DataFrames) and returns a
+:class:`Verdict`: a ``status`` (one of :data:`STATUSES`) and the ``evidence`` sentence the notebook records with
+``Study.verdict``. The rules are the ones the notebooks applied when the cpu run in ``results/cpu`` was made,
+moved here unchanged; where a rule has an oddity a comment says so (a later change revises the rules, with tests).
+
+The yardsticks: ``compare`` weighs two sets of seed results against their seed-to-seed spread; ``beyond_noise``
+weighs two one-seed FIDs against twice the seed spread measured in notebook 01 (``Study.seed_noise``).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from tinyfusion import paper
+
+HELD, NOT_HELD, MIXED, WITHIN_NOISE, NOT_TESTABLE = "held", "not held", "mixed", "within noise", "not testable here"
+STATUSES = (HELD, NOT_HELD, MIXED, WITHIN_NOISE, NOT_TESTABLE)
+
+MIN_LOSS = "min-loss random"          # claim 1: the candidate with the lowest calibration loss
+SMALL_BLOCKS, LARGE_BLOCK = ("1:2", "2:4"), "7:14"   # claim 3
+MASSIVE_RATIO, MIXED_RATIO = 20.0, 10.0              # claim 5: max |h| / std thresholds
+D14_SPEEDUP_BAR, WIDTH_MARGIN = 1.9, 0.1             # claim 7
+TEACHER_ACCURACY_BAR = 0.80                          # notebook 00's sanity check of the teacher
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A claim's status and the sentence of evidence behind it; ``details`` holds intermediate results."""
+    status: str
+    evidence: str
+    details: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown verdict status {self.status!r}; choose one of {STATUSES}")
+
+
+# ---------------------------------------------------------------------- yardsticks
+def compare(a, b, lower_is_better=True):
+    """Which of two sets of seed results is better: "a", "b" or "within noise".
+
+    A gap counts only when it exceeds the sum of the two standard deviations (each at least 1% of the mean);
+    with one seed per side nothing can be said beyond the raw order, and the caller should say so.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        fa, fb = np.isfinite(a).all(), np.isfinite(b).all()
+        return "a" if fa and not fb else "b" if fb and not fa else "within noise"
+    ma, mb = a.mean(), b.mean()
+    sa = max(a.std(ddof=1) if len(a) > 1 else 0.0, 0.01 * abs(ma))
+    sb = max(b.std(ddof=1) if len(b) > 1 else 0.0, 0.01 * abs(mb))
+    if abs(ma - mb) <= sa + sb:
+        return "within noise"
+    better_a = ma < mb if lower_is_better else ma > mb
+    return "a" if better_a else "b"
+
+
+def beyond_noise(a, b, noise):
+    """Compare two one-seed FIDs: "a" / "b" when that one is lower by more than twice ``noise`` (the seed spread),
+    else "within noise"; with no yardstick (NaN) the raw order decides."""
+    # Oddity (kept): a NaN FID compares as neither lower nor within noise, so it is "b" whichever side it is on.
+    if not np.isfinite(noise):
+        return "a" if a < b else "b"
+    return "within noise" if abs(a - b) <= 2 * noise else ("a" if a < b else "b")
+
+
+def fmt(mean, std=None, digits=3):
+    """``mean ± std`` as printed in tables and evidence ("NaN" for a missing mean, no ± without a spread)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "NaN"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def spearman_finite(x, y):
+    """Spearman rank correlation of ``x`` and ``y`` over the pairs where both are finite: (rho, p, pairs used)."""
+    from scipy.stats import spearmanr
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    rho, pval = spearmanr(x[ok], y[ok])
+    return float(rho), float(pval), int(ok.sum())
+
+
+def _nan_quiet(f, x):
+    """``f(x)`` (np.nanmean, np.nanmax) without the warning numpy gives for an all-NaN input (the result is NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return f(np.asarray(x, dtype=float))
+
+
+def _mean_std(values):
+    return fmt(np.mean(values), np.std(values, ddof=1) if len(values) > 1 else None)
+
+
+# ---------------------------------------------------------------------- the claims
+def claim1_calibration_loss(fid: Mapping[str, Sequence[float]], rho: float, pval: float) -> Verdict:
+    """Claim 1: the lowest calibration loss does not give the best model after fine-tuning.
+
+    ``fid``: FIDs over seeds of every fine-tuned candidate (``"min-loss random"`` among them), in the notebook's
+    order (random picks, baselines, learnable); ``rho``, ``pval``: Spearman correlation of calibration loss and
+    FID over the runs (:func:`spearman_finite`).
+    Held: the min-loss candidate ends clearly worse (``compare``) than the best other candidate. Not held: it is
+    clearly better, or the two tie while calibration loss and FID rank the runs alike (rho > 0, p < 0.05).
+    Otherwise within noise.
+    """
+    # Oddity (kept): the best other candidate is the lowest nan-mean FID found by ``min`` in dict order; a
+    # candidate whose FIDs are all NaN compares as neither lower nor higher, so if it comes first it stays "best".
+    best = min((m for m in fid if m != MIN_LOSS), key=lambda m: _nan_quiet(np.nanmean, fid[m]))
+    c = compare(fid[MIN_LOSS], fid[best])
+    if c == "b":
+        status = HELD
+    elif c == "a" or (rho > 0 and pval < 0.05):
+        status = NOT_HELD
+    else:
+        status = WITHIN_NOISE
+    evidence = (f"min-loss random FID {_mean_std(fid[MIN_LOSS])} vs best ({best}) {_mean_std(fid[best])};"
+                f" Spearman(calib loss, FID) = {rho:.2f} (p={pval:.2g}): "
+                f"{'lower calibration loss went with lower FID' if rho > 0 else 'no positive relation'}")
+    return Verdict(status, evidence, {"best_other": best, "compare": c})
+
+
+def claim2_learnable_vs_baselines(fid: Mapping[str, Sequence[float]], baselines: Sequence[str]) -> Verdict:
+    """Claim 2: learnable pruning beats every metric-based and hand-made baseline after the same fine-tuning.
+
+    ``fid``: {method: FIDs over seeds} with ``"learnable"`` and every name in ``baselines`` (the notebook passes
+    ``study.BASELINES``). Learnable is set against each baseline with ``compare``. Held: better than every
+    baseline; within noise: no win and no loss; not held: no win (and at least one loss); mixed: some wins.
+    """
+    outcomes = {m: compare(fid["learnable"], fid[m]) for m in baselines}
+    wins = [m for m, o in outcomes.items() if o == "a"]
+    losses = [m for m, o in outcomes.items() if o == "b"]
+    # Oddity (kept): one loss among ties is "not held", while one win among losses is "mixed".
+    status = HELD if len(wins) == len(outcomes) else NOT_HELD if not wins else MIXED
+    if not wins and not losses:
+        status = WITHIN_NOISE
+    each = "; ".join(f"vs {m}: {'better' if o == 'a' else 'worse' if o == 'b' else 'within noise'}"
+                     for m, o in outcomes.items())
+    return Verdict(status, f"learnable FID {np.mean(fid['learnable']):.2f}; {each}", {"outcomes": outcomes})
+
+
+def claim3_block_size(fid: Mapping[tuple, float], noise: float) -> Verdict:
+    """Claim 3: small blocks (1:2, 2:4) learn better decisions than 7:14.
+
+    ``fid``: one-seed FIDs of the Table 4 cells, {(scheme, update): FID}; ``noise``: the seed-to-seed FID spread.
+    For every update, 1:2 and 2:4 are each set against 7:14 with ``beyond_noise``. Held: every pair a win; not
+    held: no win and some loss; within noise: all ties; mixed: anything else.
+    """
+    updates = list(dict.fromkeys(u for _, u in fid))
+    cell = lambda g, u: fid.get((g, u), math.nan)  # noqa: E731  (a missing cell reads as NaN, as in a pivot table)
+    results = [beyond_noise(cell(small, u), cell(LARGE_BLOCK, u), noise) for u in updates for small in SMALL_BLOCKS]
+    wins, losses, n = results.count("a"), results.count("b"), len(results)
+    # Oddity (kept): a single tie among wins, or a single win among losses, is "mixed".
+    status = HELD if wins == n else NOT_HELD if wins == 0 and losses > 0 else WITHIN_NOISE if wins == 0 else MIXED
+    mean = {g: _nan_quiet(np.nanmean, [cell(g, u) for u in updates]) for g in (*SMALL_BLOCKS, LARGE_BLOCK)}
+    evidence = (f"small block beats 7:14 in {wins} of {n} (scheme, update) pairs, loses in {losses}, ties (within 2x "
+                f"seed spread {noise:.2f}) in {n - wins - losses}; mean FID 1:2 {mean['1:2']:.2f}, "
+                f"2:4 {mean['2:4']:.2f}, 7:14 {mean['7:14']:.2f}")
+    return Verdict(status, evidence, {"wins": wins, "losses": losses, "pairs": n})
+
+
+def claim4_recoverability(fid: Mapping[tuple, float], noise: float) -> Verdict:
+    """Claim 4: LoRA and full updates beat frozen weights; LoRA is at least as good as full.
+
+    ``fid``: one-seed FIDs of the Table 4 cells, {(scheme, update): FID}; ``noise``: the seed-to-seed FID spread.
+    Three checks per scheme with ``beyond_noise``: LoRA beats frozen, full beats frozen, LoRA not beaten by full.
+    Held: every check passes; not held: at most a third pass; mixed otherwise. ``details``: passed and checks.
+    """
+    # Oddity (kept): a tie fails a "beats" check, and this rule never says "within noise".
+    checks = []
+    for g in dict.fromkeys(s for s, _ in fid):
+        lora, full, frozen = fid[(g, "lora")], fid[(g, "full")], fid[(g, "frozen")]
+        checks.append(("lora beats frozen", g, beyond_noise(lora, frozen, noise) == "a"))
+        checks.append(("full beats frozen", g, beyond_noise(full, frozen, noise) == "a"))
+        checks.append(("lora at least as good as full", g, beyond_noise(lora, full, noise) != "b"))
+    ok = sum(c[2] for c in checks)
+    status = HELD if ok == len(checks) else NOT_HELD if ok <= len(checks) // 3 else MIXED
+    evidence = ("; ".join(f"{name} ({g}): {'yes' if res else 'no'}" for name, g, res in checks)
+                + f" (noise yardstick: 2 x {noise:.2f} FID)")
+    return Verdict(status, evidence, {"passed": ok, "checks": len(checks)})
+
+
+def claim5_massive_activations(max_abs_over_std: Sequence[float], share_beyond_10sigma: Sequence[float]) -> Verdict:
+    """Claim 5: diffusion transformers carry massive activations in their hidden states.
+
+    ``max_abs_over_std`` and ``share_beyond_10sigma``: the teacher's per-layer statistics (``hidden_stats``).
+    Held: the largest max |h| / std reaches 20; mixed: 10 to 20; not held: below 10 (or NaN).
+    """
+    # Oddity (kept): 'massive' is fixed as max/std >= 20, yet 10-20 is called "mixed" rather than "not held";
+    # the paper's own ratio (DiT-XL/2, Figure 8) is about 34.
+    ratio = _nan_quiet(np.nanmax, max_abs_over_std)
+    status = HELD if ratio >= MASSIVE_RATIO else MIXED if ratio >= MIXED_RATIO else NOT_HELD
+    evidence = (f"teacher max |h| / std = {ratio:.1f} (paper ~{paper.FIGURE8_MAX_OVER_STD['teacher']:.0f}; "
+                f"'massive' fixed beforehand as >= {MASSIVE_RATIO:.0f}); share of positions beyond 10 sigma: "
+                f"{_nan_quiet(np.nanmean, share_beyond_10sigma):.2e}")
+    return Verdict(status, evidence, {"ratio": ratio})
+
+
+def claim6_masked_kd(fid: Mapping[str, Sequence[float]], repkd_fid: float, repkd_skipped_steps: int,
+                     repkd_initial_loss=None) -> Verdict:
+    """Claim 6: Masked KD beats logits KD, which beats plain fine-tuning; unmasked RepKD diverges.
+
+    ``fid``: {variant: FIDs over seeds} with ``"masked_kd_2"``, ``"kd"`` and ``"finetune"``; the RepKD run's FID,
+    skipped (non-finite) steps and initial RepKD loss (printed only). Three parts: Masked KD 2σ beats KD and KD
+    beats fine-tuning (``compare``), and RepKD diverged (non-finite FID, a skipped step, or FID above twice
+    KD's). Held: all three; not held: none (within noise when none and a comparison tied); mixed otherwise.
+    """
+    # Oddity (kept): "diverged" also counts a finite RepKD run with one skipped step or an FID twice KD's.
+    c_masked_kd = compare(fid["masked_kd_2"], fid["kd"])
+    c_kd_ft = compare(fid["kd"], fid["finetune"])
+    rep_diverged = bool((not np.isfinite(repkd_fid)) or repkd_skipped_steps > 0
+                        or repkd_fid > 2 * _nan_quiet(np.nanmean, fid["kd"]))
+    parts = [c_masked_kd == "a", c_kd_ft == "a", rep_diverged]
+    status = HELD if all(parts) else NOT_HELD if not any(parts) else MIXED
+    if not any(parts) and "within noise" in (c_masked_kd, c_kd_ft):
+        status = WITHIN_NOISE
+    word = {"a": "better", "b": "worse", "within noise": "within noise"}
+    evidence = (f"Masked KD 2σ vs logits KD: {word[c_masked_kd]} ({np.mean(fid['masked_kd_2']):.2f} vs "
+                f"{np.mean(fid['kd']):.2f}); logits KD vs fine-tune: {word[c_kd_ft]} ({np.mean(fid['kd']):.2f} vs "
+                f"{np.mean(fid['finetune']):.2f}); RepKD {'diverged' if rep_diverged else 'did not diverge'} "
+                f"(FID {repkd_fid:.2f}, {int(repkd_skipped_steps)} skipped steps, initial rep loss {repkd_initial_loss})")
+    return Verdict(status, evidence, {"masked_kd_vs_kd": c_masked_kd, "kd_vs_finetune": c_kd_ft,
+                                      "repkd_diverged": rep_diverged})
+
+
+def _nearest(rows, method, ratio):
+    sub = [r for r in rows if r["method"] == method]
+    if not sub:
+        raise ValueError(f"the speed sweep has no {method!r} rows (methods: {sorted({r['method'] for r in rows})})")
+    return sub[int(np.nanargmin([abs(float(r["ratio"]) - ratio) for r in sub]))]
+
+
+def claim7_speedup(rows: Sequence[Mapping], model: str, ratio: float = 0.5) -> Verdict:
+    """Claim 7: depth pruning gives close to linear speed-up; width pruning does not.
+
+    ``rows``: the speed sweep (``speed.speed_sweep``: dicts with method, ratio, speedup, ideal), ``model`` its
+    config name. At the compression ratio nearest ``ratio``: held when depth pruning reaches 1.9x and width
+    pruning at equal parameters stays more than 0.1x below it; mixed when one of the two; not held otherwise.
+    """
+    # Oddity (kept): the 1.9x bar is absolute (made for ratio 0.5) and the evidence says "on CPU" on any device.
+    d, wp, wc = (_nearest(rows, m, ratio) for m in ("depth", "width-params", "width-channels"))
+    fast, width_slower = d["speedup"] >= D14_SPEEDUP_BAR, wp["speedup"] < d["speedup"] - WIDTH_MARGIN
+    status = HELD if fast and width_slower else MIXED if fast or width_slower else NOT_HELD
+    evidence = (f"at ratio {d['ratio']:.2f} on CPU ({model}): depth {d['speedup']:.2f}x, width at equal parameters "
+                f"{wp['speedup']:.2f}x, width at equal channel ratio {wc['speedup']:.2f}x (linear {d['ideal']:.2f}x; "
+                f"paper D14: {paper.SPEEDUP_D14:.2f}x on GPU). benchmarks/speed.py has DiT-XL/2 shapes.")
+    return Verdict(status, evidence, {"depth": d, "width-params": wp, "width-channels": wc})
+
+
+def claim8_iterative_pruning(fid: Mapping[tuple, float], noise: float) -> Verdict:
+    """Claim 8: pruning the crafted shallow model again beats pruning the original directly.
+
+    ``fid``: one-seed FIDs of the four D7 models, {(teacher, pruned_from): FID} with teacher and pruned_from in
+    "XL", "D14"; ``noise``: the seed-to-seed FID spread. For each teacher, D7 pruned from D14 is set against D7
+    pruned from XL with ``beyond_noise``. Held: both wins; not held: both losses; within noise: both ties;
+    mixed otherwise.
+    """
+    wins = [{"a": "yes", "b": "no"}.get(beyond_noise(fid[(t, "D14")], fid[(t, "XL")], noise), "tie")
+            for t in ("XL", "D14")]
+    status = (HELD if wins.count("yes") == 2 else NOT_HELD if wins.count("no") == 2
+              else WITHIN_NOISE if wins.count("tie") == 2 else MIXED)
+    evidence = (f"D7 from D14 vs from XL: teacher XL {fid[('XL', 'D14')]:.2f} vs {fid[('XL', 'XL')]:.2f}, teacher D14 "
+                f"{fid[('D14', 'D14')]:.2f} vs {fid[('D14', 'XL')]:.2f} (one seed; noise yardstick 2 x {noise:.2f})")
+    return Verdict(status, evidence, {"wins": wins})
+
+
+# ---------------------------------------------------------------------- notebook 00's sanity check (not a claim)
+def teacher_check(class_accuracy: float, fid: float, fid_floor: float, smoke: bool = False) -> Verdict:
+    """Does the teacher's CFG samples' class accuracy meet the bar of 0.80? Held when it does, not held otherwise;
+    the evidence is the sentence notebook 00 prints (with a note on the smoke profile)."""
+    ok = class_accuracy >= TEACHER_ACCURACY_BAR
+    evidence = (f"class accuracy of its CFG samples = {class_accuracy:.3f} "
+                f"({'meets' if ok else 'does NOT meet'} the bar of {TEACHER_ACCURACY_BAR}); FID {fid:.2f} against a "
+                f"floor of {fid_floor:.2f}." + (" (smoke profile: numbers are not meaningful)" if smoke else ""))
+    return Verdict(HELD if ok else NOT_HELD, evidence)
