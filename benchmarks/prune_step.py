@@ -143,10 +143,11 @@ def build(variant, model):
     return learner, opt, weights + logits, ema
 
 
-def make_step(learner, opt, trainable, ema, diffusion):
-    """One training step exactly as learn_pruning's loop body."""
+def make_step(learner, opt, trainable, ema, objective):
+    """One optimiser step of learnable pruning as ``training.train`` runs it for ``learn_pruning`` (loss, backward,
+    clip, step, gate EMA), without the loop's per-step seeding, guard and logging."""
     def step(x, y, t, noise, tau):
-        terms = diffusion.training_losses(learner, x, t, dict(y=y, tau=tau), noise=noise)
+        terms = objective.training_losses(learner, x, t, dict(y=y, tau=tau), noise=noise)
         loss = terms["loss"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -273,7 +274,7 @@ def grad_check(model_name="DiT-T28/4", batch=16, depth=8, seed=0):
     from tinyfusion.speed import random_dit
 
     torch.manual_seed(seed)
-    diffusion = create_objective()
+    objective = create_objective()
     base = random_dit(model_name, depth=depth)
     learner = build_ours(base)
     for n, p in learner.model.named_parameters():
@@ -287,7 +288,7 @@ def grad_check(model_name="DiT-T28/4", batch=16, depth=8, seed=0):
         learner.zero_grad()
         torch.manual_seed(seed + 1)  # the same label dropout (CFG training) in both forwards
         xin = x.clone().requires_grad_(True)
-        loss = diffusion.training_losses(fwd, xin, t, dict(y=y), noise=noise)["loss"].mean()
+        loss = objective.training_losses(fwd, xin, t, dict(y=y), noise=noise)["loss"].mean()
         loss.backward(retain_graph=True)
         g = {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
         g["input"] = xin.grad.clone()
@@ -309,7 +310,7 @@ def grad_check(model_name="DiT-T28/4", batch=16, depth=8, seed=0):
             mod.B.data.copy_(lora[f"{n}.lora_B.default.weight"])
     torch.manual_seed(seed + 1)
     with torch.no_grad():
-        sf_loss = float(diffusion.training_losses(lambda xt, tt, y: blended_forward(sf.model, xt, tt, y, mask), x, t,
+        sf_loss = float(objective.training_losses(lambda xt, tt, y: blended_forward(sf.model, xt, tt, y, mask), x, t,
                                                   dict(y=y), noise=noise)["loss"].mean())
     gate_keys = [k for k in grads[0] if k.startswith("gates.")]
     weight_keys = [k for k in grads[0] if k not in gate_keys]
@@ -344,14 +345,14 @@ def interleaved_steps(model_name, batch, rounds, warmup, device, seed=0):
     from tinyfusion.diffusion import create_objective
     from tinyfusion.speed import random_dit
 
-    diffusion, steps = create_objective(), {}
+    objective, steps = create_objective(), {}
     torch.manual_seed(seed)
     base = random_dit(model_name, device=device).train()
     data = [_batch(base, batch, 1000 + i, device) for i in range(warmup + rounds)]
     for v in VARIANTS:  # the frozen base weights are shared (no variant updates them): one copy in memory
         torch.manual_seed(seed)
         model = copy.deepcopy(base, memo={id(p): p for p in base.parameters()})
-        steps[v] = make_step(*build(v, model), diffusion)
+        steps[v] = make_step(*build(v, model), objective)
     times = {v: ([], []) for v in VARIANTS}
     for i, b in enumerate(data):
         for v, step in steps.items():

@@ -122,3 +122,50 @@ def test_a_state_written_for_another_student_is_not_resumed(tmp_path):
     config = recovery_config("smoke", student=tmp_path / "student.pt", steps=3, batch_size=4)
     with pytest.raises(ValueError, match="was written by another run.*student"):
         run_recovery(config, tmp_path / "out", progress=False)
+
+
+def test_study_under_torchrun_reuses_its_cache_and_refuses_a_config_that_does_not_reach_the_entry_point(
+        results_env, calls, monkeypatch):
+    """nproc > 1: the entry point runs (here in-process) with the resolved settings as flags, resolves the same
+    config into the same folder, and is not launched again for a finished step."""
+    import importlib
+
+    from tinyfusion import launch as launch_mod
+    from tinyfusion.cli import finetune as cli_finetune, prune_learn as cli_prune
+    from tinyfusion.profiles import get_profile
+    from tinyfusion.study import Study
+
+    from tinyfusion import recovery
+    from tinyfusion.pruning import learnable
+    monkeypatch.setattr(cli_finetune, "run_recovery", recovery.run_recovery)  # the counters of the fixture
+    monkeypatch.setattr(cli_prune, "run_learnable", learnable.run_learnable)
+    launched = []
+
+    def fake_launch(entry, nproc=1, **flags):
+        launched.append((entry, nproc))
+        return importlib.import_module(entry).run(**flags)
+    monkeypatch.setattr(launch_mod, "launch", fake_launch)
+    teacher = _tiny_teacher(results_env / "teacher.pt")
+    student = results_env / "student.pt"
+    student.write_bytes(b"a pruned model")
+    study = Study(get_profile("smoke", nproc=2, finetune_steps=7, prune_lr=3e-4))
+    study.learnable("1:2", "lora", seed=0, source=teacher)
+    study.finetune(student, kept=[0, 2])
+    assert launched == [("tinyfusion.cli.prune_learn", 2), ("tinyfusion.cli.finetune", 2)]
+    assert [k for k, _ in calls] == ["prune_learn", "finetune"]
+    study.learnable("1:2", "lora", seed=0, source=teacher)
+    study.finetune(student, kept=[0, 2])
+    assert len(launched) == 2 and len(calls) == 2  # finished: no torchrun start at all
+    with pytest.raises(RuntimeError, match="does not reach the entry point"):
+        Study(get_profile("smoke", nproc=2, data_limit=100)).finetune(student, kept=[0, 2])
+
+
+def test_recompute_runs_again_and_unfinished_runs_resume_under_any_label(tmp_path):
+    config = {"a": 1}
+    out = cache.folder(tmp_path, "kind", "first", config)
+    out.mkdir(parents=True)
+    (out / "state.pt").write_text("half-way")
+    assert cache.folder(tmp_path, "kind", "other-label", config) == out  # the unfinished run is resumed there
+    assert cache.cached(out, config, lambda f: {"v": 1}) == {"v": 1}
+    assert cache.cached(out, config, lambda f: {"v": 2}, recompute=True) == {"v": 2}
+    assert not (out / "state.pt").exists()  # a recompute does not resume the finished state

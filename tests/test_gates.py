@@ -6,7 +6,7 @@ import torch
 
 from tinyfusion.diffusion import create_objective
 from tinyfusion.models.dit import DiT
-from tinyfusion.models.gates import NMGates, candidate_matrix, groups_label, parse_groups, tau_schedule
+from tinyfusion.models.gates import NMGates, candidate_matrix, parse_groups, tau_schedule
 
 
 def tiny_dit(depth=4, seed=0):
@@ -36,7 +36,6 @@ def test_parse_groups():
     assert parse_groups([[2, 4], [3, 4]], 8) == [(2, 4), (3, 4)]
     assert parse_groups([(1, 2)] * 14, 28) == [(1, 2)] * 14
     assert parse_groups("[[2, 4], [3, 4]]", 8) == [(2, 4), (3, 4)]
-    assert groups_label("1:2") == "1-2" and groups_label([[2, 4], [3, 4]]) == "2-4+3-4"
     with pytest.raises(ValueError, match="cover 8 layers but the model has 28"):
         parse_groups([[2, 4], [3, 4]], 28)
     with pytest.raises(ValueError, match="not a multiple of 3"):

@@ -13,20 +13,14 @@ when the record exists and its config matches. The notebooks (through ``Study``)
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from tinyfusion import dist
-from tinyfusion.io import _json_default, config_key, load_json, save_json, sha256
+from tinyfusion.io import config_key, load_json, plain, save_json, sha256
 
 RECORD = "run.json"
 _HASHES = {}  # (path, size, mtime) -> SHA-256: hash each input file once per process
-
-
-def _plain(obj):
-    """``obj`` as it reads back from JSON (numpy values and tuples become plain numbers and lists)."""
-    return json.loads(json.dumps(obj, default=_json_default))
 
 
 def file_id(path):
@@ -56,7 +50,7 @@ def fingerprint(config):
         return {str(k): fingerprint(v) for k, v in config.items()}
     if isinstance(config, (list, tuple)):
         return [fingerprint(v) for v in config]
-    return _plain(config)
+    return plain(config)
 
 
 def key(config):
@@ -67,13 +61,13 @@ def key(config):
 def folder(root, kind, label, config):
     """Where the step ``kind`` of ``config`` lives: ``<root>/<kind>/<label>-<key>``.
 
-    The label only makes folders readable: a finished run of the same key under another label (a notebook's
-    run found by the entry point, or the other way round) is that folder.
+    The label only makes folders readable: a run of the same key under another label (a notebook's run found by
+    the entry point, or the other way round) is that folder, a finished one first, else one to resume.
     """
     k = key(config)
-    done_before = sorted(p.parent for p in (Path(root) / kind).glob(f"*-{k}/{RECORD}"))
-    if done_before:
-        return done_before[0]
+    before = sorted((Path(root) / kind).glob(f"*-{k}"), key=lambda p: (not (p / RECORD).exists(), p.name))
+    if before:
+        return before[0]
     safe = str(label).replace(" ", "_").replace(":", "of").replace("/", "-")
     return Path(root) / kind / f"{safe}-{k}"
 
@@ -99,16 +93,21 @@ def cached(out, config, compute, recompute=False):
     """``compute(out)``'s result for ``config``, computed only when ``out`` holds no finished record of it.
 
     A result that says it stopped early (``stopped_at`` set: a ``--stop-after`` run) is returned but not
-    recorded, so the next call resumes. Under torchrun every rank computes and rank 0 writes the record.
+    recorded, so the next call resumes. ``recompute``: drop the record and the resumable ``state.pt`` first, so
+    the step really runs again. Under torchrun every rank computes and rank 0 writes the record.
     """
     out = Path(out)
     record = out / RECORD
     fp = fingerprint(config)
     if not recompute and done(out, config):
         return load_json(record)["result"]
+    if recompute and dist.is_main():
+        for stale in (record, out / "state.pt"):
+            stale.unlink(missing_ok=True)
+    dist.barrier()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    result = _plain(compute(out))
+    result = plain(compute(out))
     if dist.is_main() and not (isinstance(result, dict) and result.get("stopped_at")):
         save_json({"config": fp, "result": result, "wall_s": round(time.time() - t0, 2)}, record)
     dist.barrier()

@@ -115,6 +115,11 @@ def verify_sha256(path, expected):
     return got
 
 
+def plain(obj):
+    """``obj`` as it reads back from JSON (numpy values and tuples become plain numbers and lists)."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
 def config_key(config: dict) -> str:
     """Short stable hash of a config dict, used to key cached artefacts."""
     blob = json.dumps(config, sort_keys=True, default=_json_default)

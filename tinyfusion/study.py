@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tinyfusion import cache, paper
 from tinyfusion.data import data_identity, load_dataset
@@ -91,14 +90,23 @@ class Study:
 
     def _step(self, kind, name, config, compute, entry, flags):
         """A step that may need several processes: the library's ``compute`` in this process, or, when the
-        profile asks for ``nproc > 1``, the entry point ``tinyfusion.cli.<entry>`` under torchrun with the
-        ``flags`` that resolve to the same ``config`` (it caches into the same folder)."""
+        profile asks for ``nproc > 1``, the entry point ``tinyfusion.cli.<entry>`` under torchrun with ``flags``
+        (the resolved settings), which resolves the same config and caches into the same folder."""
         if self.prof.nproc <= 1:
             return self.cached(kind, name, config, compute)
+        from tinyfusion.io import load_json
         from tinyfusion.launch import launch
-        out = cache.folder(self.root, kind, name, {"profile": self.prof.name, **config})
-        return launch(f"tinyfusion.cli.{entry}", nproc=self.prof.nproc, **cache.jsonable(flags), out=str(out),
-                      recompute=self.recompute)
+        config = {"profile": self.prof.name, **config}
+        out = cache.folder(self.root, kind, name, config)
+        if not self.recompute and cache.done(out, config):
+            return load_json(out / cache.RECORD)["result"]
+        result = launch(f"tinyfusion.cli.{entry}", nproc=self.prof.nproc, **cache.jsonable(flags), out=str(out),
+                        recompute=self.recompute)
+        if not cache.done(out, config):
+            raise RuntimeError(f"tinyfusion.cli.{entry} under torchrun resolved another config than this Study "
+                               f"({out / cache.RECORD}): a profile changed in Python (get_profile(..., field=...)) "
+                               f"does not reach the entry point; change the profile table or run with nproc=1")
+        return result
 
     # ------------------------------------------------------------------ pruning
     def random_study(self):
@@ -115,13 +123,14 @@ class Study:
                     "max-loss random": int(order[-1])}
             return {"n": len(r["losses"]), "rate": r["rate"], "n_samples": r.get("n_samples"),
                     "min": float(np.min(r["losses"])), "max": float(np.max(r["losses"])),
-                    "median": float(np.median(r["losses"])), "losses": str(folder / "losses.npy"),
+                    "median": float(np.median(r["losses"])), "losses": "losses.npy",
                     "picks": {k: {"kept": list(map(int, r["kept"][i])), "loss": float(r["losses"][i])}
                               for k, i in pick.items()}}
         cfg = {"n": self.prof.random_candidates, "keep": keep, "seed": 0, "n_samples": RANDOM_STUDY_SAMPLES,
                "teacher": self.teacher_path, "calib": self._calib_config()}
         res = self.cached("random_study", "r50", cfg, compute)
-        return {**res, "losses": np.load(res["losses"])}
+        folder = cache.folder(self.root, "random_study", "r50", {"profile": self.prof.name, **cfg})
+        return {**res, "losses": np.load(folder / res["losses"])}
 
     def baseline(self, method):
         """Kept indices and per-layer scores of a metric-based or hand-made baseline (28 -> 14)."""
@@ -145,10 +154,11 @@ class Study:
     def learnable(self, groups="1:2", update="lora", seed=0, source=None, steps=None):
         """Learnable pruning of ``source`` (default: the teacher); the kept layers, confidences and paths."""
         from tinyfusion.pruning import learnable
-        flags = dict(profile=self.prof.name, teacher=str(source or self.teacher_path), groups=groups, update=update,
-                     seed=seed, steps=steps or 0)
-        config = learnable.learnable_config(source=flags["teacher"], groups=groups, update=update, seed=seed,
-                                            steps=steps or 0, profile=self.prof)
+        config = learnable.learnable_config(self.prof, source=source, groups=groups, update=update, seed=seed,
+                                            steps=steps or 0)
+        flags = {k: config[k] for k in ("profile", "groups", "update", "steps", "batch_size", "lr", "seed",
+                                        "logit_lr_mult", "lora_rank", "lora_alpha", "ema_decay", "grad_clip")}
+        flags.update(teacher=config["source"], tau_start=config["tau"][0], tau_end=config["tau"][1])
         return self._step("prune_learn", f"{str(groups).replace(':', 'of')}_{update}_s{seed}", config,
                           lambda folder: learnable.run_learnable(config, folder), "prune_learn", flags)
 
@@ -168,7 +178,7 @@ class Study:
         def compute(folder):
             model = prune(load_dit(source, name=self.prof.model), kept)
             save_checkpoint({"ema": model.state_dict(), "config": model.config, "kept": kept,
-                             "source": str(source)}, folder / "model.pt")
+                             "source": cache.file_id(source)}, folder / "model.pt")
             return {"path": str(folder / "model.pt"), "depth": model.depth}
         return self.cached("pruned", name, {"kept": kept, "source": source}, compute)["path"]
 
@@ -177,10 +187,14 @@ class Study:
                  groups="1:2", parent_map=None, name="ft"):
         """Fine-tune or distil the pruned checkpoint ``student``; returns the run's result (``model``: its path)."""
         from tinyfusion import recovery
-        flags = dict(profile=self.prof.name, student=str(student), mode=mode, k_sigma=k_sigma, seed=seed,
-                     steps=steps or 0, teacher=str(teacher) if teacher else "", kept=kept, groups=groups,
-                     parent_map=parent_map)
-        config = recovery.recovery_config(**{**flags, "profile": self.prof})
+        config = recovery.recovery_config(self.prof, student=student, mode=mode, k_sigma=k_sigma, seed=seed,
+                                          steps=steps or 0, teacher=teacher, kept=kept, groups=groups,
+                                          parent_map=parent_map)
+        flags = {k: config[k] or 0 for k in ("steps", "batch_size", "lr", "min_lr", "k_sigma")}
+        flags.update({k: config[k] for k in ("profile", "student", "mode", "kept", "a_kd", "a_diff", "ema_decay",
+                                             "ema_warmup", "grad_clip", "seed", "inject_nan_at")},
+                     teacher=config["teacher"] or "", groups=groups, parent_map=parent_map, beta0=config["beta"][0],
+                     beta1=config["beta"][1])
         return self._step("finetune", f"{name}_{mode}_s{seed}", config,
                           lambda folder: recovery.run_recovery(config, folder), "finetune", flags)
 
@@ -192,7 +206,7 @@ class Study:
         folder).
         """
         from tinyfusion import sampling
-        name = name or Path(checkpoint).parent.name.split("-")[0]
+        name = name or Path(checkpoint).parent.name.rsplit("-", 1)[0]
         config = sampling.score_config(self.prof, checkpoint=checkpoint)
 
         def compute(folder):

@@ -11,7 +11,6 @@ by ``(seed, s)``, and the global batch is drawn before it is split across ranks.
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -25,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from tinyfusion import dist
-from tinyfusion.io import _json_default, load_checkpoint, remove_stale_temps, save_checkpoint
+from tinyfusion.io import load_checkpoint, plain, remove_stale_temps, save_checkpoint
 
 
 def step_seed(seed, step, salt=0):
@@ -118,11 +117,6 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _plain(obj):
-    """``obj`` as it reads back from JSON (tuples become lists, numpy values plain numbers)."""
-    return json.loads(json.dumps(obj, default=_json_default))
-
-
 def save_train_state(path, step, config, **state):
     """Rank 0 writes a resumable checkpoint: ``state`` (model, ema, opt, ...) plus step, config and RNG."""
     if dist.is_main():
@@ -144,7 +138,7 @@ def load_train_state(path, identity=None):
         return None
     state = load_checkpoint(path)
     if identity is not None:
-        saved, wanted = _plain(state.get("run_config")), _plain(identity)
+        saved, wanted = plain(state.get("run_config")), plain(identity)
         if saved != wanted:
             diff = {k: (saved.get(k) if isinstance(saved, dict) else None, v) for k, v in wanted.items()
                     if not isinstance(saved, dict) or saved.get(k) != v}

@@ -1,6 +1,6 @@
 """Recover a pruned DiT: fine-tune it, or distil it from a teacher (logits KD, RepKD, masked RepKD).
 
-    python -m tinyfusion.cli.finetune --profile cpu --student results/cpu/prune/.../pruned.pt --mode finetune
+    python -m tinyfusion.cli.finetune --profile cpu --student results/cpu/prune_learn/<label>-<key>/pruned.pt --mode finetune
     torchrun --nproc_per_node=2 -m tinyfusion.cli.finetune --student ... --mode masked_kd --k-sigma 2 \\
         --kept '[1, 3, 4, ...]' --groups 1:2
 
@@ -10,7 +10,8 @@ teacher) is needed by the KD modes; RepKD modes also need ``--kept`` and ``--gro
 when the student was pruned from an already pruned model but is distilled from the original).
 
 Writes ``<out>/state.pt`` (resumable), ``<out>/model.pt`` (``{"ema": ..., "config": ...}``, loads with
-``load_dit``), ``<out>/log.json`` and ``<out>/run.json`` (the resolved config and the result, written last).
+``load_dit``), ``<out>/log.json`` and ``<out>/run.json`` (the fingerprint of the resolved config and the result,
+written last).
 The default ``<out>`` is keyed by the resolved config (``tinyfusion.cache``), the folder the notebooks use too.
 Killed and started again with the same flags, it resumes from ``state.pt``; a finished run is reused unless
 ``--recompute true``. In-process: ``tinyfusion.recovery.recovery_config`` and ``run_recovery``.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tinyfusion import cache
+from tinyfusion import cache, dist
 from tinyfusion.cli.common import cli_main
 from tinyfusion.profiles import get_profile
 from tinyfusion.recovery import MODES, recovery_config, run_recovery
@@ -51,7 +52,7 @@ def run(**cfg):
     out = Path(cfg["out"]) if cfg["out"] else cache.folder(prof.results, "finetune", cfg["mode"], config)
     reused = not cfg["recompute"] and cache.done(out, config)
     if reused:
-        print(f"reusing {out / cache.RECORD} (pass --recompute true to run again)")
+        dist.print0(f"reusing {out / cache.RECORD} (pass --recompute true to run again)")
     result = cache.cached(out, config, lambda folder: run_recovery(
         config, folder, log_every=cfg["log_every"], ckpt_every=cfg["ckpt_every"], stop_after=cfg["stop_after"],
         max_skipped=None if cfg["max_skipped"] < 0 else cfg["max_skipped"], progress=cfg["progress"]),

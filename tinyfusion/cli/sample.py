@@ -1,6 +1,6 @@
 """Sample a class-balanced evaluation set from a DiT checkpoint into one .npz (rank 0 writes it).
 
-    python -m tinyfusion.cli.sample --checkpoint results/cpu/finetune/<key>/model.pt --n 1000 --out s.npz
+    python -m tinyfusion.cli.sample --checkpoint results/cpu/finetune/<label>-<key>/model.pt --n 1000 --out s.npz
     torchrun --nproc_per_node=2 -m tinyfusion.cli.sample -- --checkpoint ... --n 1000 --out ...
 
 Under torchrun put ``--`` before the flags (or use ``--config-json``): torchrun's own parser would otherwise

@@ -87,19 +87,6 @@ def _check_pair(n, m):
         raise ValueError(f"block {n}:{m} is invalid: cannot keep N={n} layers out of M={m}; need N <= M")
 
 
-def groups_label(groups):
-    """A short folder-safe name for a groups spec: "1:2" -> "1-2", a mixed list -> "2-4+3-4+..."."""
-    if isinstance(groups, str) and not groups.strip().startswith("["):
-        return groups.strip().replace(":", "-")
-    if isinstance(groups, str):
-        import json
-        groups = json.loads(groups)
-    pairs = [(int(n), int(m)) for n, m in groups]
-    if len(set(pairs)) == 1:
-        return f"{pairs[0][0]}-{pairs[0][1]}x{len(pairs)}"
-    return "+".join(f"{n}-{m}" for n, m in pairs)
-
-
 def tau_schedule(step, total, start=4.0, end=0.1):
     """Gumbel temperature at ``step`` of ``total``: linear from ``start`` (step 0) to ``end`` (last step)."""
     frac = min(max(step / max(total - 1, 1), 0.0), 1.0)

@@ -174,6 +174,8 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
 
     def on_log(step, entry):
         entry["tau"] = tau_schedule(step, steps, *tau)
+        if (step + 1) % log_every and step + 1 < steps:
+            return {"tau": f"{entry['tau']:.2f}"}  # step 0's log entry: no decision snapshot (every log_every)
         snap = gates.record(step + 1, entry["tau"], loss=entry["loss"])
         return {"tau": f"{entry['tau']:.2f}", "conf": f"{min(snap['confidence']):.2f}"}
 
@@ -255,7 +257,7 @@ def run_learnable(config, out, *, log_every=0, ckpt_every=50, stop_after=0, prog
     if dist.is_main():
         pruned = prune(teacher, res["kept"])  # the original weights: dPhi and the gates are dropped
         save_checkpoint({"ema": pruned.state_dict(), "config": pruned.config, "kept": res["kept"],
-                         "source": str(c["source"])}, out / "pruned.pt")
+                         "source": cache.file_id(c["source"])}, out / "pruned.pt")
         save_json(summary, out / "kept.json")
         save_json({"groups": res["groups"], "update": c["update"], "history": res["history"], "log": res["log"]},
                   out / "history.json")

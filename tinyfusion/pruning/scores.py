@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def calibration_set(images, labels, n_batches, batch_size, seed=0, objective=None):
     """Fixed calibration batches: a list of dicts {x0, y, t, noise} drawn once from ``seed``.
 
