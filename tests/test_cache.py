@@ -17,6 +17,7 @@ def results_env(tmp_path, monkeypatch):
 def calls(monkeypatch):
     """Replace the compute of learnable pruning, recovery and scoring by counters (no training here)."""
     from tinyfusion import recovery, sampling
+    from tinyfusion.cli import finetune as cli_finetune, prune_learn as cli_prune  # imported before patching
     from tinyfusion.pruning import learnable
     seen = []
 
@@ -25,8 +26,9 @@ def calls(monkeypatch):
             seen.append((kind, Path(out)))
             return {"model": str(Path(out) / "model.pt"), "kept": [0, 1]}
         return fn
-    monkeypatch.setattr(learnable, "run_learnable", record("prune_learn"))
-    monkeypatch.setattr(recovery, "run_recovery", record("finetune"))
+    for module, name, kind in ((learnable, "run_learnable", "prune_learn"), (cli_prune, "run_learnable", "prune_learn"),
+                               (recovery, "run_recovery", "finetune"), (cli_finetune, "run_recovery", "finetune")):
+        monkeypatch.setattr(module, name, record(kind))
     monkeypatch.setattr(sampling, "sample_checkpoint", record("sample"))
     monkeypatch.setattr(sampling, "score_samples", lambda config, path: {"fid": 1.0})
     return seen
@@ -131,14 +133,9 @@ def test_study_under_torchrun_reuses_its_cache_and_refuses_a_config_that_does_no
     import importlib
 
     from tinyfusion import launch as launch_mod
-    from tinyfusion.cli import finetune as cli_finetune, prune_learn as cli_prune
     from tinyfusion.profiles import get_profile
     from tinyfusion.study import Study
 
-    from tinyfusion import recovery
-    from tinyfusion.pruning import learnable
-    monkeypatch.setattr(cli_finetune, "run_recovery", recovery.run_recovery)  # the counters of the fixture
-    monkeypatch.setattr(cli_prune, "run_learnable", learnable.run_learnable)
     launched = []
 
     def fake_launch(entry, nproc=1, **flags):
