@@ -77,7 +77,8 @@ class Study:
         if self._calib is None:
             from tinyfusion.pruning.scores import calibration_set
             images, labels = self.data()
-            self._calib = calibration_set(images, labels, self.prof.calib_batches, self.prof.calib_batch, seed=0,
+            c = self._calib_config()  # the settings the cache keys of every step on this set record
+            self._calib = calibration_set(images, labels, c["batches"], c["batch"], seed=c["seed"],
                                           objective=self.objective)
         return self._calib
 

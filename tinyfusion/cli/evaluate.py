@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 from tinyfusion import dist
 from tinyfusion.cli.common import cli_main
