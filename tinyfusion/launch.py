@@ -192,7 +192,8 @@ class _Tree:
     def scan(self):
         if self.proc.poll() is None:
             for pid in _children(self.proc.pid):
-                self.seen.setdefault(pid, _identity(pid))
+                if self.seen.get(pid) is None:  # new, or caught mid-creation when it could not be read: look again
+                    self.seen[pid] = _identity(pid)
 
     def alive(self):
         return [pid for pid, ident in self.seen.items() if ident is not None and _identity(pid) == ident]
