@@ -345,3 +345,25 @@ def test_teacher_check():
     assert v.status == "not held" and "does NOT meet" in v.evidence
     assert v.evidence.endswith("(smoke profile: numbers are not meaningful)")
     assert V.teacher_check(NAN, NAN, 0.03).status == "not held"
+
+
+# ---------------------------------------------------------------------- claim 9 (SiT)
+def _sit_fid(learnable, base=(5.0, 5.1)):
+    return {"learnable": list(learnable), **{m: list(base) for m in ("shortgpt", "oracle")}}
+
+
+def test_claim9_follows_the_claim2_rule_on_sit_numbers():
+    ok = V.teacher_check(0.9, 3.0, 1.0)
+    win = V.claim9_sit(_sit_fid([3.0, 3.1]), ("shortgpt", "oracle"), ok, [2.5, 2.6], 2.0)
+    assert win.status == V.HELD and win.evidence.startswith("SiT: learnable FID 3.05")
+    assert "KD better" in win.evidence and "best D14 / teacher FID = 1.27 (paper 1.47)" in win.evidence
+    loss = V.claim9_sit(_sit_fid([7.0, 7.1]), ("shortgpt", "oracle"), ok, [7.0, 7.1], 2.0)
+    assert loss.status == V.NOT_HELD and "within noise" in loss.evidence
+    tie = V.claim9_sit(_sit_fid([5.0, 5.1]), ("shortgpt", "oracle"), ok, [9.0, 9.1], 2.0)
+    assert tie.status == V.WITHIN_NOISE and "fine-tuning better" in tie.evidence
+
+
+def test_claim9_is_not_testable_without_a_working_sit_teacher():
+    bad = V.teacher_check(0.42, 60.0, 1.0)
+    r = V.claim9_sit(_sit_fid([3.0, 3.1]), ("shortgpt", "oracle"), bad, [2.5, 2.6], 2.0)
+    assert r.status == V.NOT_TESTABLE and "0.420" in r.evidence and "does NOT meet" in r.evidence

@@ -196,11 +196,11 @@ def beta_at(step, steps, beta):
 # --------------------------------------------------------------------------- training loop
 def _check_teacher(student, teacher):
     s, t = unwrap(student).config, teacher.config
-    keys = ("input_size", "patch_size", "in_channels", "hidden_size", "num_classes", "learn_sigma")
+    keys = ("input_size", "patch_size", "in_channels", "hidden_size", "num_classes", "learn_sigma", "objective")
     bad = {k: (s.get(k), t.get(k)) for k in keys if s.get(k) != t.get(k)}
     if bad:
         raise ValueError(f"student and teacher configs differ in {bad} (student, teacher); distillation needs the "
-                         f"same widths, patches and classes: use the teacher the student was pruned from")
+                         f"same widths, patches, classes and objective: use the teacher the student was pruned from")
 
 
 def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=None, *, steps, batch_size,
@@ -285,18 +285,22 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
 # --------------------------------------------------------------------------- one recovery run: config and artefacts
 def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_sigma=0.0, kept=None, groups="1:2",
                     parent_map=None, steps=0, batch_size=0, lr=0.0, min_lr=0.0, a_kd=0.9, a_diff=0.1,
-                    beta=(1e-2, 0.0), ema_decay=0.999, ema_warmup=10, grad_clip=1.0, seed=0, inject_nan_at=None):
+                    beta=None, ema_decay=0.999, ema_warmup=10, grad_clip=1.0, seed=0, inject_nan_at=None,
+                    objective=""):
     """The resolved settings of one recovery run: every value :func:`run_recovery` reads, profile defaults filled
     in (0 / None / "" mean "the profile's"), input files as ``Path`` (the cache hashes them), the layer map derived.
 
     ``kept`` (default: the ``kept`` stored in the student checkpoint), ``groups`` ("none": one block) and
-    ``parent_map`` give the RepKD layer map (see :func:`layer_map`); the teacher defaults to the profile's.
+    ``parent_map`` give the RepKD layer map (see :func:`layer_map`); the teacher defaults to the profile's;
+    ``beta`` (L_Rep's weight, a float or its (start, end)) to the profile's ``kd_beta``; ``objective`` to the one the
+    student's checkpoint names (a name given here replaces it and enters the config).
     """
     from pathlib import Path
 
     from tinyfusion.data import data_identity
     from tinyfusion.io import load_checkpoint
     from tinyfusion.models.dit import depth_of_state_dict, state_dict_of
+    from tinyfusion.diffusion import check_objective
     from tinyfusion.profiles import check_budget, get_profile
 
     prof = get_profile(profile)
@@ -308,6 +312,8 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
     steps = check_budget("steps", steps or prof.finetune_steps)
     batch_size = check_budget("batch_size", batch_size or prof.finetune_batch)
     lr = float(lr or prof.finetune_lr)
+    beta = prof.kd_beta if beta is None else beta
+    beta = tuple(beta) if isinstance(beta, (list, tuple)) else (float(beta), float(beta))
     teacher_path = None
     if mode in TEACHER_MODES:
         teacher_path = Path(teacher) if teacher else prof.path(prof.teacher)
@@ -330,7 +336,8 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
                 layer_map=lmap, steps=steps, batch_size=batch_size, lr=lr, min_lr=float(min_lr or lr / 2),
                 a_kd=float(a_kd), a_diff=float(a_diff), beta=[float(b) for b in beta], ema_decay=float(ema_decay),
                 ema_warmup=int(ema_warmup), grad_clip=float(grad_clip), seed=int(seed),
-                inject_nan_at=list(inject_nan_at) if inject_nan_at else None)
+                inject_nan_at=list(inject_nan_at) if inject_nan_at else None,
+                **({"objective": check_objective(objective)} if objective else {}))
 
 
 def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_skipped=None, progress=True):
@@ -345,8 +352,8 @@ def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_
     from tinyfusion.models import load_dit
 
     c, out = config, Path(out)
-    student = load_dit(c["student"])
-    teacher = load_dit(c["teacher"]) if c["teacher"] else None
+    student = load_dit(c["student"], objective=c.get("objective"))
+    teacher = load_dit(c["teacher"], objective=c.get("objective")) if c["teacher"] else None
     images, labels = load_data(c["data"]).tensors()
     dist.print0(f"recovery {c['mode']}: student {student.depth} layers from {c['student']}"
                 + (f", teacher {teacher.depth} layers, layer_map {c['layer_map']}" if teacher is not None else "")

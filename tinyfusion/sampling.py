@@ -102,7 +102,7 @@ def sample_checkpoint(config, path, progress=True):
     from tinyfusion.models import load_dit
 
     c = config
-    model = load_dit(c["checkpoint"]).to(dist.device()).eval()
+    model = load_dit(c["checkpoint"], objective=c.get("objective")).to(dist.device()).eval()
     res = sample_to_npz(model, c["n"], path, sampler=c["sampler"], steps=c["steps"], cfg_scale=c["cfg_scale"],
                         seed=c["seed"], batch=c["batch"], progress=progress)
     return {"depth": model.depth, "wall_s": round(res["wall_s"], 2), "images_per_s": round(res["images_per_s"], 1)}

@@ -270,6 +270,32 @@ def claim8_iterative_pruning(fid: Mapping[tuple, float], noise: float) -> Verdic
     return Verdict(status, evidence, {"wins": wins})
 
 
+def claim9_sit(fid: Mapping[str, Sequence[float]], baselines: Sequence[str], teacher: Verdict,
+               masked_kd: Sequence[float], teacher_fid: float) -> Verdict:
+    """Claim 9: learnable pruning carries over to SiT (the flow objective; paper Table 2, TinySiT-D14 3.02 vs 2.06).
+
+    ``fid``: {method: FIDs over seeds} of the SiT teacher's candidates fine-tuned as notebook 01 does for DiT
+    (``"learnable"`` and every name in ``baselines``); ``teacher``: the SiT teacher's :func:`teacher_check`;
+    ``masked_kd``: FIDs over seeds of the learnable D14 recovered by Masked KD (SiT's beta); ``teacher_fid``: the
+    SiT teacher's FID.
+    Not testable here when the SiT teacher fails its check (its samples are not recognisable, so there is no
+    generator to carry the method over to). Otherwise the claim-2 rule on the SiT numbers decides: held when
+    learnable beats every baseline beyond the seed spread, mixed with some wins, not held with none and a loss,
+    within noise with neither. The evidence adds Masked KD against plain fine-tuning (``compare``) and the
+    recovered D14's FID over its teacher's beside the paper's 3.02 / 2.06.
+    """
+    kd_vs_ft = compare(masked_kd, fid["learnable"])
+    best = min(_nan_quiet(np.nanmean, masked_kd), _nan_quiet(np.nanmean, fid["learnable"]))
+    context = (f"; Masked KD {_mean_std(masked_kd)} vs fine-tuning {_mean_std(fid['learnable'])}: "
+               f"{ {'a': 'KD better', 'b': 'fine-tuning better'}.get(kd_vs_ft, 'within noise')}; best D14 / teacher "
+               f"FID = {best / teacher_fid:.2f} (paper {paper.SIT_GAP:.2f})")
+    if teacher.status != HELD:
+        return Verdict(NOT_TESTABLE, f"the SiT teacher fails its check: {teacher.evidence}" + context,
+                       {"kd_vs_ft": kd_vs_ft})
+    v = claim2_learnable_vs_baselines(fid, baselines)
+    return Verdict(v.status, "SiT: " + v.evidence + context, {**v.details, "kd_vs_ft": kd_vs_ft})
+
+
 # ---------------------------------------------------------------------- notebook 00's sanity check (not a claim)
 def teacher_check(class_accuracy: float, fid: float, fid_floor: float, smoke: bool = False) -> Verdict:
     """Does the teacher's CFG samples' class accuracy meet the bar of 0.80? Held when it does, not held otherwise;

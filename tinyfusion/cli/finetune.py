@@ -26,9 +26,10 @@ from tinyfusion.profiles import get_profile
 from tinyfusion.recovery import MODES, recovery_config, run_recovery
 
 DEFAULTS = dict(profile="cpu", student="", teacher="", mode="finetune", k_sigma=0.0, kept=None, groups="1:2",
-                parent_map=None, steps=0, batch_size=0, lr=0.0, min_lr=0.0, a_kd=0.9, a_diff=0.1, beta0=1e-2,
-                beta1=0.0, ema_decay=0.999, ema_warmup=10, grad_clip=1.0, seed=0, out="", ckpt_every=100,
-                log_every=1, stop_after=0, max_skipped=-1, recompute=False, progress=True, inject_nan_at=None)
+                parent_map=None, steps=0, batch_size=0, lr=0.0, min_lr=0.0, a_kd=0.9, a_diff=0.1, beta0=None,
+                beta1=None, ema_decay=0.999, ema_warmup=10, grad_clip=1.0, seed=0, out="", ckpt_every=100,
+                log_every=1, stop_after=0, max_skipped=-1, recompute=False, progress=True, inject_nan_at=None,
+                objective="")
 HELP = dict(student="pruned checkpoint to recover (required)", teacher="teacher checkpoint (default: profile's)",
             mode="one of " + ", ".join(MODES), k_sigma="masked_kd: mask |x-mean| >= k*std (0 = no mask)",
             kept="JSON list: the student's kept layer indices in the model it was pruned from",
@@ -36,7 +37,16 @@ HELP = dict(student="pruned checkpoint to recover (required)", teacher="teacher 
             parent_map="JSON list: teacher layer matched to each layer of the intermediate model (D14 -> D7)",
             min_lr="cosine floor (default lr / 2: 2e-4 -> 1e-4)", max_skipped="-1: 10%% of the steps (at least 5)",
             out="output folder (default results/<profile>/finetune/<mode>-<key of the resolved config>)",
+            beta0="weight of L_Rep at the first step (default: the profile's kd_beta; DiT 1e-2, SiT 2e-4)",
+            beta1="weight of L_Rep at the last step, linear in between (default: the profile's, 0)",
+            objective="training objective, ddpm or flow (default: the one the student's checkpoint names)",
             inject_nan_at="JSON list of steps whose loss is replaced by NaN (tests of the skip guard)")
+
+
+def _beta(profile, beta0, beta1):
+    """L_Rep's (start, end) weights: each flag not given takes the profile's ``kd_beta`` value."""
+    start, end = get_profile(profile).kd_beta
+    return (start if beta0 is None else float(beta0), end if beta1 is None else float(beta1))
 
 
 def run(**cfg):
@@ -45,9 +55,9 @@ def run(**cfg):
                              k_sigma=cfg["k_sigma"], kept=cfg["kept"], groups=cfg["groups"],
                              parent_map=cfg["parent_map"], steps=cfg["steps"], batch_size=cfg["batch_size"],
                              lr=cfg["lr"], min_lr=cfg["min_lr"], a_kd=cfg["a_kd"], a_diff=cfg["a_diff"],
-                             beta=(cfg["beta0"], cfg["beta1"]), ema_decay=cfg["ema_decay"],
+                             beta=_beta(cfg["profile"], cfg["beta0"], cfg["beta1"]), ema_decay=cfg["ema_decay"],
                              ema_warmup=cfg["ema_warmup"], grad_clip=cfg["grad_clip"], seed=cfg["seed"],
-                             inject_nan_at=cfg["inject_nan_at"])
+                             inject_nan_at=cfg["inject_nan_at"], objective=cfg["objective"])
     prof = get_profile(cfg["profile"])
     out = Path(cfg["out"]) if cfg["out"] else cache.folder(prof.results, "finetune", cfg["mode"], config)
     reused = not cfg["recompute"] and cache.done(out, config)

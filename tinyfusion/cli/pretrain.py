@@ -1,6 +1,7 @@
-"""Train the teacher DiT from scratch on a profile's data (the stand-in for the 7M-step DiT-XL/2).
+"""Train the teacher DiT (or SiT) from scratch on a profile's data (the stand-in for the 7M-step DiT-XL/2).
 
     python -m tinyfusion.cli.pretrain --profile cpu --out results/cpu/pretrain
+    python -m tinyfusion.cli.pretrain --profile cpu-sit --out results/cpu-sit/pretrain   # SiT-T28/4, flow
     torchrun --nproc_per_node=2 -m tinyfusion.cli.pretrain --profile cpu --out ...
 
 Writes ``<out>/state.pt`` (resumable: model, EMA, optimiser, step, RNG) every ``ckpt_every`` steps,
@@ -16,13 +17,13 @@ import torch
 from tinyfusion import dist
 from tinyfusion.cli.common import cli_main
 from tinyfusion.data import load_dataset
-from tinyfusion.diffusion import create_objective
+from tinyfusion.diffusion import objective_for
 from tinyfusion.io import save_checkpoint, save_json
 from tinyfusion.models import build_model
 from tinyfusion.profiles import check_budget, get_profile
 from tinyfusion.training import LoopConfig, cosine_lr, make_ema, train
 
-DEFAULTS = dict(profile="cpu", out="", model="", steps=0, batch_size=0, lr=0.0, min_lr_frac=0.1, warmup=200,
+DEFAULTS = dict(profile="cpu", out="", model="", objective="", steps=0, batch_size=0, lr=0.0, min_lr_frac=0.1, warmup=200,
                 ema_decay=0.999, seed=0, ckpt_every=500, log_every=50, grad_clip=1.0, stop_after=0)
 
 
@@ -37,10 +38,11 @@ def run(**cfg):
     dev = dist.device()
 
     torch.manual_seed(cfg["seed"])
-    model = build_model(cfg["model"]).to(dev)
+    model = build_model(cfg["model"], **({"objective": cfg["objective"]} if cfg["objective"] else {})).to(dev)
+    cfg["objective"] = model.objective  # default: the one the registered config names (DiT: ddpm, SiT: flow)
     ema = make_ema(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0)
-    objective = create_objective(learn_sigma=model.learn_sigma)
+    objective = objective_for(model)
     images, labels = load_dataset(prof).tensors()
     n_params = sum(p.numel() for p in model.parameters())
     dist.print0(f"pretrain {cfg['model']}: {n_params / 1e6:.2f}M params, {cfg['steps']} steps of batch "

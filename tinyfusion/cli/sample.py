@@ -19,9 +19,12 @@ from tinyfusion.cli.common import cli_main
 from tinyfusion.profiles import check_budget
 from tinyfusion.sampling import sample_checkpoint
 
-DEFAULTS = dict(checkpoint="", n=1000, sampler="ddim", steps=25, cfg_scale=1.5, seed=0, batch=250, out="",
-                progress=True)
+DEFAULTS = dict(checkpoint="", n=1000, sampler="", steps=0, cfg_scale=1.5, seed=0, batch=250, out="",
+                objective="", progress=True)
 HELP = dict(checkpoint="DiT checkpoint (teacher, pruned or recovered; required)",
+            sampler="ddim or ddpm (DDPM objective), euler, heun or sde (flow); default: the objective's (ddim, heun)",
+            steps="sampling steps (default: the objective's: ddim 25, heun 13)",
+            objective="ddpm or flow (default: the one the checkpoint's config names)",
             out="output .npz (default: <checkpoint folder>/samples_<sampler><steps>_cfg<scale>_n<n>_seed<seed>.npz)")
 
 
@@ -32,12 +35,18 @@ def run(**cfg):
     n = check_budget("n", cfg["n"])
     batch = check_budget("batch", cfg["batch"])
     ckpt = Path(cfg["checkpoint"])
+    if not cfg["sampler"] or not cfg["steps"]:
+        from tinyfusion.diffusion import objective_for
+        from tinyfusion.models import load_dit
+        objective = objective_for(load_dit(ckpt, objective=cfg["objective"] or None))
+        cfg["sampler"] = cfg["sampler"] or objective.default_sampler
+        cfg["steps"] = cfg["steps"] or objective.default_steps
     out = Path(cfg["out"] or ckpt.parent / (f"samples_{cfg['sampler']}{cfg['steps']}_cfg{cfg['cfg_scale']}"
                                             f"_n{n}_seed{cfg['seed']}.npz"))
     if out.suffix != ".npz":
         raise ValueError(f"--out must end in .npz, got {out}")
     config = dict(checkpoint=ckpt, n=n, sampler=cfg["sampler"], steps=cfg["steps"], cfg_scale=cfg["cfg_scale"],
-                  seed=cfg["seed"], batch=batch)
+                  seed=cfg["seed"], batch=batch, **({"objective": cfg["objective"]} if cfg["objective"] else {}))
     res = sample_checkpoint(config, out, progress=cfg["progress"])
     return dict(out=str(out), **{k: str(v) if k == "checkpoint" else v for k, v in config.items()}, **res,
                 world_size=dist.world_size())

@@ -9,10 +9,12 @@ goes through an *objective* object with this interface and calls nothing else of
 * ``training_losses(model, x0, t, model_kwargs, noise)``: per-sample loss terms (``loss`` is the one trained);
 * ``loss_from_output(out, x0, x_t, t, noise)``: the same terms from an output already computed;
 * ``sample(model, labels, sampler, steps, cfg_scale, generator, progress)``: images in [-1, 1];
-* ``name`` and ``config``: what defines it (stored with results).
+* ``name`` and ``config``: what defines it (stored with results); ``SAMPLERS`` and ``default_sampler``, its
+  samplers and the one a caller gets by default (with ``default_steps``).
 
 A new objective (flow matching for SiT) is one module implementing these plus one line in ``OBJECTIVES``.
 """
+from tinyfusion.diffusion.flow import FlowMatching
 from tinyfusion.diffusion.gaussian import create_diffusion
 
 
@@ -21,18 +23,27 @@ def _ddpm(learn_sigma=True, diffusion_steps=1000):
 
 
 OBJECTIVES = {
-    "ddpm": _ddpm,   # DiT: 1000-step linear-beta diffusion, epsilon + learned variance
+    "ddpm": _ddpm,          # DiT: 1000-step linear-beta diffusion, epsilon + learned variance
+    "flow": FlowMatching,   # SiT: linear interpolant, velocity prediction, ODE/SDE sampling
 }
+
+
+def check_objective(name):
+    """``name`` if it is a registered objective, else a clear error listing them."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; registered: {', '.join(OBJECTIVES)}")
+    return name
 
 
 def create_objective(name="ddpm", **kwargs):
     """The training objective registered as ``name`` (``kwargs`` are its settings, e.g. ``learn_sigma``)."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; registered: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name](**kwargs)
+    return OBJECTIVES[check_objective(name)](**kwargs)
 
 
-def objective_for(model, name="ddpm"):
-    """The objective a DiT is trained and sampled with (its output channels decide ``learn_sigma``)."""
+def objective_for(model, name=None):
+    """The objective a network is trained and sampled with: ``name``, else the one its config names
+    (``DiT(objective=...)``, stored in every checkpoint; DDPM for the official DiT layout). Its output channels
+    decide ``learn_sigma``."""
     from tinyfusion.training import unwrap
-    return create_objective(name, learn_sigma=getattr(unwrap(model), "learn_sigma", True))
+    net = unwrap(model)
+    return create_objective(name or getattr(net, "objective", "ddpm"), learn_sigma=getattr(net, "learn_sigma", True))

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tinyfusion.diffusion.guidance import conditional_half, eval_mode, guided, initial_batch, network
+
 
 def linear_betas(num_timesteps=1000):
     scale = 1000 / num_timesteps
@@ -72,6 +74,8 @@ class GaussianDiffusion:
     """Diffusion over ``betas``; ``timestep_map`` maps respaced indices to the model's original timesteps."""
 
     name = "ddpm"
+    SAMPLERS = ("ddim", "ddpm")
+    default_sampler, default_steps = "ddim", 25
 
     def __init__(self, betas, learn_sigma=True, timestep_map=None, original_num_steps=None):
         self.betas = betas = np.asarray(betas, dtype=np.float64)
@@ -183,10 +187,8 @@ class GaussianDiffusion:
 
     # ---------------------------------------------------------------- sampling
     def _model_out(self, model, x, t, model_kwargs, cfg_scale):
-        ts = self._scale_t(t)
-        if cfg_scale is not None and cfg_scale != 1.0:
-            return model.forward_with_cfg(x, ts, cfg_scale=cfg_scale, **model_kwargs)
-        return model(x, ts, **model_kwargs)
+        kw = dict(model_kwargs)
+        return network(model, x, self._scale_t(t), kw.pop("y"), cfg_scale, **kw)
 
     @torch.no_grad()
     def p_sample_loop(self, model, shape, model_kwargs, noise=None, cfg_scale=None, progress=False,
@@ -209,28 +211,16 @@ class GaussianDiffusion:
 
         With ``cfg_scale > 1`` the batch is doubled with the null label and guided as in the official code.
         """
-        if sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
+        if sampler not in self.SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(self.SAMPLERS)} for the ddpm objective, got {sampler!r}")
         diffusion = create_diffusion(str(steps), learn_sigma=self.learn_sigma,
                                      diffusion_steps=self.original_num_steps)
-        device = next(model.parameters()).device
-        labels = labels.to(device)
-        cfg = cfg_scale is not None and cfg_scale != 1.0
-        size = model.x_embedder.img_size[0]
-        shape = (len(labels), model.in_channels, size, size)
-        z = torch.randn(shape, device=device, generator=generator)
-        if cfg:
-            z = torch.cat([z, z], 0)
-            labels = torch.cat([labels, torch.full_like(labels, model.num_classes)], 0)
-            shape = z.shape
-        kw = dict(model_kwargs, y=labels)
+        z, labels = initial_batch(model, labels, cfg_scale, generator)
         loop = diffusion.ddim_sample_loop if sampler == "ddim" else diffusion.p_sample_loop
-        was_training = model.training
-        model.eval()
-        x = loop(model, shape, kw, noise=z, cfg_scale=cfg_scale if cfg else None, progress=progress,
-                 generator=generator)
-        model.train(was_training)
-        return x[: len(x) // 2] if cfg else x
+        with eval_mode(model):
+            x = loop(model, z.shape, dict(model_kwargs, y=labels), noise=z,
+                     cfg_scale=cfg_scale if guided(cfg_scale) else None, progress=progress, generator=generator)
+        return conditional_half(x, cfg_scale)
 
     @torch.no_grad()
     def ddim_sample_loop(self, model, shape, model_kwargs, noise=None, cfg_scale=None, progress=False,

@@ -14,6 +14,7 @@ interchangeable. Two additions serve depth pruning:
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import torch
@@ -138,11 +139,14 @@ class DiT(nn.Module):
     """Diffusion model with a transformer backbone (official layout, any depth)."""
 
     def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
-                 mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True):
+                 mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True, objective="ddpm"):
         super().__init__()
         self.config = dict(input_size=input_size, patch_size=patch_size, in_channels=in_channels,
                            hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            class_dropout_prob=class_dropout_prob, num_classes=num_classes, learn_sigma=learn_sigma)
+        if objective != "ddpm":  # the official DiT config stays as it is; a SiT's (flow) config names its objective
+            self.config["objective"] = objective
+        self.objective = objective  # the registered name ``tinyfusion.diffusion.objective_for`` builds
         self.learn_sigma = learn_sigma
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
@@ -294,6 +298,17 @@ DiT_models = {
     "DiT-W28/2": DiT_W28_2,   # gpu profile, full resolution tokens: width 384, 196 tokens
 }
 
+# SiT (Ma et al., 2024) is the DiT network trained with the flow objective (``tinyfusion.diffusion.flow``): the
+# official SiT checkpoints share DiT's layout and learned-sigma output (whose second half SiT ignores). Our own
+# SiT configs predict the velocity alone.
+_SIT = dict(objective="flow")
+SiT_models = {name.replace("DiT", "SiT"): partial(fn, **_SIT) for name, fn in DiT_models.items() if "28/" not in name}
+SiT_models.update({
+    "SiT-T28/4": partial(DiT_T28_4, learn_sigma=False, **_SIT),   # cpu-sit profile teacher (DiT-T28/4's shape)
+    "SiT-W28/4": partial(DiT_W28_4, learn_sigma=False, **_SIT),   # gpu-sit profile teacher
+})
+DiT_models.update(SiT_models)
+
 
 def build_model(name, **overrides):
     """Instantiate a registered config by name; ``overrides`` (e.g. ``depth=14``) replace its fields."""
@@ -317,13 +332,14 @@ def state_dict_of(ckpt):
     return ckpt
 
 
-def load_dit(path_or_state, name=None, config=None, strict=True):
+def load_dit(path_or_state, name=None, config=None, strict=True, objective=None):
     """Load a DiT checkpoint of any depth into the official layout.
 
     ``path_or_state``: a path to a ``.pt`` file (official raw state dict, or one of ours with ``model``/``ema``
     and ``config`` keys) or a state dict. The model is built from ``config`` (a DiT kwargs dict), else from the
     checkpoint's stored config, else from the registered ``name``; the depth is read from the state dict.
     A shape mismatch raises an error naming the checkpoint, the offending keys and the config it was built with.
+    ``objective`` (a registered name) replaces the objective the config names (default: its own; DDPM if none).
     """
     from tinyfusion.io import load_checkpoint
 
@@ -332,12 +348,13 @@ def load_dit(path_or_state, name=None, config=None, strict=True):
     state = state_dict_of(ckpt)
     stored_config = ckpt.get("config") if state is not ckpt else None
     depth = depth_of_state_dict(state)
+    override = {"objective": objective} if objective else {}
     if config is not None:
-        model = DiT(**{**config, "depth": depth})
+        model = DiT(**{**config, "depth": depth, **override})
     elif stored_config is not None:
-        model = DiT(**{**stored_config, "depth": depth})
+        model = DiT(**{**stored_config, "depth": depth, **override})
     elif name is not None:
-        model = build_model(name, depth=depth)
+        model = build_model(name, depth=depth, **override)
     else:
         raise ValueError(f"{label}: no config stored in the checkpoint; pass name= (one of {', '.join(DiT_models)})")
     own = model.state_dict()

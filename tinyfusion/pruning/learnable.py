@@ -198,13 +198,15 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
 # --------------------------------------------------------------------------- one learnable-pruning run
 def learnable_config(profile=None, *, source=None, groups="1:2", update="lora", steps=0, batch_size=0, lr=0.0,
                      seed=0, logit_lr_mult=10.0, tau=(4.0, 0.1), lora_rank=8, lora_alpha=16.0, ema_decay=0.0,
-                     grad_clip=1.0):
+                     grad_clip=1.0, objective=""):
     """The resolved settings of one learnable-pruning run (what :func:`run_learnable` reads): profile defaults
-    filled in for 0 / None (``source``: the profile's teacher; ``ema_decay``: the profile's gate-EMA decay)."""
+    filled in for 0 / None (``source``: the profile's teacher; ``ema_decay``: the profile's gate-EMA decay;
+    ``objective``: the one the teacher's checkpoint names; a name given here replaces it and enters the config)."""
     import json
     from pathlib import Path
 
     from tinyfusion.data import data_identity
+    from tinyfusion.diffusion import check_objective
     from tinyfusion.profiles import get_profile
 
     prof = get_profile(profile)
@@ -221,7 +223,8 @@ def learnable_config(profile=None, *, source=None, groups="1:2", update="lora", 
                 batch_size=check_budget("batch_size", batch_size or prof.prune_batch),
                 lr=float(lr or prof.prune_lr), seed=int(seed), logit_lr_mult=float(logit_lr_mult),
                 tau=[float(v) for v in tau], lora_rank=int(lora_rank), lora_alpha=float(lora_alpha),
-                ema_decay=float(ema_decay or prof.prune_ema_decay), grad_clip=float(grad_clip))
+                ema_decay=float(ema_decay or prof.prune_ema_decay), grad_clip=float(grad_clip),
+                **({"objective": check_objective(objective)} if objective else {}))
 
 
 def run_learnable(config, out, *, log_every=0, ckpt_every=50, stop_after=0, progress=True):
@@ -238,7 +241,7 @@ def run_learnable(config, out, *, log_every=0, ckpt_every=50, stop_after=0, prog
     from tinyfusion.pruning.indices import prune
 
     c, out = config, Path(out)
-    teacher = load_dit(c["source"], name=c["model"]).to(dist.device())
+    teacher = load_dit(c["source"], name=c["model"], objective=c.get("objective")).to(dist.device())
     images, labels = load_data(c["data"]).tensors()
     res = learn_pruning(teacher, images, labels, groups=c["groups"], update=c["update"], steps=c["steps"],
                         batch_size=c["batch_size"], lr=c["lr"], logit_lr_mult=c["logit_lr_mult"], tau=tuple(c["tau"]),

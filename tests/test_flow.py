@@ -1,0 +1,158 @@
+"""The flow objective (SiT) and the SiT models: the objective's maths, its samplers, and that everything
+downstream picks a checkpoint's own objective (no caller names it)."""
+import math
+
+import pytest
+import torch
+
+from tinyfusion.diffusion import create_objective, objective_for
+from tinyfusion.diffusion.flow import FlowMatching
+from tinyfusion.io import save_checkpoint
+from tinyfusion.models import DiT, build_model, load_dit
+
+
+@pytest.fixture
+def tiny_sit():
+    torch.manual_seed(0)
+    return DiT(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=6, num_heads=2, num_classes=10,
+               learn_sigma=False, objective="flow")
+
+
+class ExactVelocity(torch.nn.Module):
+    """The true velocity field of a one-point data distribution ``x0``: v(x, t) = (x0 - x) / (1 - t)."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.x0 = x0
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t, y=None):
+        return (self.x0 - x) / (1 - t.view(-1, 1, 1, 1))
+
+
+def test_interpolant_ends_and_velocity():
+    flow = create_objective("flow")
+    x0, eps = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    assert torch.equal(flow.noised(x0, torch.zeros(4), eps), eps)       # t = 0: noise (SiT's direction)
+    assert torch.equal(flow.noised(x0, torch.ones(4), eps), x0)         # t = 1: data
+    t = torch.full((4,), 0.3)
+    h = 1e-3
+    numeric = (flow.noised(x0, t + h, eps) - flow.noised(x0, t - h, eps)) / (2 * h)
+    assert torch.allclose(numeric, x0 - eps, atol=1e-3)
+    g = torch.Generator().manual_seed(0)
+    ts = flow.sample_t(10000, generator=g)
+    assert ts.dtype == torch.float32 and 0 <= float(ts.min()) and float(ts.max()) < 1
+    assert abs(float(ts.mean()) - 0.5) < 0.02
+    assert flow.config == {"name": "flow", "path": "linear", "prediction": "velocity"}
+
+
+def test_loss_is_zero_for_the_exact_velocity():
+    flow = create_objective("flow")
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(1, 1, 8, 8, generator=g).expand(16, -1, -1, -1)
+    t = torch.rand(16, generator=g) * 0.95
+    terms = flow.training_losses(ExactVelocity(x0), x0, t, noise=torch.randn(16, 1, 8, 8, generator=g))
+    assert terms["loss"].shape == (16,) and float(terms["loss"].max()) < 1e-8
+    assert torch.equal(terms["loss"], terms["mse"]) and float(terms["vb"].abs().max()) == 0
+    wrong = flow.training_losses(ExactVelocity(x0 + 0.5), x0, t, noise=torch.randn(16, 1, 8, 8, generator=g))
+    assert float(wrong["loss"].min()) > 0.2
+
+
+@pytest.mark.parametrize("sampler,steps,tol", [("euler", 200, 5e-3), ("heun", 20, 1e-3)])
+def test_ode_samplers_integrate_a_linear_field(sampler, steps, tol):
+    x = torch.linspace(-2, 2, 11)
+    out = FlowMatching.integrate(lambda x, t: -x, x.clone(), sampler, steps)   # dx/dt = -x: x(1) = x(0) / e
+    assert torch.allclose(out, x / math.e, atol=tol)
+    # time-dependent field dx/dt = 2t: x(1) = x(0) + 1; Heun is exact for it
+    out = FlowMatching.integrate(lambda x, t: torch.full_like(x, 2 * t), x.clone(), sampler, steps)
+    assert torch.allclose(out, x + 1, atol=tol)
+
+
+def test_heun_converges_at_second_order():
+    x = torch.ones(3)
+    err = [float((FlowMatching.integrate(lambda x, t: -x, x.clone(), "heun", n) - 1 / math.e).abs().max())
+           for n in (10, 20)]
+    assert 3.5 < err[0] / err[1] < 4.5
+
+
+def test_sde_sampler_reaches_a_one_point_distribution():
+    """With the exact field of one data point, the SDE's noise is pulled back onto it (the drift contracts)."""
+    flow = create_objective("flow")
+    x0 = torch.full((1, 1, 8, 8), 0.25)
+    model = ExactVelocity(x0)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 1, 8, 8, generator=g)
+    field = lambda x, t: model(x, torch.full((len(x),), min(t, 1 - 1e-6)))  # noqa: E731
+    out = flow.integrate(field, z, "sde", 200, generator=g)
+    assert float((out - x0).abs().max()) < 0.05
+    out = flow.integrate(field, z, "euler", 10)
+    assert float((out - x0).abs().max()) < 1e-5
+
+
+def test_sampling_a_sit_is_seeded_guided_and_bounded(tiny_sit):
+    flow = objective_for(tiny_sit)
+    assert isinstance(flow, FlowMatching)
+    labels = torch.arange(6) % 10
+    a = flow.sample(tiny_sit, labels, "heun", 3, 1.5, generator=torch.Generator().manual_seed(3))
+    b = flow.sample(tiny_sit, labels, "heun", 3, 1.5, generator=torch.Generator().manual_seed(3))
+    c = flow.sample(tiny_sit, labels, "sde", 3, 1.0, generator=torch.Generator().manual_seed(3))
+    assert a.shape == c.shape == (6, 1, 8, 8) and torch.equal(a, b)
+    assert float(a.abs().max()) <= 1.0
+    assert tiny_sit.training  # restored
+    with pytest.raises(ValueError, match="sampler must be one of euler, heun, sde"):
+        flow.sample(tiny_sit, labels, "ddim", 3)
+
+
+def test_a_sit_learns(tiny_sit):
+    flow = objective_for(tiny_sit)
+    x0 = torch.zeros(64, 1, 8, 8)
+    x0[:, :, 2:6, 2:6] = 1
+    y = torch.zeros(64, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    fixed = dict(t=flow.sample_t(64, generator=g), noise=torch.randn(x0.shape, generator=g))
+    first = flow.training_losses(tiny_sit, x0, fixed["t"], dict(y=y), noise=fixed["noise"])["loss"].mean().item()
+    opt = torch.optim.AdamW(tiny_sit.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = flow.training_losses(tiny_sit, x0, flow.sample_t(64), dict(y=y))["loss"].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last = flow.training_losses(tiny_sit, x0, fixed["t"], dict(y=y), noise=fixed["noise"])["loss"].mean().item()
+    assert last < 0.5 * first
+
+
+def test_sit_registry_and_checkpoints_carry_the_objective(tmp_path, tiny_sit):
+    dit, sit = build_model("DiT-S/8", depth=2), build_model("SiT-S/8", depth=2)
+    assert "objective" not in dit.config and dit.objective == "ddpm"          # the official DiT config is untouched
+    assert sit.config["objective"] == "flow" and sit.learn_sigma               # SiT's official layout: 2C outputs
+    assert {k: v for k, v in sit.config.items() if k != "objective"} == dit.config
+    assert build_model("SiT-T28/4", depth=2).learn_sigma is False
+    assert objective_for(sit).name == "flow" and objective_for(dit).name == "ddpm"
+    assert objective_for(dit, "flow").name == "flow"
+    # a saved SiT loads as a SiT; a raw state dict loads by name; an override replaces the stored objective
+    save_checkpoint({"ema": tiny_sit.state_dict(), "config": tiny_sit.config}, tmp_path / "sit.pt")
+    assert load_dit(tmp_path / "sit.pt").objective == "flow"
+    assert load_dit(tmp_path / "sit.pt", objective="ddpm").objective == "ddpm"
+    save_checkpoint(sit.state_dict(), tmp_path / "raw.pt")
+    assert load_dit(tmp_path / "raw.pt", name="SiT-S/8").objective == "flow"
+    # pruning keeps it
+    from tinyfusion.pruning.indices import prune
+    assert prune(tiny_sit, [0, 2, 4]).objective == "flow"
+
+
+def test_unknown_objective_is_refused_by_name(tmp_path, tiny_sit):
+    from tinyfusion.diffusion import check_objective
+    with pytest.raises(ValueError, match="unknown objective 'flw'; registered: ddpm, flow"):
+        check_objective("flw")
+    with pytest.raises(ValueError, match="unknown objective"):
+        objective_for(DiT(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=1, num_heads=2,
+                          num_classes=10, objective="flw"))
+
+
+def test_distilling_across_objectives_is_refused(tiny_sit):
+    from tinyfusion.recovery import _check_teacher
+    dit = DiT(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=6, num_heads=2, num_classes=10,
+              learn_sigma=False)
+    with pytest.raises(ValueError, match="objective"):
+        _check_teacher(tiny_sit, dit)
+    _check_teacher(tiny_sit, tiny_sit)

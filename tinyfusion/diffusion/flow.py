@@ -1,0 +1,124 @@
+"""The flow objective: SiT's linear stochastic interpolant with velocity prediction (after github: willisma/SiT).
+
+Time runs as in SiT, from noise at ``t = 0`` to data at ``t = 1``::
+
+    x_t = t * x0 + (1 - t) * eps,        the velocity  v = dx_t/dt = x0 - eps,
+
+which is the path ``x_s = (1 - s) x0 + s eps`` with ``s = 1 - t`` (noise at ``s = 1``) walked the other way.
+Keeping SiT's direction means the official SiT-XL/2 checkpoint sees the times it was trained on: the network's
+time input is ``t`` itself, a float in [0, 1], through DiT's sinusoidal embedding. The loss is
+``MSE(v_theta(x_t, t), x0 - eps)`` with ``t ~ U[0, 1]`` (SiT's interval for a velocity model without an SDE).
+A network with a learned-sigma output (official SiT-XL/2: 8 channels) has its second half ignored, as SiT does.
+
+Sampling integrates the ODE ``dx/dt = v`` from ``t = 0`` to 1 on a uniform grid (``euler``: one network call a
+step; ``heun``: two, second order), or the SDE with SiT's default diffusion ``w(t) = 1 - t`` (``sde``:
+Euler-Maruyama, the last step deterministic). For the linear path the score is ``-(x - t v) / (1 - t)``, so the
+SDE drift ``v + w s / 2 = v - (x - t v) / 2`` stays finite at both ends. Classifier-free guidance goes through
+``DiT.forward_with_cfg`` as for DDPM.
+
+The rest of the library reaches it only through the objective interface (``tinyfusion.diffusion``).
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from tinyfusion.diffusion.guidance import conditional_half, eval_mode, initial_batch, network
+
+SAMPLERS = ("euler", "heun", "sde")
+
+
+def _bcast(t, x):
+    return t.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+
+class FlowMatching:
+    """Linear-interpolant flow matching with a velocity-predicting network (SiT's default transport)."""
+
+    name = "flow"
+    SAMPLERS = SAMPLERS
+    default_sampler, default_steps = "heun", 13
+
+    def __init__(self, learn_sigma=False):
+        self.learn_sigma = learn_sigma  # only says the network has spare output channels; the loss never reads them
+
+    @property
+    def config(self):
+        """What defines this objective (stored with checkpoints and cache keys)."""
+        return {"name": self.name, "path": "linear", "prediction": "velocity"}
+
+    # ---------------------------------------------------------------- the objective interface
+    def sample_t(self, n, generator=None):
+        """Training times for ``n`` samples: uniform floats in [0, 1) (0 is pure noise, 1 is data)."""
+        return torch.rand(n, generator=generator)
+
+    def noised(self, x0, t, noise):
+        """The interpolant x_t = t x0 + (1 - t) noise."""
+        t = _bcast(t, x0)
+        return t * x0 + (1 - t) * noise
+
+    def model_time(self, t):
+        """The time the network is conditioned on: ``t`` itself (SiT feeds the float to the embedder)."""
+        return t
+
+    def training_losses(self, model, x0, t, model_kwargs=None, noise=None, return_output=False):
+        """Per-sample velocity loss: ``loss`` (= ``mse``; ``vb`` is zero, kept so every objective's terms match).
+
+        With ``return_output`` also the raw model ``output`` and whatever the model returned besides it (``extra``).
+        """
+        noise = torch.randn_like(x0) if noise is None else noise
+        x_t = self.noised(x0, t, noise)
+        out = model(x_t, self.model_time(t), **(model_kwargs or {}))
+        extra = None
+        if isinstance(out, tuple):
+            out, extra = out[0], out[1:]
+        terms = self.loss_from_output(out, x0, x_t, t, noise)
+        if return_output:
+            terms["output"] = out
+            terms["extra"] = extra
+        return terms
+
+    def loss_from_output(self, out, x0, x_t, t, noise):
+        """Per-sample loss terms (``loss``, ``mse``, ``vb``) of a network output ``out`` for the input ``x_t``."""
+        C = x0.shape[1]
+        mse = ((out[:, :C] - (x0 - noise)) ** 2).mean(dim=list(range(1, x0.dim())))
+        return {"loss": mse, "mse": mse, "vb": torch.zeros_like(mse)}
+
+    # ---------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(self, model, labels, sampler="heun", steps=13, cfg_scale=1.5, generator=None, progress=False,
+               **model_kwargs):
+        """Class-conditional samples in [-1, 1] for ``labels``: ``steps`` steps of ``sampler`` from t=0 to 1."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)} for the flow objective, got {sampler!r}")
+        steps = int(steps)
+        if steps < 1:
+            raise ValueError(f"sampling steps must be >= 1, got {steps}")
+        z, y = initial_batch(model, labels, cfg_scale, generator)
+        with eval_mode(model):
+            x = self.integrate(lambda x, t: self.velocity(model, x, t, y, cfg_scale, **model_kwargs), z,
+                               sampler, steps, generator=generator, progress=progress)
+        return conditional_half(x, cfg_scale).clamp(-1, 1)
+
+    def velocity(self, model, x, t, y, cfg_scale=None, **model_kwargs):
+        """The network's (guided) velocity at ``x`` and the scalar time ``t``."""
+        tt = torch.full((len(x),), float(t), device=x.device)
+        return network(model, x, self.model_time(tt), y, cfg_scale, **model_kwargs)[:, : x.shape[1]]
+
+    @staticmethod
+    def integrate(field, x, sampler="heun", steps=13, generator=None, progress=False):
+        """Integrate ``dx/dt = field(x, t)`` from t=0 to 1 in ``steps`` uniform steps (``sde``: with noise)."""
+        grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
+        for i in tqdm(range(steps), disable=not progress, desc=sampler, leave=False):
+            t, dt = grid[i], grid[i + 1] - grid[i]
+            v = field(x, t)
+            if sampler == "euler":
+                x = x + dt * v
+            elif sampler == "heun":
+                x_next = x + dt * v
+                x = x + dt * 0.5 * (v + field(x_next, grid[i + 1]))
+            else:  # Euler-Maruyama with w(t) = 1 - t; the last step takes the mean (SiT's last_step="Mean")
+                x = x + dt * (v - 0.5 * (x - t * v))
+                if i < steps - 1:
+                    x = x + (dt * (1 - t)) ** 0.5 * torch.randn(x.shape, device=x.device, generator=generator)
+        return x
