@@ -1,8 +1,8 @@
 """pytest over the notebooks: nbval runs each numbered notebook once, then ``test_artefacts.py`` checks what they wrote.
 
 ``pytest --nbval-lax notebooks/`` (what ``make test`` runs after the unit tests) uses the smoke profile unless
-``TINYFUSION_PROFILE`` says otherwise. pytest collects a folder's files in name order, so ``00_...ipynb`` ...
-``09_...ipynb`` run before ``test_artefacts.py``, which reads the same results folder. The hooks below record, for
+``TINYFUSION_PROFILE`` says otherwise. pytest collects a folder's files in name order, so the numbered notebooks
+run before ``test_artefacts.py``, which reads the same results folder; the summary notebook runs after the others. The hooks below record, for
 that check, which numbered notebooks this session collected, which had a failing cell, and when the session began.
 """
 import os
@@ -22,6 +22,16 @@ def _notebook_of(item):
     """The file name of a numbered notebook of this folder when ``item`` is one of its cells (nbval), else None."""
     path = Path(str(item.path)).resolve()
     return path.name if path.suffix == ".ipynb" and path.parent == HERE and path.name[:2].isdigit() else None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Put the numbered notebooks' cells in ``cli.reproduce``'s run order: by number, the summary (which reads every
+    verdict) last. Cells keep their order within a notebook, and other tests keep their places."""
+    from tinyfusion.cli.reproduce import run_order
+    places = [k for k, item in enumerate(items) if _notebook_of(item)]
+    ordered = sorted((items[k] for k in places), key=lambda item: run_order(Path(str(item.path))))  # stable
+    for k, item in zip(places, ordered):
+        items[k] = item
 
 
 def pytest_sessionstart(session):

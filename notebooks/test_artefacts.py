@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from tinyfusion.paper import CLAIMS
 from tinyfusion.profiles import get_profile
 from tinyfusion.verdicts import STATUSES
 
@@ -18,6 +19,8 @@ FIGURES = ["00_data_grid", "00_teacher_samples", "01_calibration_histogram", "01
            "05_massive_activations", "06_kd_loss_curves", "07_speedup"]
 TABLES = ["00_teacher_metrics", "01_table3", "01_table3_runs", "02_block_confidence", "table4_runs", "05_summary",
           "06_table5", "07_speedup", "08_table7"]
+SIT_FIGURES = ["10_sit_teacher_samples", "10_kept_layers", "10_fid_by_method", "10_tinysit_samples"]  # <profile>-sit/
+SIT_TABLES = ["10_teachers", "10_table2", "10_table2_runs"]
 
 
 def test_notebooks_wrote_every_artefact(notebook_session):
@@ -32,16 +35,18 @@ def test_notebooks_wrote_every_artefact(notebook_session):
     if s["failed"]:
         pytest.skip(f"{', '.join(sorted(s['failed']))} failed above, so their artefacts are not checked")
     out = get_profile(os.environ["TINYFUSION_PROFILE"]).results
+    sit = get_profile(os.environ["TINYFUSION_PROFILE"] + "-sit").results
     files = [out / "figures" / f"{f}.png" for f in FIGURES] + [out / "tables" / f"{t}.csv" for t in TABLES]
-    files += [out / "verdicts" / f"claim{c}.json" for c in range(1, 9)] + [out / "summary.md"]
-    missing = [str(f.relative_to(out)) for f in files if not f.exists()]
+    files += [sit / "figures" / f"{f}.png" for f in SIT_FIGURES] + [sit / "tables" / f"{t}.csv" for t in SIT_TABLES]
+    files += [out / "verdicts" / f"claim{c}.json" for c in CLAIMS] + [out / "summary.md"]
+    missing = [str(f.relative_to(out.parent)) for f in files if not f.exists()]
     assert not missing, f"not written by the notebooks in {out}: {missing}"
-    stale = [str(f.relative_to(out)) for f in files if f.stat().st_mtime < s["started"] - 2]
+    stale = [str(f.relative_to(out.parent)) for f in files if f.stat().st_mtime < s["started"] - 2]
     assert not stale, f"left from an earlier run, not rewritten in this session: {stale}"
-    for claim in range(1, 9):
+    for claim in CLAIMS:
         v = json.loads((out / "verdicts" / f"claim{claim}.json").read_text())
         assert v["claim"] == claim and v["status"] in STATUSES and v["evidence"], v
         assert v["notebook"] in s["expected"], v
     summary = (out / "summary.md").read_text()
     assert "Verdicts" in summary and summary.count("| ") > 20
-    assert all(f"| {claim} |" in summary for claim in range(1, 9))  # one verdict row per claim
+    assert all(f"| {claim} |" in summary for claim in CLAIMS)  # one verdict row per claim

@@ -156,3 +156,35 @@ def test_distilling_across_objectives_is_refused(tiny_sit):
     with pytest.raises(ValueError, match="objective"):
         _check_teacher(tiny_sit, dit)
     _check_teacher(tiny_sit, tiny_sit)
+
+
+def test_entry_points_take_the_objective_from_the_checkpoint(tmp_path, monkeypatch):
+    """pretrain on a -sit profile trains a flow model; sample and finetune pick up its objective with no flag;
+    finetune with --objective replaces it (and the cache key changes); an unknown name is refused by the resolver."""
+    from tinyfusion import cache
+    from tinyfusion.cli import finetune, pretrain, sample
+    from tinyfusion.pruning.indices import prune
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path / "results"))
+    res = pretrain.run(profile="smoke-sit", out=str(tmp_path / "pre"), steps=3, batch_size=8, ckpt_every=0)
+    assert res["objective"] == {"name": "flow", "path": "linear", "prediction": "velocity"}
+    teacher = load_dit(res["teacher"])
+    assert teacher.objective == "flow" and teacher.config["objective"] == "flow"
+    out = sample.run(checkpoint=res["teacher"], n=4, batch=4, out=str(tmp_path / "s.npz"), progress=False)
+    assert (out["sampler"], out["steps"]) == ("heun", 13)
+    import numpy as np
+    assert np.load(tmp_path / "s.npz")["images"].shape == (4, 16, 16)
+    student = prune(teacher, list(range(0, 28, 2)))
+    save_checkpoint({"ema": student.state_dict(), "config": student.config, "kept": list(range(0, 28, 2))},
+                    tmp_path / "student.pt")
+    common = dict(profile="smoke-sit", student=str(tmp_path / "student.pt"), teacher=res["teacher"], mode="kd",
+                  steps=2, batch_size=4, progress=False, ckpt_every=0)
+    ft = finetune.run(**common)
+    assert load_dit(ft["model"]).objective == "flow"
+    from tinyfusion.recovery import recovery_config
+    assert "objective" not in recovery_config("smoke-sit", student=tmp_path / "student.pt")
+    assert recovery_config("smoke-sit", student=tmp_path / "student.pt")["beta"] == [2e-4, 0.0]  # SiT's beta
+    over = recovery_config("smoke-sit", student=tmp_path / "student.pt", objective="ddpm")
+    assert over["objective"] == "ddpm" and cache.key(over) != cache.key(
+        recovery_config("smoke-sit", student=tmp_path / "student.pt"))
+    with pytest.raises(ValueError, match="unknown objective 'flw'"):
+        finetune.run(**{**common, "objective": "flw"})

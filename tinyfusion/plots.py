@@ -82,6 +82,31 @@ def calib_vs_fid(runs):
     return fig
 
 
+def fid_by_method(runs, title="FID after recovery", reference=None):
+    """FID per method: a bar at the mean over seeds with every seed's run as a dot; ``reference``
+    ({label: FID}) draws dashed lines (e.g. the teacher). Diverged runs (NaN) are listed under the axis."""
+    import pandas as pd
+    runs = pd.DataFrame(runs)
+    order = list(dict.fromkeys(runs.method))
+    finite = runs[np.isfinite(runs.fid.astype(float))]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(order)), 4))
+    sns.barplot(data=finite, x="method", y="fid", order=order, errorbar=None, color="#9ecae1", ax=ax)
+    sns.stripplot(data=finite, x="method", y="fid", order=order, color="#08519c", size=6, jitter=0.15, ax=ax)
+    for i, (label, v) in enumerate((reference or {}).items()):
+        ax.axhline(v, ls="--", lw=1, color=f"C{i + 1}", label=f"{label}: {v:.2f}")
+    if reference:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=True)  # beside the axes
+    nan = sorted(set(runs.method) - set(finite.method))
+    ax.set_xlabel("" if not nan else f"no finite FID: {', '.join(nan)}")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=30)
+    for lab in ax.get_xticklabels():
+        lab.set_ha("right")
+    fig.tight_layout()
+    return fig
+
+
 def keep_prob_history(history):
     """(steps, per-layer keep probabilities) recorded during a learnable-pruning run.
 

@@ -78,6 +78,14 @@ def sample_to_npz(model, n, path=None, sampler="ddim", steps=25, cfg_scale=1.5, 
     return out
 
 
+def sampling_defaults(prof, objective):
+    """(sampler, steps) for a model trained with ``objective``: the profile's when its sampler is one of the
+    objective's (a DiT on "cpu", a SiT on "cpu-sit"), else the objective's own defaults (a SiT scored on "cpu")."""
+    if prof.sampler in objective.SAMPLERS:
+        return prof.sampler, prof.sample_steps
+    return objective.default_sampler, objective.default_steps
+
+
 # --------------------------------------------------------------------------- one scoring run
 def score_config(profile=None, *, checkpoint, n=0, sampler="", steps=0, cfg_scale=None, seed=0, batch=0,
                  evaluator=None, reference_limit=None):

@@ -318,6 +318,38 @@ class Study:
         self.save_table(table, "01_table3")
         return runs, table
 
+    TABLE2_KD = "learnable + masked KD"
+
+    def table2(self):
+        """Table 2's analogue for this profile's teacher (SiT on the ``-sit`` profiles): every Table 3 candidate
+        fine-tuned and scored as :meth:`table3` does, plus each seed's learnable D14 recovered by Masked KD (2 sigma,
+        the profile's ``kd_beta``: SiT's 2e-4) as the paper's TinySiT-D14. Returns ``(runs, table)``: one row per run
+        (``tables/10_table2_runs.csv``) and one per method with the paper's Table 2 beside it (``10_table2.csv``)."""
+        import pandas as pd
+        from tinyfusion.verdicts import fmt
+        runs, _ = self.table3()
+        _, learned = self.table3_candidates()
+        kd = [{**r, "calib_loss": self.calibration_loss(learned[s]["kept"])}
+              for s in self.prof.seeds
+              for r in self.recover(self.TABLE2_KD, learned[s]["kept"], seeds=[s], mode="masked_kd", k_sigma=2.0)]
+        runs = pd.concat([runs, pd.DataFrame(kd)], ignore_index=True)
+        self.save_table(runs, "10_table2_runs")
+        teacher = self.score(self.teacher_path)
+        summary = summarise(runs.to_dict("records"))
+        paper_fid = {self.TABLE2_KD: paper.TABLE2["TinySiT-D14"]}
+        table = pd.DataFrame(
+            [{"method": f"teacher ({self.prof.model}, {self.teacher().depth} layers)", "depth": self.teacher().depth,
+              "FID (ours)": fmt(teacher["fid"]), "IS (ours)": fmt(teacher["is"]),
+              "class acc (ours)": round(teacher["class_accuracy"], 3), "seeds": 1,
+              "FID (paper, Table 2)": paper.TABLE2["SiT-XL/2"]}]
+            + [{"method": m, "depth": self.teacher().depth // 2, "FID (ours)": fmt(fm, fs), "IS (ours)": fmt(im, is_),
+                "class acc (ours)": round(acc, 3), "seeds": int(n), "FID (paper, Table 2)": paper_fid.get(m, np.nan)}
+               for m, fm, fs, im, is_, acc, n in zip(summary.method, summary.fid_mean, summary.fid_std,
+                                                      summary.is_mean, summary.is_std, summary.class_accuracy_mean,
+                                                      summary.fid_count)])
+        self.save_table(table, "10_table2")
+        return runs, table
+
     def block_confidence(self, runs):
         """Per scheme and block of learnable-pruning ``runs`` ({scheme: run}): the final confidence of the decision
         beside the uniform 1 / candidates (``tables/02_block_confidence.csv``)."""

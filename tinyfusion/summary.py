@@ -118,6 +118,12 @@ def write_summary(study, table, verdicts):
              "## Verdicts on the paper's claims", "", _md_table(v), "",
              "## Table 1 analogue (ours beside the paper's ImageNet numbers; absolute values do not compare)", "",
              _md_table(table[keep]) if len(table) else "(no runs found)", ""]
+    from tinyfusion.profiles import PROFILES
+    sit = PROFILES.get(f"{p.name}-sit")
+    table2 = sit.results / "tables" / "10_table2.csv" if sit else None
+    if table2 is not None and table2.exists():  # notebook 10, written into the profile's SiT variant
+        lines += [f"## Table 2 analogue: TinySiT, the flow-objective teacher ({sit.model}; notebook 10, "
+                  f"{sit.sampler} {sit.sample_steps} steps)", "", _md_table(pd.read_csv(table2)), ""]
     if timings.exists():  # every finished `make reproduce` run: the first computes, reruns reuse the cache
         # whole runs only (they start with notebook 00; `--only` reruns of a few notebooks are left out)
         all_runs = [r for r in load_json(timings).get("runs", []) if any(k.startswith("00_") for k in r["notebooks"])]

@@ -23,10 +23,13 @@ from tinyfusion.cli.common import cli_main
 from tinyfusion.profiles import check_budget, get_profile
 
 DEFAULTS = dict(profile="cpu", npz="", checkpoint="", n=0, sampler="", steps=0, cfg_scale=None, seed=0, batch=0,
-                evaluator="", reference_limit=0, kid_subset_size=0, save_npz="", progress=True)
+                evaluator="", reference_limit=0, kid_subset_size=0, save_npz="", objective="", progress=True)
 HELP = dict(npz="samples to score (.npz with images, labels)", checkpoint="DiT checkpoint to sample from and score",
-            n="samples to draw (default: the profile's eval_samples)", sampler="ddim or ddpm (default: profile)",
-            steps="sampling steps (default: profile)", cfg_scale="classifier-free guidance scale (default: profile)",
+            n="samples to draw (default: the profile's eval_samples)",
+            sampler="ddim or ddpm (DDPM objective); euler, heun or sde (flow). Default: the profile's when it fits "
+                    "the checkpoint's objective, else the objective's (ddim, heun)",
+            steps="sampling steps (default: as --sampler)",
+            objective="ddpm or flow (default: the one the checkpoint's config names, else the profile model's)", cfg_scale="classifier-free guidance scale (default: profile)",
             evaluator="evaluator checkpoint (default: the profile's, data/evaluator.pt)",
             reference_limit="real test images used as reference (default: the profile's eval_limit, else all 10k)",
             kid_subset_size="KID subset size (default: min(1000, n, n_ref))",
@@ -55,18 +58,22 @@ def run(**cfg):
         images, labels = z["images"], z.get("labels")
         result.update(npz=str(cfg["npz"]))
     else:
+        from tinyfusion.diffusion import objective_for
         from tinyfusion.models import load_dit
-        from tinyfusion.sampling import sample_to_npz
+        from tinyfusion.sampling import sample_to_npz, sampling_defaults
         n = check_budget("n", cfg["n"] or prof.eval_samples)
-        sampler = cfg["sampler"] or prof.sampler
-        steps = check_budget("steps", cfg["steps"] or prof.sample_steps)
+        model = load_dit(cfg["checkpoint"], name=prof.model, objective=cfg["objective"] or None)
+        model = model.to(dist.device()).eval()
+        default_sampler, default_steps = sampling_defaults(prof, objective_for(model))
+        sampler = cfg["sampler"] or default_sampler
+        steps = check_budget("steps", cfg["steps"] or default_steps)
         cfg_scale = prof.cfg_scale if cfg["cfg_scale"] is None else float(cfg["cfg_scale"])
         batch = check_budget("batch", cfg["batch"] or prof.batch_eval)
-        model = load_dit(cfg["checkpoint"], name=prof.model).to(dist.device()).eval()
         res = sample_to_npz(model, n, cfg["save_npz"] or None, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                             seed=cfg["seed"], batch=batch, progress=cfg["progress"])
         images, labels = res["images"], res["labels"]
-        result.update(checkpoint=str(cfg["checkpoint"]), depth=model.depth, sampler=sampler, steps=steps,
+        result.update(checkpoint=str(cfg["checkpoint"]), depth=model.depth, objective=model.objective,
+                      sampler=sampler, steps=steps,
                       cfg_scale=cfg_scale, seed=cfg["seed"], sample_wall_s=round(res["wall_s"], 2),
                       images_per_s=round(res["images_per_s"], 1))
         if cfg["save_npz"]:

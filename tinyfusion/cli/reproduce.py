@@ -21,9 +21,14 @@ from tinyfusion.profiles import PROFILES, ROOT
 NOTEBOOKS = ROOT / "notebooks"
 
 
+def run_order(path):
+    """Sort key of the numbered notebooks: by number, except that the summary, which reads every verdict, runs last."""
+    return ("summary" in path.name, path.name)
+
+
 def notebooks(only=None):
-    """The numbered notebooks in order (``only``: a list of number prefixes such as ["00", "06"])."""
-    found = sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    """The numbered notebooks in run order (``only``: a list of number prefixes such as ["00", "06"])."""
+    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"), key=run_order)
     if only:
         found = [p for p in found if p.name[:2] in only]
     return found
