@@ -8,7 +8,8 @@ import torch
 from tinyfusion.diffusion import OBJECTIVES, create_objective, objective_for
 from tinyfusion.diffusion.gaussian import create_diffusion, space_timesteps
 
-INTERFACE = ("sample_t", "noised", "model_time", "training_losses", "loss_from_output", "sample", "name", "config")
+INTERFACE = ("sample_t", "noised", "model_time", "training_losses", "loss_from_output", "predicted", "sample", "name",
+             "config", "SAMPLERS", "default_sampler", "default_steps")
 
 
 def test_schedule_and_respacing():

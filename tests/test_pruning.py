@@ -53,7 +53,7 @@ def known_model():
     d = create_objective()
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=2e-4, weight_decay=0)
     for step in range(200):
-        x, y, noise, t = global_batch(images, labels, step, 64, 0)
+        x, y, noise, t = global_batch(images, labels, step, 64, 0, create_objective())
         loss = d.training_losses(m, x, t, dict(y=y), noise=noise)["loss"].mean()
         opt.zero_grad()
         loss.backward()
@@ -178,8 +178,8 @@ def test_prune_merges_or_drops_lora():
 # ----------------------------------------------------------------------------- baselines
 def test_baselines_rank_identity_layers_lowest(known_model):
     model, images, labels, useful = known_model
-    calib = calibration_set(images, labels, 2, 32, seed=0)
-    assert calibration_set(images, labels, 2, 32, seed=0)[1]["t"].tolist() == calib[1]["t"].tolist()
+    calib = calibration_set(images, labels, 2, 32, seed=0, objective=create_objective())
+    assert calibration_set(images, labels, 2, 32, seed=0, objective=create_objective())[1]["t"].tolist() == calib[1]["t"].tolist()
     full = calibration_loss(model, calib)
     assert calibration_loss(model, calib, torch.tensor([0.0, 1, 1, 0])) == pytest.approx(full, rel=1e-6)
     assert calibration_loss(model, calib, torch.tensor([1.0, 0, 0, 1])) > full + 0.05
@@ -219,7 +219,7 @@ def test_random_masks_respect_constraints():
 def test_random_study_equals_one_at_a_time(share_prefixes):
     model = tiny_dit(depth=6)
     images, labels = toy_data(64)
-    calib = calibration_set(images, labels, 2, 8, seed=0)
+    calib = calibration_set(images, labels, 2, 8, seed=0, objective=create_objective())
     res = random_candidate_study(model, calib, n_candidates=40, keep=3, batch_candidates=16, progress=False,
                                  seed=1, share_prefixes=share_prefixes, n_samples=None)
     assert len(res["losses"]) == 40 and len(res["kept"]) == 40 and res["rate"] > 0

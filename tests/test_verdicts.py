@@ -356,7 +356,7 @@ def test_claim9_follows_the_claim2_rule_on_sit_numbers():
     ok = V.teacher_check(0.9, 3.0, 1.0)
     win = V.claim9_sit(_sit_fid([3.0, 3.1]), ("shortgpt", "oracle"), ok, [2.5, 2.6], 2.0)
     assert win.status == V.HELD and win.evidence.startswith("SiT: learnable FID 3.05")
-    assert "KD better" in win.evidence and "best D14 / teacher FID = 1.27 (paper 1.47)" in win.evidence
+    assert "KD better" in win.evidence and "Masked KD D14 / teacher FID = 1.27 (paper 1.47)" in win.evidence
     loss = V.claim9_sit(_sit_fid([7.0, 7.1]), ("shortgpt", "oracle"), ok, [7.0, 7.1], 2.0)
     assert loss.status == V.NOT_HELD and "within noise" in loss.evidence
     tie = V.claim9_sit(_sit_fid([5.0, 5.1]), ("shortgpt", "oracle"), ok, [9.0, 9.1], 2.0)

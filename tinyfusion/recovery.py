@@ -2,8 +2,10 @@
 
 The loss is ``L = a_KD * L_KD + a_Diff * L_Diff + beta * L_Rep`` (Eq. 8):
 
-* ``L_Diff``: the student's ordinary diffusion loss (hybrid ``MSE(eps) + L_vb``, as in pre-training);
-* ``L_KD``: MSE between the student's and the teacher's raw outputs (all channels: noise and variance);
+* ``L_Diff``: the student's ordinary training loss through its objective (DDPM: hybrid ``MSE(eps) + L_vb``, as in
+  pre-training; flow: ``MSE(velocity)``);
+* ``L_KD``: MSE between the student's and the teacher's outputs (DDPM: all channels, noise and variance; flow: the
+  velocity);
 * ``L_Rep``: MSE between each student layer's hidden state and the hidden state after the teacher layer it
   is matched to (:func:`layer_map`), summed over the student's layers. **Masked** RepKD ignores positions where
   ``|x - mean| >= k * std`` (per sample), in the teacher and the student each by its own statistics, because
@@ -12,7 +14,7 @@ The loss is ``L = a_KD * L_KD + a_Diff * L_Diff + beta * L_Rep`` (Eq. 8):
 Modes of :func:`finetune`: ``"finetune"`` (``L_Diff`` only, no teacher), ``"kd"`` (logits KD),
 ``"repkd"`` (+ unmasked ``L_Rep``), ``"masked_kd"`` (+ ``L_Rep`` masked at ``k_sigma``).
 Settings of the paper's Table 6 are the defaults: AdamW lr 2e-4, wd 0, cosine to 1e-4; a_KD 0.9, a_Diff 0.1;
-beta falls linearly from 1e-2 to 0; grad clip 1.0.
+beta falls linearly from 1e-2 to 0 (SiT: from 2e-4, the profile's ``kd_beta``); grad clip 1.0.
 
 Label dropout (for classifier-free guidance) is drawn here, per step from the global batch's seed, and the
 models run with their own dropout switched off: so teacher and student see the same (possibly null) label,
@@ -134,7 +136,8 @@ def labels_as_given(model):
 def kd_losses(student, teacher, x_t, t, y, mode="kd", layer_map=None, k_sigma=None, *, x0=None, noise=None,
               objective=None):
     """The loss components of one batch: ``diff`` (student's diffusion loss; needs ``x0`` and ``noise``),
-    ``kd`` (MSE of student vs teacher outputs, all channels) and ``rep`` (hidden-state loss, see
+    ``kd`` (MSE of student vs teacher outputs over the channels the objective trains: all of DDPM's, the velocity
+    of a flow model) and ``rep`` (hidden-state loss, see
     :func:`masked_rep_loss`; masked when ``k_sigma``), as scalar tensors, as far as ``mode`` needs them.
 
     ``x_t``, ``t``, ``y``: noised input, timesteps and labels (label dropout already applied: the models run
@@ -166,7 +169,7 @@ def kd_losses(student, teacher, x_t, t, y, mode="kd", layer_map=None, k_sigma=No
         t_hidden = None
         if need_rep:
             t_out, t_hidden = t_out
-        terms["kd"] = (out - t_out).pow(2).mean()
+        terms["kd"] = (objective.predicted(out, x_t) - objective.predicted(t_out, x_t)).pow(2).mean()
         if need_rep:
             if len(layer_map) != len(hidden):
                 raise ValueError(f"layer_map has {len(layer_map)} entries but the student has {len(hidden)} layers")

@@ -33,11 +33,13 @@ def to_uint8(x):
 
 
 @torch.no_grad()
-def sample_batches(model, n, batch_ids, sampler="ddim", steps=25, cfg_scale=1.5, seed=0, batch=250, progress=False):
-    """{b: uint8 images of global batch b} for the given batch indices (samples b*batch ... of ``n``)."""
+def sample_batches(model, n, batch_ids, sampler=None, steps=None, cfg_scale=1.5, seed=0, batch=250, progress=False):
+    """{b: uint8 images of global batch b} for the given batch indices (samples b*batch ... of ``n``); ``sampler``
+    and ``steps`` default to the model's objective's (DDPM: ddim 25, flow: heun 13)."""
     dev = next(model.parameters()).device
     labels = balanced_labels(n, model.num_classes)
     objective = objective_for(model)
+    sampler, steps = sampler or objective.default_sampler, steps or objective.default_steps
     was_training = model.training
     model.eval()
     parts = {}
@@ -50,7 +52,7 @@ def sample_batches(model, n, batch_ids, sampler="ddim", steps=25, cfg_scale=1.5,
     return parts
 
 
-def sample_to_npz(model, n, path=None, sampler="ddim", steps=25, cfg_scale=1.5, seed=0, batch=250, progress=True):
+def sample_to_npz(model, n, path=None, sampler=None, steps=None, cfg_scale=1.5, seed=0, batch=250, progress=True):
     """Draw ``n`` class-balanced samples from ``model`` (on every rank under torchrun) and return
     ``{"images": uint8 array, "labels": int64 array, "wall_s", "images_per_s"}`` (rank 0 holds the gathered
     arrays; other ranks get None for them). With ``path``, rank 0 writes them atomically.
@@ -90,14 +92,20 @@ def sampling_defaults(prof, objective):
 def score_config(profile=None, *, checkpoint, n=0, sampler="", steps=0, cfg_scale=None, seed=0, batch=0,
                  evaluator=None, reference_limit=None):
     """The resolved settings of scoring one checkpoint (sample ``n`` images, score them against the real test
-    set): profile defaults for 0 / "" / None, the checkpoint and the evaluator as ``Path`` (hashed by the cache)."""
+    set): profile defaults for 0 / "" / None (the sampler: :func:`sampling_defaults` for the checkpoint's
+    objective), the checkpoint and the evaluator as ``Path`` (hashed by the cache)."""
     from pathlib import Path
 
+    from tinyfusion.diffusion import create_objective
+    from tinyfusion.models.dit import objective_of
     from tinyfusion.profiles import check_budget, get_profile
 
     prof = get_profile(profile)
+    if not sampler or not steps:
+        default_sampler, default_steps = sampling_defaults(prof, create_objective(objective_of(checkpoint, prof.model)))
+        sampler, steps = sampler or default_sampler, steps or default_steps
     return dict(profile=prof.name, checkpoint=Path(checkpoint), n=check_budget("n", n or prof.eval_samples),
-                sampler=sampler or prof.sampler, steps=check_budget("steps", steps or prof.sample_steps),
+                sampler=sampler, steps=check_budget("steps", steps),
                 cfg_scale=prof.cfg_scale if cfg_scale is None else float(cfg_scale), seed=int(seed),
                 batch=check_budget("batch", batch or prof.batch_eval),
                 evaluator=Path(prof.path(evaluator or prof.evaluator)),

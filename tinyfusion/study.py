@@ -73,7 +73,8 @@ class Study:
                 "seed": 0}
 
     def calib(self):
-        """The calibration set every pruning method is scored on (fixed images, noise and timesteps)."""
+        """The calibration set every pruning method is scored on (fixed images, noise and times of the teacher's
+        objective)."""
         if self._calib is None:
             from tinyfusion.pruning.scores import calibration_set
             images, labels = self.data()
@@ -208,7 +209,7 @@ class Study:
         """
         from tinyfusion import sampling
         name = name or Path(checkpoint).parent.name.rsplit("-", 1)[0]
-        config = sampling.score_config(self.prof, checkpoint=checkpoint)
+        config = sampling.score_config(self.prof, checkpoint=checkpoint)  # sampler: the checkpoint objective's
 
         def compute(folder):
             path = folder / "samples.npz"
@@ -284,7 +285,7 @@ class Study:
         kept["learnable"] = learned[self.prof.seeds[0]]["kept"]
         return kept, learned
 
-    def table3(self):
+    def table3(self, save=True):
         """Table 3: every candidate pruned, fine-tuned ``prof.finetune_steps`` steps and scored, on every seed
         (learnable: its own decision per seed), with its calibration loss. Returns ``(runs, table)``: one row per
         run (``tables/01_table3_runs.csv``) and one per method with the paper beside it (``tables/01_table3.csv``).
@@ -302,7 +303,8 @@ class Study:
                 loss = self.calibration_loss(k)
                 rows += [{**r, "calib_loss": loss} for r in self.recover(name, k)]
         runs = pd.DataFrame(rows)
-        self.save_table(runs, "01_table3_runs")
+        if save:
+            self.save_table(runs, "01_table3_runs")
         summary = summarise(rows)
         summary["calib_loss"] = [runs[runs.method == m]["calib_loss"].mean() for m in summary.method]
         table = pd.DataFrame({
@@ -315,7 +317,8 @@ class Study:
             "calib loss (paper)": [paper.TABLE3[m][0] for m in summary.method],
             "IS (paper)": [paper.TABLE3[m][1] for m in summary.method],
             "FID (paper)": [paper.TABLE3[m][2] for m in summary.method]})
-        self.save_table(table, "01_table3")
+        if save:
+            self.save_table(table, "01_table3")
         return runs, table
 
     TABLE2_KD = "learnable + masked KD"
@@ -327,7 +330,7 @@ class Study:
         (``tables/10_table2_runs.csv``) and one per method with the paper's Table 2 beside it (``10_table2.csv``)."""
         import pandas as pd
         from tinyfusion.verdicts import fmt
-        runs, _ = self.table3()
+        runs, _ = self.table3(save=False)  # Table 3's paper columns are DiT's: only the runs are used here
         _, learned = self.table3_candidates()
         kd = [{**r, "calib_loss": self.calibration_loss(learned[s]["kept"])}
               for s in self.prof.seeds

@@ -38,11 +38,11 @@ def step_generator(seed, step, salt=0):
 def global_batch(images, labels, step, batch_size, seed, objective=None):
     """The global batch of ``step``: (x, y, noise, t), identical however many ranks share it.
 
-    ``t`` comes from the objective's ``sample_t`` (default: the DDPM objective's uniform integer timesteps).
+    ``t`` comes from the objective's ``sample_t`` (``tinyfusion.diffusion.objective_for(model)``: DDPM's integer
+    timesteps, flow's times in [0, 1)); there is no default, so a flow model never trains on DDPM's timesteps.
     """
     if objective is None:
-        from tinyfusion.diffusion import create_objective
-        objective = create_objective()
+        raise TypeError("global_batch needs the model's objective: pass objective=objective_for(model)")
     g = step_generator(seed, step)
     idx = torch.randint(len(images), (batch_size,), generator=g)
     x, y = images[idx], labels[idx]

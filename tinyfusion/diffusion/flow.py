@@ -11,10 +11,11 @@ time input is ``t`` itself, a float in [0, 1], through DiT's sinusoidal embeddin
 A network with a learned-sigma output (official SiT-XL/2: 8 channels) has its second half ignored, as SiT does.
 
 Sampling integrates the ODE ``dx/dt = v`` from ``t = 0`` to 1 on a uniform grid (``euler``: one network call a
-step; ``heun``: two, second order), or the SDE with SiT's default diffusion ``w(t) = 1 - t`` (``sde``:
-Euler-Maruyama, the last step deterministic). For the linear path the score is ``-(x - t v) / (1 - t)``, so the
-SDE drift ``v + w s / 2 = v - (x - t v) / 2`` stays finite at both ends. Classifier-free guidance goes through
-``DiT.forward_with_cfg`` as for DDPM.
+step; ``heun``: two, second order), or SiT's SDE ``dx = (v + w s) dt + sqrt(2 w) dW`` with its default diffusion
+``w(t) = 1 - t`` (``diffusion_form="sigma"``, norm 1): Euler-Maruyama on [0, 1 - 0.04], then one deterministic
+step of 0.04 (SiT's ``last_step="Mean"``), one network call a step. For the linear path the score is
+``s = -(x - t v) / (1 - t)``, so the drift ``v + w s = v - (x - t v)`` stays finite at both ends.
+Classifier-free guidance goes through ``DiT.forward_with_cfg`` as for DDPM.
 
 The rest of the library reaches it only through the objective interface (``tinyfusion.diffusion``).
 """
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from tinyfusion.diffusion.guidance import conditional_half, eval_mode, initial_batch, network
 
 SAMPLERS = ("euler", "heun", "sde")
+SDE_LAST_STEP = 0.04  # SiT's last_step_size: the SDE stops at 1 - 0.04 and takes one deterministic step
 
 
 def _bcast(t, x):
@@ -44,7 +46,7 @@ class FlowMatching:
 
     @property
     def config(self):
-        """What defines this objective (stored with checkpoints and cache keys)."""
+        """What defines this objective (stored in the teacher's training summary)."""
         return {"name": self.name, "path": "linear", "prediction": "velocity"}
 
     # ---------------------------------------------------------------- the objective interface
@@ -78,6 +80,11 @@ class FlowMatching:
             terms["extra"] = extra
         return terms
 
+    def predicted(self, out, x):
+        """The channels of a network output ``out`` that the objective trains (the velocity; a learned-sigma
+        network's spare half is dropped, as SiT does): what distillation compares."""
+        return out[:, : x.shape[1]]
+
     def loss_from_output(self, out, x0, x_t, t, noise):
         """Per-sample loss terms (``loss``, ``mse``, ``vb``) of a network output ``out`` for the input ``x_t``."""
         C = x0.shape[1]
@@ -107,9 +114,13 @@ class FlowMatching:
 
     @staticmethod
     def integrate(field, x, sampler="heun", steps=13, generator=None, progress=False):
-        """Integrate ``dx/dt = field(x, t)`` from t=0 to 1 in ``steps`` uniform steps (``sde``: with noise)."""
-        grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
-        for i in tqdm(range(steps), disable=not progress, desc=sampler, leave=False):
+        """Integrate ``dx/dt = field(x, t)`` from t=0 to 1 in ``steps`` steps of a uniform grid; ``sde``: SiT's
+        Euler-Maruyama on ``steps`` grid points of [0, 1 - SDE_LAST_STEP], then its deterministic last step."""
+        if sampler == "sde":
+            grid = torch.linspace(0.0, 1.0 - SDE_LAST_STEP, steps, dtype=torch.float64).tolist() + [1.0]
+        else:
+            grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
+        for i in tqdm(range(len(grid) - 1), disable=not progress, desc=sampler, leave=False):
             t, dt = grid[i], grid[i + 1] - grid[i]
             v = field(x, t)
             if sampler == "euler":
@@ -117,8 +128,8 @@ class FlowMatching:
             elif sampler == "heun":
                 x_next = x + dt * v
                 x = x + dt * 0.5 * (v + field(x_next, grid[i + 1]))
-            else:  # Euler-Maruyama with w(t) = 1 - t; the last step takes the mean (SiT's last_step="Mean")
-                x = x + dt * (v - 0.5 * (x - t * v))
-                if i < steps - 1:
-                    x = x + (dt * (1 - t)) ** 0.5 * torch.randn(x.shape, device=x.device, generator=generator)
+            else:  # drift v + w s = v - (x - t v) with w = 1 - t; noise sqrt(2 w dt), none on the last step
+                x = x + dt * (v - (x - t * v))
+                if i < len(grid) - 2:
+                    x = x + (2 * (1 - t) * dt) ** 0.5 * torch.randn(x.shape, device=x.device, generator=generator)
         return x

@@ -166,6 +166,11 @@ class GaussianDiffusion:
             terms["extra"] = extra
         return terms
 
+    def predicted(self, out, x):
+        """The channels of a network output the objective trains: all of them (noise and the learned variance's
+        interpolation), which is what DiT's distillation compares."""
+        return out
+
     def loss_from_output(self, out, x_start, x_t, t, noise):
         """Per-sample loss terms (``loss``, ``mse``, ``vb``) of a model output ``out`` for the input x_t."""
         C = x_start.shape[1]

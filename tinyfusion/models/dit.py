@@ -332,6 +332,16 @@ def state_dict_of(ckpt):
     return ckpt
 
 
+def objective_of(path, name=None):
+    """The objective a checkpoint's model was trained with, read without building it: the stored config's, else the
+    registered ``name``'s (SiT names: flow), else DDPM (the official DiT layout)."""
+    from tinyfusion.io import load_checkpoint
+    ckpt = load_checkpoint(path)
+    if isinstance(ckpt, dict) and state_dict_of(ckpt) is not ckpt and ckpt.get("config"):
+        return ckpt["config"].get("objective", "ddpm")
+    return getattr(DiT_models.get(name), "keywords", {}).get("objective", "ddpm")
+
+
 def load_dit(path_or_state, name=None, config=None, strict=True, objective=None):
     """Load a DiT checkpoint of any depth into the official layout.
 

@@ -1,7 +1,7 @@
 """The calibration set and the metric-based depth-pruning baselines of Tables 1 and 3.
 
-Every method scores layers (or prunes) on the same calibration set: fixed images, labels, timesteps and
-noise, so calibration losses compare across methods. The baselines rank single layers and keep the
+Every method scores layers (or prunes) on the same calibration set: fixed images, labels, times (of the teacher's
+objective) and noise, so calibration losses compare across methods. The baselines rank single layers and keep the
 ``keep`` highest-scoring ones (no N:M constraint, as in the paper's 28 -> 14 comparisons):
 
 * ShortGPT (Men et al., 2024): block influence ``BI_i = 1 - cos(x_i, x_{i+1})``, averaged over tokens.
@@ -16,15 +16,14 @@ import torch.nn.functional as F
 
 
 def calibration_set(images, labels, n_batches, batch_size, seed=0, objective=None):
-    """Fixed calibration batches: a list of dicts {x0, y, t, noise} drawn once from ``seed``.
+    """Fixed calibration batches: a list of dicts {x0, y, t, noise} drawn once from ``seed`` (``t``: times).
 
-    Images are drawn without replacement while the data last; times from the objective's ``sample_t`` (default:
-    DDPM's uniform timesteps); the noise is stored, so every later loss on this set is a deterministic function
-    of the model.
+    Images are drawn without replacement while the data last; times from the objective's ``sample_t`` (the
+    teacher's: ``tinyfusion.diffusion.objective_for(teacher)``; no default, so a flow teacher is never scored at
+    DDPM's timesteps); the noise is stored, so every later loss on this set is a deterministic function of the model.
     """
     if objective is None:
-        from tinyfusion.diffusion import create_objective
-        objective = create_objective()
+        raise TypeError("calibration_set needs the teacher's objective: pass objective=objective_for(teacher)")
     g = torch.Generator().manual_seed(int(seed))
     total = int(n_batches) * int(batch_size)
     if total <= 0:
