@@ -49,8 +49,7 @@ def test_every_setting_a_step_reads_is_in_its_key(results_env, calls):
     teacher = _tiny_teacher(results_env / "teacher.pt")
     evaluator = results_env / "evaluator.pt"
     evaluator.write_bytes(b"evaluator weights, version 1")
-    student = results_env / "student.pt"
-    student.write_bytes(b"a pruned model")
+    student = _tiny_teacher(results_env / "student.pt")  # scoring reads its objective from the checkpoint
 
     def run(**overrides):
         s = Study(get_profile("smoke", teacher=str(teacher), evaluator=str(evaluator), **overrides))
@@ -71,7 +70,7 @@ def test_every_setting_a_step_reads_is_in_its_key(results_env, calls):
     run()
     assert [k for k, _ in calls[before:]] == ["sample"]  # old scores are not reused with a new evaluator
     before = len(calls)
-    student.write_bytes(b"a pruned model, recomputed")
+    _tiny_teacher(student)  # new weights at the same path
     run()
     assert [k for k, _ in calls[before:]] == ["finetune", "sample"]
     assert len({out for _, out in calls}) == len(calls)  # each recompute went to its own folder

@@ -191,12 +191,12 @@ def test_sigkill_inside_a_checkpoint_write_keeps_the_last_good_state(results_env
 def test_pretrain_resume_keeps_the_count_of_skipped_steps(results_env, monkeypatch):
     """A non-finite step before a stop still counts after the resume (summary and the skip limit)."""
     from tinyfusion.cli import pretrain
-    from tinyfusion.diffusion import create_objective
+    from tinyfusion.diffusion import objective_for
 
     calls = [0]
 
-    def nan_on_second_call(**kw):
-        d = create_objective(**kw)
+    def nan_on_second_call(model, *a, **kw):
+        d = objective_for(model, *a, **kw)
         losses = d.training_losses
 
         def training_losses(*a, **k):
@@ -207,7 +207,7 @@ def test_pretrain_resume_keeps_the_count_of_skipped_steps(results_env, monkeypat
             return terms
         d.training_losses = training_losses
         return d
-    monkeypatch.setattr(pretrain, "create_objective", nan_on_second_call)
+    monkeypatch.setattr(pretrain, "objective_for", nan_on_second_call)
     cfg = dict(profile="smoke", steps=4, batch_size=8, log_every=2)
     whole = pretrain.run(**cfg, out=str(results_env / "whole"))
     assert whole["skipped_steps"] == 1
