@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from tinyfusion.diffusion.guidance import conditional_half, eval_mode, initial_batch, network
+from tinyfusion.diffusion.common import conditional_half, eval_mode, initial_batch, network, training_terms
 
 SAMPLERS = ("euler", "heun", "sde")
 SDE_LAST_STEP = 0.04  # SiT's last_step_size: the SDE stops at 1 - 0.04 and takes one deterministic step
@@ -68,17 +68,7 @@ class FlowMatching:
 
         With ``return_output`` also the raw model ``output`` and whatever the model returned besides it (``extra``).
         """
-        noise = torch.randn_like(x0) if noise is None else noise
-        x_t = self.noised(x0, t, noise)
-        out = model(x_t, self.model_time(t), **(model_kwargs or {}))
-        extra = None
-        if isinstance(out, tuple):
-            out, extra = out[0], out[1:]
-        terms = self.loss_from_output(out, x0, x_t, t, noise)
-        if return_output:
-            terms["output"] = out
-            terms["extra"] = extra
-        return terms
+        return training_terms(self, model, x0, t, model_kwargs, noise, return_output)
 
     def predicted(self, out, x):
         """The channels of a network output ``out`` that the objective trains (the velocity; a learned-sigma

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tinyfusion.diffusion.guidance import conditional_half, eval_mode, guided, initial_batch, network
+from tinyfusion.diffusion.common import conditional_half, eval_mode, guided, initial_batch, network, training_terms
 
 
 def linear_betas(num_timesteps=1000):
@@ -153,18 +153,7 @@ class GaussianDiffusion:
         Returns a dict with ``loss``, ``mse`` and ``vb`` (each shape (B,)); with ``return_output`` also the
         raw model ``output`` (and whatever the model returned besides it, under ``extra``).
         """
-        model_kwargs = model_kwargs or {}
-        noise = torch.randn_like(x_start) if noise is None else noise
-        x_t = self.q_sample(x_start, t, noise)
-        out = model(x_t, self._scale_t(t), **model_kwargs)
-        extra = None
-        if isinstance(out, tuple):
-            out, extra = out[0], out[1:]
-        terms = self.loss_from_output(out, x_start, x_t, t, noise)
-        if return_output:
-            terms["output"] = out
-            terms["extra"] = extra
-        return terms
+        return training_terms(self, model, x_start, t, model_kwargs, noise, return_output)
 
     def predicted(self, out, x):
         """The channels of a network output the objective trains: all of them (noise and the learned variance's

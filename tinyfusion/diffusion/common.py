@@ -1,12 +1,29 @@
-"""What every objective's sampler shares: the starting noise, the null-label batch of classifier-free guidance,
-and the (guided) network call. As in the official DiT and SiT code, guidance doubles the batch with the null
-label and ``DiT.forward_with_cfg`` guides the first ``in_channels`` output channels.
+"""What every objective shares: the training-loss call around its own ``noised`` / ``model_time`` /
+``loss_from_output``, and for sampling the starting noise, the null-label batch of classifier-free guidance and the
+(guided) network call. As in the official DiT and SiT code, guidance doubles the batch with the null label and
+``DiT.forward_with_cfg`` guides the first ``in_channels`` output channels.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 
 import torch
+
+
+def training_terms(objective, model, x0, t, model_kwargs=None, noise=None, return_output=False):
+    """``objective``'s per-sample loss terms for ``model`` on clean data ``x0`` at times ``t`` (``noise`` drawn when
+    None); with ``return_output`` also the raw ``output`` and whatever the model returned besides it (``extra``)."""
+    noise = torch.randn_like(x0) if noise is None else noise
+    x_t = objective.noised(x0, t, noise)
+    out = model(x_t, objective.model_time(t), **(model_kwargs or {}))
+    extra = None
+    if isinstance(out, tuple):
+        out, extra = out[0], out[1:]
+    terms = objective.loss_from_output(out, x0, x_t, t, noise)
+    if return_output:
+        terms["output"] = out
+        terms["extra"] = extra
+    return terms
 
 
 def guided(cfg_scale):
