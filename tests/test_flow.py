@@ -212,3 +212,23 @@ def test_entry_points_take_the_objective_from_the_checkpoint(tmp_path, monkeypat
         recovery_config("smoke-sit", student=tmp_path / "student.pt"))
     with pytest.raises(ValueError, match="unknown objective 'flw'"):
         finetune.run(**{**common, "objective": "flw"})
+
+
+class _Payload:
+    """An object whose unpickling would run code (here: append to a list, standing in for os.system)."""
+    ran = []
+
+    def __reduce__(self):
+        return (_Payload.ran.append, ("code ran",))
+
+
+def test_model_loaders_refuse_pickled_code(tmp_path):
+    """load_dit and objective_of read tensors and plain containers only: a planted payload is refused unread."""
+    from tinyfusion.io import CorruptArtefactError
+    from tinyfusion.models.dit import objective_of
+    path = tmp_path / "evil.pt"
+    torch.save({"ema": {}, "config": {}, "payload": _Payload()}, path)
+    for load in (lambda: load_dit(path), lambda: objective_of(path)):
+        with pytest.raises(CorruptArtefactError, match="refused unread"):
+            load()
+    assert _Payload.ran == []

@@ -55,14 +55,20 @@ def save_checkpoint(obj, path):
     return _atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """torch.load with a clear error for a missing, truncated or corrupted file."""
+def load_checkpoint(path, map_location="cpu", weights_only=False):
+    """torch.load with a clear error for a missing, truncated or corrupted file. ``weights_only``: accept tensors
+    and plain containers only (model weights and their configs), so a file carrying pickled code is refused."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated zip, pickle garbage, ...
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as e:  # truncated zip, pickle garbage, or (weights_only) a pickle asking for more than data
+        if weights_only and "weights only load failed" in str(e).lower():
+            raise CorruptArtefactError(
+                f"{path} holds objects other than tensors and plain containers; it is refused unread, because "
+                f"unpickling it could run code. Use a checkpoint saved as a state dict (ours, or the official "
+                f"DiT/SiT release)") from e
         raise CorruptArtefactError(
             f"{path} is truncated or corrupted and cannot be loaded ({type(e).__name__}: {e}); "
             f"delete it and recompute it") from e

@@ -295,7 +295,7 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
 
     ``kept`` (default: the ``kept`` stored in the student checkpoint), ``groups`` ("none": one block) and
     ``parent_map`` give the RepKD layer map (see :func:`layer_map`); the teacher defaults to the profile's;
-    ``beta`` (L_Rep's weight, a float or its (start, end)) to the profile's ``kd_beta``; ``objective`` to the one the
+    ``beta`` (L_Rep's weight, a float or its (start, end), either end None) to the profile's ``kd_beta``; ``objective`` to the one the
     student's checkpoint names (a name given here replaces it and enters the config).
     """
     from pathlib import Path
@@ -315,8 +315,8 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
     steps = check_budget("steps", steps or prof.finetune_steps)
     batch_size = check_budget("batch_size", batch_size or prof.finetune_batch)
     lr = float(lr or prof.finetune_lr)
-    beta = prof.kd_beta if beta is None else beta
-    beta = tuple(beta) if isinstance(beta, (list, tuple)) else (float(beta), float(beta))
+    beta = (None, None) if beta is None else beta if isinstance(beta, (list, tuple)) else (beta, beta)
+    beta = tuple(float(d if b is None else b) for b, d in zip(beta, prof.kd_beta))  # None: the profile's
     teacher_path = None
     if mode in TEACHER_MODES:
         teacher_path = Path(teacher) if teacher else prof.path(prof.teacher)
@@ -324,7 +324,7 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
             raise FileNotFoundError(f"teacher {teacher_path} does not exist; train it (tinyfusion.cli.pretrain) or "
                                     f"pass --teacher")
     if kept is None:
-        ckpt = load_checkpoint(student)
+        ckpt = load_checkpoint(student, weights_only=True)
         kept = ckpt.get("kept") if isinstance(ckpt, dict) else None
     groups = None if str(groups).lower() in ("none", "") else groups
     lmap = None
@@ -332,7 +332,7 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
         if kept is None:
             raise ValueError(f"mode {mode!r} matches student layers to teacher layers: pass --kept (JSON list of the "
                              f"student's kept layer indices); {student} stores none")
-        teacher_depth = depth_of_state_dict(state_dict_of(load_checkpoint(teacher_path)))
+        teacher_depth = depth_of_state_dict(state_dict_of(load_checkpoint(teacher_path, weights_only=True)))
         lmap = layer_map(kept, groups, teacher_depth, parent_map)
     return dict(profile=prof.name, data=data_identity(prof), student=student, teacher=teacher_path, mode=mode,
                 k_sigma=float(k_sigma) if k_sigma else None, kept=None if kept is None else [int(k) for k in kept],

@@ -240,15 +240,22 @@ class Study:
         return self.cached("speed", "sweep", {"model": self.prof.model, "device": "cpu", **kw},
                            lambda folder: {"rows": speed_sweep(self.prof.model, **kw)})["rows"]
 
+    def recovered(self, label, kept, seed, mode="finetune", k_sigma=0.0, steps=None, source=None, teacher=None,
+                  groups="1:2", parent_map=None):
+        """The model keeping ``kept`` layers of ``source`` (default: the teacher), recovered by ``mode`` with
+        ``seed``: the cached run's result (``model``: its checkpoint). ``label`` names the folders."""
+        name = label.replace(" ", "_").replace(":", "of")
+        return self.finetune(self.pruned(kept, source=source, name=name), mode=mode, k_sigma=k_sigma, seed=seed,
+                             steps=steps, teacher=teacher, kept=list(map(int, kept)), groups=groups,
+                             parent_map=parent_map, name=name)
+
     def recover(self, label, kept, seeds=None, mode="finetune", k_sigma=0.0, steps=None, source=None,
                 teacher=None, groups="1:2", parent_map=None):
         """Prune to ``kept``, fine-tune with each seed, score each: a list of rows (one per seed)."""
         rows = []
-        student = self.pruned(kept, source=source, name=label.replace(" ", "_").replace(":", "of"))
         for seed in seeds if seeds is not None else self.prof.seeds:
-            ft = self.finetune(student, mode=mode, k_sigma=k_sigma, seed=seed, steps=steps, teacher=teacher,
-                               kept=list(map(int, kept)), groups=groups, parent_map=parent_map,
-                               name=label.replace(" ", "_").replace(":", "of"))
+            ft = self.recovered(label, kept, seed, mode=mode, k_sigma=k_sigma, steps=steps, source=source,
+                                teacher=teacher, groups=groups, parent_map=parent_map)
             sc = self.score(ft["model"])
             rows.append({"method": label, "seed": seed, "mode": mode, "k_sigma": k_sigma,
                          "skipped_steps": ft.get("skipped_steps", 0), "final_loss": ft.get("final_loss"),

@@ -29,7 +29,8 @@ HELP = dict(npz="samples to score (.npz with images, labels)", checkpoint="DiT c
             sampler="ddim or ddpm (DDPM objective); euler, heun or sde (flow). Default: the profile's when it fits "
                     "the checkpoint's objective, else the objective's (ddim, heun)",
             steps="sampling steps (default: as --sampler)",
-            objective="ddpm or flow (default: the one the checkpoint's config names, else the profile model's)", cfg_scale="classifier-free guidance scale (default: profile)",
+            objective="ddpm or flow (default: the one the checkpoint's config names, else the profile model's)",
+            cfg_scale="classifier-free guidance scale (default: profile)",
             evaluator="evaluator checkpoint (default: the profile's, data/evaluator.pt)",
             reference_limit="real test images used as reference (default: the profile's eval_limit, else all 10k)",
             kid_subset_size="KID subset size (default: min(1000, n, n_ref))",

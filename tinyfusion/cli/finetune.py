@@ -43,19 +43,13 @@ HELP = dict(student="pruned checkpoint to recover (required)", teacher="teacher 
             inject_nan_at="JSON list of steps whose loss is replaced by NaN (tests of the skip guard)")
 
 
-def _beta(profile, beta0, beta1):
-    """L_Rep's (start, end) weights: each flag not given takes the profile's ``kd_beta`` value."""
-    start, end = get_profile(profile).kd_beta
-    return (start if beta0 is None else float(beta0), end if beta1 is None else float(beta1))
-
-
 def run(**cfg):
     cfg = {**DEFAULTS, **cfg}
     config = recovery_config(cfg["profile"], student=cfg["student"], mode=cfg["mode"], teacher=cfg["teacher"],
                              k_sigma=cfg["k_sigma"], kept=cfg["kept"], groups=cfg["groups"],
                              parent_map=cfg["parent_map"], steps=cfg["steps"], batch_size=cfg["batch_size"],
                              lr=cfg["lr"], min_lr=cfg["min_lr"], a_kd=cfg["a_kd"], a_diff=cfg["a_diff"],
-                             beta=_beta(cfg["profile"], cfg["beta0"], cfg["beta1"]), ema_decay=cfg["ema_decay"],
+                             beta=(cfg["beta0"], cfg["beta1"]), ema_decay=cfg["ema_decay"],
                              ema_warmup=cfg["ema_warmup"], grad_clip=cfg["grad_clip"], seed=cfg["seed"],
                              inject_nan_at=cfg["inject_nan_at"], objective=cfg["objective"])
     prof = get_profile(cfg["profile"])

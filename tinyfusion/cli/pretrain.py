@@ -23,8 +23,8 @@ from tinyfusion.models import build_model
 from tinyfusion.profiles import check_budget, get_profile
 from tinyfusion.training import LoopConfig, cosine_lr, make_ema, train
 
-DEFAULTS = dict(profile="cpu", out="", model="", objective="", steps=0, batch_size=0, lr=0.0, min_lr_frac=0.1, warmup=200,
-                ema_decay=0.999, seed=0, ckpt_every=500, log_every=50, grad_clip=1.0, stop_after=0)
+DEFAULTS = dict(profile="cpu", out="", model="", objective="", steps=0, batch_size=0, lr=0.0, min_lr_frac=0.1,
+                warmup=200, ema_decay=0.999, seed=0, ckpt_every=500, log_every=50, grad_clip=1.0, stop_after=0)
 
 
 def run(**cfg):

@@ -36,9 +36,9 @@ def run(**cfg):
     batch = check_budget("batch", cfg["batch"])
     ckpt = Path(cfg["checkpoint"])
     if not cfg["sampler"] or not cfg["steps"]:
-        from tinyfusion.diffusion import objective_for
-        from tinyfusion.models import load_dit
-        objective = objective_for(load_dit(ckpt, objective=cfg["objective"] or None))
+        from tinyfusion.diffusion import create_objective
+        from tinyfusion.models.dit import objective_of
+        objective = create_objective(cfg["objective"] or objective_of(ckpt))
         cfg["sampler"] = cfg["sampler"] or objective.default_sampler
         cfg["steps"] = cfg["steps"] or objective.default_steps
     out = Path(cfg["out"] or ckpt.parent / (f"samples_{cfg['sampler']}{cfg['steps']}_cfg{cfg['cfg_scale']}"

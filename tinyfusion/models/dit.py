@@ -336,7 +336,7 @@ def objective_of(path, name=None):
     """The objective a checkpoint's model was trained with, read without building it: the stored config's, else the
     registered ``name``'s (SiT names: flow), else DDPM (the official DiT layout)."""
     from tinyfusion.io import load_checkpoint
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, weights_only=True)
     if isinstance(ckpt, dict) and state_dict_of(ckpt) is not ckpt and ckpt.get("config"):
         return ckpt["config"].get("objective", "ddpm")
     return getattr(DiT_models.get(name), "keywords", {}).get("objective", "ddpm")
@@ -349,12 +349,13 @@ def load_dit(path_or_state, name=None, config=None, strict=True, objective=None)
     and ``config`` keys) or a state dict. The model is built from ``config`` (a DiT kwargs dict), else from the
     checkpoint's stored config, else from the registered ``name``; the depth is read from the state dict.
     A shape mismatch raises an error naming the checkpoint, the offending keys and the config it was built with.
+    Only tensors and plain containers are read: a file carrying pickled objects is refused unread.
     ``objective`` (a registered name) replaces the objective the config names (default: its own; DDPM if none).
     """
     from tinyfusion.io import load_checkpoint
 
     label = str(path_or_state) if not isinstance(path_or_state, dict) else "<state dict>"
-    ckpt = load_checkpoint(path_or_state) if not isinstance(path_or_state, dict) else path_or_state
+    ckpt = load_checkpoint(path_or_state, weights_only=True) if not isinstance(path_or_state, dict) else path_or_state
     state = state_dict_of(ckpt)
     stored_config = ckpt.get("config") if state is not ckpt else None
     depth = depth_of_state_dict(state)
