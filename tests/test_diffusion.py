@@ -8,7 +8,7 @@ import torch
 from tinyfusion.diffusion import OBJECTIVES, create_objective, objective_for
 from tinyfusion.diffusion.gaussian import create_diffusion, space_timesteps
 
-INTERFACE = ("sample_t", "noised", "model_time", "training_losses", "loss_from_output", "predicted", "sample", "name",
+INTERFACE = ("sample_t", "clean_t", "noised", "model_time", "training_losses", "loss_from_output", "distillation_loss", "sample", "name",
              "config", "SAMPLERS", "default_sampler", "default_steps")
 
 

@@ -1,8 +1,11 @@
 """Profiles: one table of sizes and budgets, one name passed to every notebook and entry point.
 
-The paper's budgets are scaled down by stated factors: ``finetune_steps`` stands for the paper's 100K
-fine-tuning steps of Tables 1, 3, 5 and 7, ``ablation_finetune_steps`` for Table 4's 10K, and
-``prune_steps`` for learnable pruning's one epoch of ImageNet.
+The paper's budgets are matched by the share of the teacher's pre-training samples they spend: the paper fine-tunes
+100K steps of batch 256 after DiT-XL/2's 7M (1.4%) and 500K steps (7%), so ``finetune_steps`` is the step count at
+which 1.4% of our teacher's pre-training samples have been seen (Tables 1, 3, 5 and 7) and ``finetune_long`` the 7%
+point; ``curve_points`` are the step counts at which the recovery curves score a long fine-tune's EMA (the longest
+at 4x the 7% point). ``ablation_finetune_steps`` stands for Table 4's 10K, ``prune_steps`` for learnable pruning's
+one epoch.
 """
 from __future__ import annotations
 
@@ -34,24 +37,29 @@ class Profile:
     calib_batches: int = 4
     calib_batch: int = 128
     random_candidates: int = 10000
+    mask_study_limit: int = 1_000_000      # N:M masks scored by Study.mask_study (all 2^14 1:2 masks unless fewer)
     # learnable pruning (cli.prune_learn); the paper: one epoch of ImageNet
     prune_steps: int = 150
     prune_batch: int = 64
     prune_lr: float = 1e-4
-    prune_ema_decay: float = 0.97          # EMA of the gate logits: horizon ~1/5 of the run, as the paper's 0.999 over ~5K steps
+    prune_ema_decay: float = 0.995         # EMA of the gate logits: horizon ~1/5 of the run, as the paper's 0.999 over ~5K steps
+    lora_rank: int = 1                     # the paper's LoRA trains ~0.9% (rank 8 on width 1152); rank 1 on width 64: 2.0%
     # recovery (cli.finetune); the paper: 100K steps (Tables 1/3/5/7), 10K steps (Table 4)
-    finetune_steps: int = 250
+    finetune_steps: int = 336              # 1.4% of the teacher's 12,000 x 128 pre-training samples at batch 64
+    finetune_long: int = 1680              # 7% of them: the paper's 500K
+    curve_points: tuple = (84, 336, 840, 1680, 3360, 6720)  # recovery curves: EMA scored here (long runs to the last)
     ablation_finetune_steps: int = 120
     finetune_batch: int = 64
     finetune_lr: float = 2e-4
     kd_beta: tuple = (1e-2, 0.0)           # weight of the hidden-state loss L_Rep, falling linearly (Table 6; SiT: 2e-4)
     # evaluation: every row of every table uses these
-    eval_samples: int = 500
+    eval_samples: int = 2000               # every verdict row (sampling noise measured in notebook 00)
     sampler: str = "ddim"
     sample_steps: int = 25
     cfg_scale: float = 1.5
     seeds: tuple = (0, 1)
     nproc: int = 1
+    workers: int = 1                       # independent cached steps run side by side, one thread each (CPU profiles)
     batch_eval: int = 250
     # scaling of the paper's budgets, for the notebooks' tables
     paper_finetune_steps: int = 100_000
@@ -82,21 +90,22 @@ PROFILES = {
     "smoke": Profile(
         name="smoke", data_limit=512, eval_limit=512,
         pretrain_steps=30, pretrain_batch=32,
-        calib_batches=1, calib_batch=32, random_candidates=64,
+        calib_batches=1, calib_batch=32, random_candidates=64, mask_study_limit=256,
         prune_steps=6, prune_batch=16,
-        finetune_steps=6, ablation_finetune_steps=4, finetune_batch=16,
+        finetune_steps=4, finetune_long=6, curve_points=(2, 4, 6, 8), ablation_finetune_steps=4, finetune_batch=16,
         eval_samples=64, sample_steps=4, seeds=(0,), batch_eval=64,
         extra={"speed": {"batch": 8, "steps": 2, "repeats": 1, "warmup": 0, "ratios": (0, 0.5)}},
         notes="tests and nbval only: numbers are meaningless, every notebook runs in seconds"),
     "cpu": Profile(
-        name="cpu",
-        notes="2 CPU cores, whole reproduction within 45 minutes; the shipped 28-layer width-64 teacher"),
+        name="cpu", prune_steps=938, workers=2,
+        notes="2 CPU cores, whole reproduction within 4 hours; the shipped 28-layer width-64 teacher"),
     "gpu": Profile(
         name="gpu", model="DiT-W28/4", teacher="data/teacher_gpu.pt", image_size=28,
         pretrain_steps=60000, pretrain_batch=256,
         calib_batches=8, calib_batch=256, random_candidates=100000,
-        prune_steps=2000, prune_batch=128, prune_ema_decay=0.995,
-        finetune_steps=4000, ablation_finetune_steps=1000, finetune_batch=128,
+        prune_steps=2000, prune_batch=128, prune_ema_decay=0.995, lora_rank=2,
+        finetune_steps=1680, finetune_long=8400, curve_points=(420, 1680, 4200, 8400, 33600),
+        ablation_finetune_steps=1000, finetune_batch=128,
         eval_samples=10000, sample_steps=50, seeds=(0, 1), nproc=8, batch_eval=1000,
         notes="one or more GPUs, about an hour on one H100; a wider teacher trained by cli.pretrain"),
     "imagenet": Profile(
@@ -104,7 +113,8 @@ PROFILES = {
         evaluator="data/local/adm_evaluator", pretrain_steps=0,
         calib_batches=32, calib_batch=256, random_candidates=100000,
         prune_steps=5000, prune_batch=256, prune_lr=1e-4, prune_ema_decay=0.999,
-        finetune_steps=100_000, ablation_finetune_steps=10_000, finetune_batch=256,
+        lora_rank=8, finetune_steps=100_000, finetune_long=500_000, curve_points=(100_000, 500_000),
+        ablation_finetune_steps=10_000, finetune_batch=256,
         eval_samples=50000, sampler="ddpm", sample_steps=250, cfg_scale=1.5, nproc=8, batch_eval=125,
         notes="8 GPUs, the official DiT-XL/2 checkpoint and ImageNet-256 latents: the paper's schedule"),
 }

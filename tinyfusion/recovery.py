@@ -4,12 +4,12 @@ The loss is ``L = a_KD * L_KD + a_Diff * L_Diff + beta * L_Rep`` (Eq. 8):
 
 * ``L_Diff``: the student's ordinary training loss through its objective (DDPM: hybrid ``MSE(eps) + L_vb``, as in
   pre-training; flow: ``MSE(velocity)``);
-* ``L_KD``: MSE between the student's and the teacher's outputs (DDPM: all channels, noise and variance; flow: the
-  velocity);
+* ``L_KD``: the objective's output distillation (``distillation_loss``; DDPM, as the official code: MSE of the
+  predicted noise plus the KL between the teacher's and the student's predicted Gaussians; flow: MSE of the velocity);
 * ``L_Rep``: MSE between each student layer's hidden state and the hidden state after the teacher layer it
-  is matched to (:func:`layer_map`), summed over the student's layers. **Masked** RepKD ignores positions where
-  ``|x - mean| >= k * std`` (per sample), in the teacher and the student each by its own statistics, because
-  both carry massive activations that make the unmasked loss explode.
+  is matched to (:func:`layer_map`), **averaged** over the student's layers (as the official code). **Masked**
+  RepKD ignores positions where ``|x - mean| >= k * std`` (per sample), in the teacher and the student each by its
+  own statistics, because both carry massive activations that make the unmasked loss explode.
 
 Modes of :func:`finetune`: ``"finetune"`` (``L_Diff`` only, no teacher), ``"kd"`` (logits KD),
 ``"repkd"`` (+ unmasked ``L_Rep``), ``"masked_kd"`` (+ ``L_Rep`` masked at ``k_sigma``).
@@ -91,7 +91,7 @@ def sigma_mask(h, k_sigma):
 
 
 def masked_rep_loss(student_hidden, teacher_hidden, k_sigma=None):
-    """Hidden-state distillation loss, **summed over matched layers** (the paper's initial RepKD loss scale).
+    """Hidden-state distillation loss, **averaged over matched layers** (as the official TinyFusion code).
 
     ``student_hidden``/``teacher_hidden``: one (B, T, D) tensor each, or equal-length lists (layer j of the
     student against its matched teacher hidden state). Per layer: the squared error averaged over a sample's
@@ -118,7 +118,7 @@ def masked_rep_loss(student_hidden, teacher_hidden, k_sigma=None):
         keep = (sigma_mask(s, k_sigma) & sigma_mask(t, k_sigma)).flatten(1).to(err.dtype)
         per_sample = (err * keep).sum(1) / keep.sum(1).clamp(min=1)
         total = total + per_sample.mean()
-    return total
+    return total / len(student_hidden)
 
 
 @contextmanager
@@ -136,8 +136,7 @@ def labels_as_given(model):
 def kd_losses(student, teacher, x_t, t, y, mode="kd", layer_map=None, k_sigma=None, *, x0=None, noise=None,
               objective=None):
     """The loss components of one batch: ``diff`` (student's diffusion loss; needs ``x0`` and ``noise``),
-    ``kd`` (MSE of student vs teacher outputs over the channels the objective trains: all of DDPM's, the velocity
-    of a flow model) and ``rep`` (hidden-state loss, see
+    ``kd`` (the objective's ``distillation_loss`` of the student's output towards the teacher's) and ``rep`` (hidden-state loss, see
     :func:`masked_rep_loss`; masked when ``k_sigma``), as scalar tensors, as far as ``mode`` needs them.
 
     ``x_t``, ``t``, ``y``: noised input, timesteps and labels (label dropout already applied: the models run
@@ -169,7 +168,7 @@ def kd_losses(student, teacher, x_t, t, y, mode="kd", layer_map=None, k_sigma=No
         t_hidden = None
         if need_rep:
             t_out, t_hidden = t_out
-        terms["kd"] = (objective.predicted(out, x_t) - objective.predicted(t_out, x_t)).pow(2).mean()
+        terms["kd"] = objective.distillation_loss(out, t_out, x_t, t).mean()
         if need_rep:
             if len(layer_map) != len(hidden):
                 raise ValueError(f"layer_map has {len(layer_map)} entries but the student has {len(hidden)} layers")
@@ -209,7 +208,8 @@ def _check_teacher(student, teacher):
 def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=None, *, steps, batch_size,
              lr=2e-4, min_lr=1e-4, a_kd=0.9, a_diff=0.1, beta=(1e-2, 0.0), k_sigma=None, ema_decay=0.999,
              ema_warmup=10, grad_clip=1.0, seed=0, log_every=1, state_path=None, ckpt_every=0, stop_after=0,
-             max_skipped=None, progress=True, inject_nan_at=None, identity=None):
+             max_skipped=None, progress=True, inject_nan_at=None, identity=None, lr_steps=None, snapshots=(),
+             on_snapshot=None):
     """Fine-tune or distil ``student`` (in place) on ``images``/``labels`` for ``steps`` steps of global batch
     ``batch_size``; see the module docstring for the modes and the loss.
 
@@ -221,6 +221,9 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
     ``max_skipped`` raise); ``inject_nan_at``: steps whose loss is replaced by NaN (tests). ``identity``: what a
     saved state must have been written for to be resumed (default: these settings; ``run_recovery`` passes the
     fingerprint of its resolved config, which includes the student's, teacher's and data's identities).
+    ``lr_steps``: the length of the cosine schedule (default ``steps``; a recovery curve's runs share the longest
+    run's, so a shorter run is the longer one's prefix). ``on_snapshot(done, ema)`` runs after every step count in
+    ``snapshots`` (recovery curves score those EMA copies).
 
     Returns dict(model, ema, log (one dict per logged step, step 0 always: step, lr, beta, loss, components,
     skipped), skipped_steps, samples_per_s, first_step_components (step 0's entry, the "initial loss" of the
@@ -257,13 +260,14 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
     beta = [float(b) for b in beta] if isinstance(beta, (list, tuple)) else float(beta)
     run_cfg = dict(mode=mode, steps=int(steps), batch_size=int(batch_size), lr=lr, min_lr=min_lr, a_kd=a_kd,
                    a_diff=a_diff, beta=beta, k_sigma=k_sigma, seed=seed, ema_decay=ema_decay, ema_warmup=ema_warmup,
-                   layer_map=layer_map if mode in REP_MODES else None, grad_clip=grad_clip)
+                   layer_map=layer_map if mode in REP_MODES else None, grad_clip=grad_clip,
+                   lr_steps=int(lr_steps or steps), snapshots=sorted(int(v) for v in snapshots))
     m = unwrap(student)
     drop_p = m.y_embedder.dropout_prob if m.y_embedder.embedding_table.num_embeddings > m.num_classes else 0.0
     loop = LoopConfig(steps=int(steps), batch_size=int(batch_size), seed=seed, grad_clip=grad_clip,
                       ema_decay=ema_decay, ema_warmup=ema_warmup, label_dropout=drop_p, log_every=log_every,
                       ckpt_every=ckpt_every, stop_after=stop_after, max_skipped=max_skipped,
-                      inject_nan_at=tuple(inject_nan_at or ()))
+                      inject_nan_at=tuple(inject_nan_at or ()), snapshots=tuple(snapshots))
     objective = objective_for(student)
     ema = make_ema(m)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0)
@@ -277,8 +281,10 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
     def on_log(step, entry):
         entry["beta"] = beta_at(step, steps, beta) if mode in REP_MODES else 0.0
 
-    res = train(student, loss_fn, opt, images, labels, objective, loop, lr_at=lambda s: cosine_lr(s, steps, lr, min_lr),
-                ema=ema, on_log=on_log, state={"model": m, "ema": ema, "opt": opt}, state_path=state_path,
+    schedule = int(lr_steps or steps)
+    res = train(student, loss_fn, opt, images, labels, objective, loop,
+                lr_at=lambda s: cosine_lr(s, schedule, lr, min_lr), ema=ema, on_log=on_log,
+                on_snapshot=(lambda done: on_snapshot(done, ema)) if on_snapshot else None, state={"model": m, "ema": ema, "opt": opt}, state_path=state_path,
                 identity=identity or run_cfg, desc=f"recovery:{mode}", progress=progress)
     return dict(model=m, ema=ema, log=res["log"], skipped_steps=res["skipped_steps"],
                 first_step_components=res["first"], samples_per_s=res["samples_per_s"], steps_run=res["steps_run"],
@@ -289,14 +295,16 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
 def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_sigma=0.0, kept=None, groups="1:2",
                     parent_map=None, steps=0, batch_size=0, lr=0.0, min_lr=0.0, a_kd=0.9, a_diff=0.1,
                     beta=None, ema_decay=0.999, ema_warmup=10, grad_clip=1.0, seed=0, inject_nan_at=None,
-                    objective=""):
+                    objective="", lr_steps=0, snapshots=()):
     """The resolved settings of one recovery run: every value :func:`run_recovery` reads, profile defaults filled
     in (0 / None / "" mean "the profile's"), input files as ``Path`` (the cache hashes them), the layer map derived.
 
     ``kept`` (default: the ``kept`` stored in the student checkpoint), ``groups`` ("none": one block) and
     ``parent_map`` give the RepKD layer map (see :func:`layer_map`); the teacher defaults to the profile's;
     ``beta`` (L_Rep's weight, a float or its (start, end), either end None) to the profile's ``kd_beta``; ``objective`` to the one the
-    student's checkpoint names (a name given here replaces it and enters the config).
+    student's checkpoint names (a name given here replaces it and enters the config). ``lr_steps``: the cosine's
+    length (default: ``steps``); ``snapshots``: step counts below ``steps`` at which the EMA is also saved
+    (``ema_<step>.pt``, for recovery curves).
     """
     from pathlib import Path
 
@@ -313,6 +321,10 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
         raise ValueError("--student is required: the pruned checkpoint to recover")
     student = Path(student)
     steps = check_budget("steps", steps or prof.finetune_steps)
+    lr_steps = check_budget("lr_steps", lr_steps or steps)
+    snapshots = sorted({check_budget("snapshot", v) for v in snapshots or ()})
+    if snapshots and snapshots[-1] > steps:
+        raise ValueError(f"snapshots {snapshots} go beyond the run's {steps} steps")
     batch_size = check_budget("batch_size", batch_size or prof.finetune_batch)
     lr = float(lr or prof.finetune_lr)
     beta = (None, None) if beta is None else beta if isinstance(beta, (list, tuple)) else (beta, beta)
@@ -340,6 +352,8 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
                 a_kd=float(a_kd), a_diff=float(a_diff), beta=[float(b) for b in beta], ema_decay=float(ema_decay),
                 ema_warmup=int(ema_warmup), grad_clip=float(grad_clip), seed=int(seed),
                 inject_nan_at=list(inject_nan_at) if inject_nan_at else None,
+                **({"lr_steps": lr_steps} if lr_steps != steps else {}),
+                **({"snapshots": [v for v in snapshots if v < steps]} if snapshots else {}),
                 **({"objective": check_objective(objective)} if objective else {}))
 
 
@@ -355,6 +369,13 @@ def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_
     from tinyfusion.models import load_dit
 
     c, out = config, Path(out)
+    snaps = {int(v): out / f"ema_{int(v):07d}.pt" for v in c.get("snapshots") or ()}
+
+    def save_snapshot(done, ema):
+        if dist.is_main():
+            save_checkpoint({"ema": ema.state_dict(), "config": ema.config, "kept": c["kept"], "step": done},
+                            snaps[done])
+
     student = load_dit(c["student"], objective=c.get("objective"))
     teacher = load_dit(c["teacher"], objective=c.get("objective")) if c["teacher"] else None
     images, labels = load_data(c["data"]).tensors()
@@ -366,7 +387,8 @@ def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_
                    beta=tuple(c["beta"]), k_sigma=c["k_sigma"], ema_decay=c["ema_decay"], ema_warmup=c["ema_warmup"],
                    grad_clip=c["grad_clip"], seed=c["seed"], log_every=log_every, state_path=out / "state.pt",
                    ckpt_every=ckpt_every, stop_after=stop_after, max_skipped=max_skipped, progress=progress,
-                   inject_nan_at=c["inject_nan_at"], identity=cache.fingerprint(c))
+                   inject_nan_at=c["inject_nan_at"], identity=cache.fingerprint(c), lr_steps=c.get("lr_steps"),
+                   snapshots=tuple(snaps), on_snapshot=save_snapshot)
     if res["stopped_at"] is not None:
         return {"stopped_at": res["stopped_at"], "out": str(out), "state": str(out / "state.pt")}
     log = res["log"]
@@ -375,7 +397,8 @@ def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_
                   skipped_steps=res["skipped_steps"], samples_per_s=round(res["samples_per_s"], 1),
                   wall_s=round(res["wall_s"], 1), first_step=res["first_step_components"],
                   final_loss=log[-1]["loss"] if log else None, layer_map=c["layer_map"], kept=c["kept"],
-                  student=str(c["student"]), teacher=str(c["teacher"]) if c["teacher"] else None)
+                  student=str(c["student"]), teacher=str(c["teacher"]) if c["teacher"] else None,
+                  snapshots={**{str(k): str(v) for k, v in snaps.items()}, str(c["steps"]): str(out / "model.pt")})
     if dist.is_main():
         save_checkpoint({"ema": res["ema"].state_dict(), "config": res["model"].config, "kept": c["kept"],
                          "recovery": result}, out / "model.pt")

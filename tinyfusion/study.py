@@ -23,6 +23,8 @@ from tinyfusion.profiles import get_profile
 BASELINES = ("shortgpt", "flux-lite", "sensitivity", "oracle")
 RANDOM_PICKS = ("min-loss random", "median-loss random", "max-loss random")
 RANDOM_STUDY_SAMPLES = 32  # calibration samples each random candidate is scored on (the picks are rescored on all)
+PICK_POOL = 64             # candidates around each pick rescored on the whole calibration set
+REFERENCES = ("best-calibration 1:2", "random 1:2")  # references inside learnable's own rule
 
 
 class Study:
@@ -112,27 +114,55 @@ class Study:
 
     # ------------------------------------------------------------------ pruning
     def random_study(self):
-        """Calibration losses of ``profile.random_candidates`` random 50% prunes (Figure 5)."""
-        from tinyfusion.pruning.random import random_candidate_study
+        """Calibration losses of ``profile.random_candidates`` random 50% prunes on 32 samples (Figure 5), and the
+        min/median/max-loss picks of Table 3, picked again on the whole calibration set (``rescore_picks``)."""
+        from tinyfusion.pruning.random import random_candidate_study, rescore_picks
         keep = self.teacher().depth // 2
 
         def compute(folder):
             r = random_candidate_study(self.teacher(), self.calib(), self.prof.random_candidates, keep,
                                        n_samples=RANDOM_STUDY_SAMPLES, objective=self.objective)
             np.save(folder / "losses.npy", np.asarray(r["losses"], dtype=np.float64))
-            order = np.argsort(r["losses"])
-            pick = {"min-loss random": int(order[0]), "median-loss random": int(order[len(order) // 2]),
-                    "max-loss random": int(order[-1])}
+            picks = rescore_picks(self.teacher(), self.calib(), r["masks"], r["losses"], PICK_POOL, self.objective)
             return {"n": len(r["losses"]), "rate": r["rate"], "n_samples": r.get("n_samples"),
                     "min": float(np.min(r["losses"])), "max": float(np.max(r["losses"])),
                     "median": float(np.median(r["losses"])), "losses": "losses.npy",
-                    "picks": {k: {"kept": list(map(int, r["kept"][i])), "loss": float(r["losses"][i])}
-                              for k, i in pick.items()}}
+                    "picks": {f"{k}-loss random": v for k, v in picks.items()}}
         cfg = {"n": self.prof.random_candidates, "keep": keep, "seed": 0, "n_samples": RANDOM_STUDY_SAMPLES,
-               "teacher": self.teacher_path, "calib": self._calib_config()}
+               "pick_pool": PICK_POOL, "teacher": self.teacher_path, "calib": self._calib_config()}
         res = self.cached("random_study", "r50", cfg, compute)
         folder = cache.folder(self.root, "random_study", "r50", {"profile": self.prof.name, **cfg})
         return {**res, "losses": np.load(folder / res["losses"])}
+
+    def mask_study(self, groups="1:2"):
+        """Every N:M mask of the teacher (1:2: 2^14) scored on 32 calibration samples, the lowest ``PICK_POOL``
+        rescored on the whole set: the best-calibration mask inside the rule, a uniformly random one (seed 0), and
+        the losses (``losses``, in ``random.all_masks`` order) for the per-block costs of notebook 02."""
+        import torch
+
+        from tinyfusion.pruning.random import all_masks, candidate_losses, rescore_picks
+        depth = self.teacher().depth
+        masks = all_masks(depth, groups)
+        if len(masks) > self.prof.mask_study_limit:  # the smoke profile scores a random subset
+            masks = masks[torch.randperm(len(masks), generator=torch.Generator().manual_seed(0))[
+                :self.prof.mask_study_limit]]
+
+        def compute(folder):
+            losses = candidate_losses(self.teacher(), self.calib(), masks, objective=self.objective, progress=True,
+                                      n_samples=RANDOM_STUDY_SAMPLES)
+            np.save(folder / "losses.npy", losses)
+            best = rescore_picks(self.teacher(), self.calib(), masks, losses, PICK_POOL, self.objective)["min"]
+            i = int(np.random.default_rng(0).integers(len(masks)))
+            rand = {"index": i, "kept": masks[i].nonzero().flatten().tolist(), "loss_subset": float(losses[i]),
+                    "loss": self.calibration_loss(masks[i].nonzero().flatten().tolist())}
+            return {"n": len(masks), "losses": "losses.npy", "n_samples": RANDOM_STUDY_SAMPLES,
+                    "picks": {f"best-calibration {groups}": best, f"random {groups}": rand}}
+        cfg = {"groups": groups, "n": len(masks), "n_samples": RANDOM_STUDY_SAMPLES, "pick_pool": PICK_POOL, "teacher": self.teacher_path,
+               "calib": self._calib_config()}
+        res = self.cached("mask_study", str(groups).replace(":", "of"), cfg, compute)
+        folder = cache.folder(self.root, "mask_study", str(groups).replace(":", "of"),
+                              {"profile": self.prof.name, **cfg})
+        return {**res, "losses": np.load(folder / res["losses"]), "masks": masks}
 
     def baseline(self, method):
         """Kept indices and per-layer scores of a metric-based or hand-made baseline (28 -> 14)."""
@@ -153,15 +183,18 @@ class Study:
             cfg["calib"] = self._calib_config()
         return self.cached("baselines", method.replace("-", ""), cfg, compute)
 
-    def learnable(self, groups="1:2", update="lora", seed=0, source=None, steps=None):
-        """Learnable pruning of ``source`` (default: the teacher); the kept layers, confidences and paths."""
+    def learnable(self, groups="1:2", update="lora", seed=0, source=None, steps=None, lora_rank=0):
+        """Learnable pruning of ``source`` (default: the teacher); the kept layers, confidences (``settled``: per
+        block, whether the decision held over the last 20% of the steps) and paths. ``lora_rank``: 0 is the
+        profile's (about the paper's 0.9% trained)."""
         from tinyfusion.pruning import learnable
         config = learnable.learnable_config(self.prof, source=source, groups=groups, update=update, seed=seed,
-                                            steps=steps or 0)
+                                            steps=steps or 0, lora_rank=lora_rank)
         flags = {k: config[k] for k in ("profile", "groups", "update", "steps", "batch_size", "lr", "seed",
                                         "logit_lr_mult", "lora_rank", "lora_alpha", "ema_decay", "grad_clip")}
         flags.update(teacher=config["source"], tau_start=config["tau"][0], tau_end=config["tau"][1])
-        return self._step("prune_learn", f"{str(groups).replace(':', 'of')}_{update}_s{seed}", config,
+        label = f"{str(groups).replace(':', 'of')}_{update}{'' if not lora_rank else f'_r{lora_rank}'}_s{seed}"
+        return self._step("prune_learn", label, config,
                           lambda folder: learnable.run_learnable(config, folder), "prune_learn", flags)
 
     def calibration_loss(self, kept):
@@ -186,13 +219,15 @@ class Study:
 
     # ------------------------------------------------------------------ recovery and scoring
     def finetune(self, student, mode="finetune", k_sigma=0.0, seed=0, steps=None, teacher=None, kept=None,
-                 groups="1:2", parent_map=None, name="ft"):
-        """Fine-tune or distil the pruned checkpoint ``student``; returns the run's result (``model``: its path)."""
+                 groups="1:2", parent_map=None, name="ft", lr_steps=0, snapshots=()):
+        """Fine-tune or distil the pruned checkpoint ``student``; returns the run's result (``model``: its path;
+        ``snapshots``: {step: EMA checkpoint} when ``snapshots`` are asked for)."""
         from tinyfusion import recovery
         config = recovery.recovery_config(self.prof, student=student, mode=mode, k_sigma=k_sigma, seed=seed,
                                           steps=steps or 0, teacher=teacher, kept=kept, groups=groups,
-                                          parent_map=parent_map)
+                                          parent_map=parent_map, lr_steps=lr_steps, snapshots=snapshots)
         flags = {k: config[k] or 0 for k in ("steps", "batch_size", "lr", "min_lr", "k_sigma")}
+        flags.update(lr_steps=config.get("lr_steps", 0), snapshots=config.get("snapshots", []))
         flags.update({k: config[k] for k in ("profile", "student", "mode", "kept", "a_kd", "a_diff", "ema_decay",
                                              "ema_warmup", "grad_clip", "seed", "inject_nan_at")},
                      teacher=config["teacher"] or "", groups=groups, parent_map=parent_map, beta0=config["beta"][0],
@@ -241,13 +276,13 @@ class Study:
                            lambda folder: {"rows": speed_sweep(self.prof.model, **kw)})["rows"]
 
     def recovered(self, label, kept, seed, mode="finetune", k_sigma=0.0, steps=None, source=None, teacher=None,
-                  groups="1:2", parent_map=None):
+                  groups="1:2", parent_map=None, lr_steps=0, snapshots=()):
         """The model keeping ``kept`` layers of ``source`` (default: the teacher), recovered by ``mode`` with
         ``seed``: the cached run's result (``model``: its checkpoint). ``label`` names the folders."""
         name = label.replace(" ", "_").replace(":", "of")
         return self.finetune(self.pruned(kept, source=source, name=name), mode=mode, k_sigma=k_sigma, seed=seed,
                              steps=steps, teacher=teacher, kept=list(map(int, kept)), groups=groups,
-                             parent_map=parent_map, name=name)
+                             parent_map=parent_map, name=name, lr_steps=lr_steps, snapshots=snapshots)
 
     def recover(self, label, kept, seeds=None, mode="finetune", k_sigma=0.0, steps=None, source=None,
                 teacher=None, groups="1:2", parent_map=None):
@@ -327,6 +362,73 @@ class Study:
         if save:
             self.save_table(table, "01_table3")
         return runs, table
+
+    # ------------------------------------------------------------------ recovery curves
+    LONG_CURVES = ("learnable", "shortgpt", "min-loss random", "oracle")  # run to the last curve point
+
+    def curve_candidates(self):
+        """Every model of the recovery curves: a list of (method, prune seed, kept). Learnable has one entry per
+        pruning seed (its own decision); the others are deterministic (prune seed None)."""
+        kept, learned = self.table3_candidates()
+        refs = self.mask_study("1:2")["picks"]
+        out = [(m, None, k) for m, k in kept.items() if m != "learnable"]
+        out += [(m, None, refs[m]["kept"]) for m in REFERENCES]
+        out += [("learnable", s, learned[s]["kept"]) for s in self.prof.seeds]
+        return out
+
+    def curve_run(self, method, kept, seed):
+        """One recovery-curve fine-tune: ``kept`` pruned from the teacher, fine-tuned (plain) with ``seed`` to the last
+        curve point (``LONG_CURVES``) or to the 500K-equivalent point, on the cosine of the longest run, with the
+        EMA saved at every curve point on the way. Returns the cached result (``snapshots``: {step: checkpoint})."""
+        points = self.prof.curve_points
+        steps = points[-1] if method in self.LONG_CURVES else self.prof.finetune_long
+        return self.recovered(method, kept, seed, steps=steps, lr_steps=points[-1],
+                              snapshots=[p for p in points if p <= steps])
+
+    def curve_runs(self):
+        """The fine-tunes of :meth:`recovery_curves` (``prof.workers`` at a time): ``(jobs, results)``, a job being
+        (method, prune seed, kept, fine-tune seed)."""
+        cands = self.curve_candidates()
+        for method, _, k in cands:  # the pruned students first, so parallel runs never write one folder twice
+            self.pruned(k, name=method.replace(" ", "_").replace(":", "of"))
+        jobs = [(m, ps, k, s) for m, ps, k in cands for s in self.prof.seeds]
+        return jobs, self.parallel([("curve_run", {"method": m, "kept": k, "seed": s}) for m, ps, k, s in jobs],
+                                   desc="recovery curves: fine-tuning")
+
+    def recovery_curves(self):
+        """FID (IS, class accuracy) against fine-tuning steps for every Table 3 model and the 1:2 references, on every
+        fine-tune seed (learnable: every pruning seed too); the fine-tunes and the scoring run ``prof.workers`` at a
+        time. Returns a DataFrame (method, prune_seed, seed, steps, fid, is, class_accuracy, calib_loss, kept),
+        saved as ``tables/01_recovery_curves.csv``."""
+        import pandas as pd
+        jobs, runs = self.curve_runs()
+        points = [(j, int(step), path) for j, r in zip(jobs, runs) for step, path in sorted(
+            r["snapshots"].items(), key=lambda kv: int(kv[0]))]
+        scores = self.parallel([("score", {"checkpoint": path, "name": f"{j[0]}_p{j[1]}_s{j[3]}_{step}".replace(" ", "_")
+                                           .replace(":", "of")}) for j, step, path in points],
+                               desc="recovery curves: scoring")
+        loss = {tuple(k): self.calibration_loss(k) for _, _, k, _ in jobs}
+        rows = [{"method": m, "prune_seed": ps, "seed": s, "steps": step, "fid": sc["fid"], "is": sc["is"],
+                 "class_accuracy": sc["class_accuracy"], "calib_loss": loss[tuple(k)], "kept": " ".join(map(str, k))}
+                for ((m, ps, k, s), step, _), sc in zip(points, scores)]
+        curves = pd.DataFrame(rows)
+        self.save_table(curves.drop(columns="kept"), "01_recovery_curves")
+        return curves
+
+    def parallel(self, calls, desc="steps"):
+        """Run independent cached steps ``[(method name, kwargs), ...]`` of this Study and return their results in
+        order: ``prof.workers`` processes side by side, one thread each (two single-thread processes do ~1.4x the
+        work of one two-thread process on these 2-core machines), or one by one in this process when the profile
+        asks for one worker or for torchrun (``nproc > 1``). Every step caches, so a killed run resumes."""
+        from tqdm.auto import tqdm
+        if self.prof.workers <= 1 or self.prof.nproc > 1 or len(calls) <= 1:
+            return [getattr(self, name)(**kw) for name, kw in tqdm(calls, desc=desc)]
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(self.prof.workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_one_thread) as pool:
+            futures = [pool.submit(_study_call, self.prof, self.recompute, name, kw) for name, kw in calls]
+            return [f.result() for f in tqdm(futures, desc=f"{desc} ({self.prof.workers} workers)")]
 
     TABLE2_KD = "learnable + masked KD"
 
@@ -461,6 +563,18 @@ class Study:
              "notebook": notebook, "profile": self.prof.name}
         save_json(v, self.root / "verdicts" / f"claim{claim}.json")
         return v
+
+
+def _one_thread():
+    import torch
+    torch.set_num_threads(1)
+
+
+def _study_call(profile, recompute, name, kwargs):
+    """A worker of :meth:`Study.parallel`: one cached step of a fresh Study (quiet: the caller shows progress)."""
+    import os
+    os.environ["TINYFUSION_QUIET"] = "1"
+    return getattr(Study(profile, recompute=recompute), name)(**kwargs)
 
 
 # ---------------------------------------------------------------------- statistics over seeds

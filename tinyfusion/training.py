@@ -12,6 +12,7 @@ by ``(seed, s)``, and the global batch is drawn before it is split across ranks.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from copy import deepcopy
@@ -190,10 +191,12 @@ class LoopConfig:
     stop_after: int = 0            # stop after n steps of this call, with the state saved (tests of resuming)
     max_skipped: int | None = None # non-finite steps allowed (None: 10% of the steps, at least 5)
     inject_nan_at: tuple = ()      # steps whose loss is replaced by NaN (tests of the guard)
+    snapshots: tuple = ()          # step counts after which ``on_snapshot(done)`` runs (EMA copies for recovery curves)
 
 
 def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr_at=None, ema=None,
-          after_update=None, on_log=None, state=None, state_path=None, identity=None, desc="train", progress=True):
+          after_update=None, on_log=None, on_snapshot=None, state=None, state_path=None, identity=None, desc="train",
+          progress=True):
     """Run ``cfg.steps`` optimiser steps of ``loss_fn`` on ``model``; resumable, identical on any number of ranks.
 
     Each step: the global batch of ``(seed, step)`` (``global_batch``; labels dropped to the null class with
@@ -206,6 +209,8 @@ def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr
 
     Logging: step 0, every ``log_every`` steps and the last step append ``{"step", "lr", **terms (averaged over
     ranks), "skipped"}`` to the log; ``on_log(step, entry)`` may add to the entry and return progress-bar fields.
+    ``on_snapshot(done)`` runs after step ``done - 1`` for every ``done`` in ``cfg.snapshots`` (skipped or not), before
+    that step's checkpoint: a resumed run redoes a snapshot only if it was not yet saved with the state.
     ``state``: dict name -> object with ``state_dict``/``load_state_dict`` (model, ema, optimiser, gates, ...)
     saved to ``state_path`` with the log, every ``ckpt_every`` steps, on ``stop_after`` and at the end; a state
     found there is resumed if its ``identity`` (the run's resolved settings) equals this one's.
@@ -226,6 +231,7 @@ def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr
         dist.print0(f"resuming {state_path} at step {start}")
     net = DDP(model) if dist.is_dist() else model
     inject = {int(s) for s in cfg.inject_nan_at or ()}
+    snaps = {int(s) for s in cfg.snapshots or ()}
     m = unwrap(model)
     params = [p for g in opt.param_groups for p in g["params"]]
 
@@ -237,7 +243,7 @@ def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr
     model.train()
     t0, seen, stopped_at = time.time(), 0, None
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, dynamic_ncols=True,
-               disable=not (progress and dist.is_main()))
+               disable=not (progress and dist.is_main()) or bool(os.environ.get("TINYFUSION_QUIET")))
     for step in bar:
         x0, y, noise, t = global_batch(images, labels, step, cfg.batch_size, cfg.seed, objective)
         if cfg.label_dropout > 0:
@@ -271,6 +277,8 @@ def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr
             log.append(entry)
             bar.set_postfix(loss=f"{stats['loss']:.4f}", **shown)
         done = step + 1
+        if on_snapshot is not None and done in snaps:
+            on_snapshot(done)
         if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < steps:
             checkpoint(done, prior_wall + time.time() - t0)
         if cfg.stop_after and done - start >= cfg.stop_after and done < steps:

@@ -29,7 +29,7 @@ DEFAULTS = dict(profile="cpu", student="", teacher="", mode="finetune", k_sigma=
                 parent_map=None, steps=0, batch_size=0, lr=0.0, min_lr=0.0, a_kd=0.9, a_diff=0.1, beta0=None,
                 beta1=None, ema_decay=0.999, ema_warmup=10, grad_clip=1.0, seed=0, out="", ckpt_every=100,
                 log_every=1, stop_after=0, max_skipped=-1, recompute=False, progress=True, inject_nan_at=None,
-                objective="")
+                objective="", lr_steps=0, snapshots=None)
 HELP = dict(student="pruned checkpoint to recover (required)", teacher="teacher checkpoint (default: profile's)",
             mode="one of " + ", ".join(MODES), k_sigma="masked_kd: mask |x-mean| >= k*std (0 = no mask)",
             kept="JSON list: the student's kept layer indices in the model it was pruned from",
@@ -40,6 +40,8 @@ HELP = dict(student="pruned checkpoint to recover (required)", teacher="teacher 
             beta0="weight of L_Rep at the first step (default: the profile's kd_beta; DiT 1e-2, SiT 2e-4)",
             beta1="weight of L_Rep at the last step, linear in between (default: the profile's, 0)",
             objective="training objective, ddpm or flow (default: the one the student's checkpoint names)",
+            lr_steps="length of the cosine schedule (default: steps; recovery curves share their longest run's)",
+            snapshots="JSON list of step counts at which the EMA is also saved (ema_<step>.pt; recovery curves)",
             inject_nan_at="JSON list of steps whose loss is replaced by NaN (tests of the skip guard)")
 
 
@@ -51,7 +53,8 @@ def run(**cfg):
                              lr=cfg["lr"], min_lr=cfg["min_lr"], a_kd=cfg["a_kd"], a_diff=cfg["a_diff"],
                              beta=(cfg["beta0"], cfg["beta1"]), ema_decay=cfg["ema_decay"],
                              ema_warmup=cfg["ema_warmup"], grad_clip=cfg["grad_clip"], seed=cfg["seed"],
-                             inject_nan_at=cfg["inject_nan_at"], objective=cfg["objective"])
+                             inject_nan_at=cfg["inject_nan_at"], objective=cfg["objective"],
+                             lr_steps=cfg["lr_steps"], snapshots=cfg["snapshots"] or ())
     prof = get_profile(cfg["profile"])
     out = Path(cfg["out"]) if cfg["out"] else cache.folder(prof.results, "finetune", cfg["mode"], config)
     reused = not cfg["recompute"] and cache.done(out, config)

@@ -21,11 +21,12 @@ from tinyfusion.pruning.learnable import learnable_config, run_learnable
 
 DEFAULTS = dict(profile="cpu", teacher="", groups="1:2", update="lora", steps=0, batch_size=0, lr=0.0, seed=0,
                 out="", stop_after=0, log_every=0, ckpt_every=50, logit_lr_mult=10.0, tau_start=4.0, tau_end=0.1,
-                lora_rank=8, lora_alpha=16.0, ema_decay=0.0, grad_clip=1.0, objective="", recompute=False)
+                lora_rank=0, lora_alpha=16.0, ema_decay=0.0, grad_clip=1.0, objective="", recompute=False)
 HELP = dict(teacher="teacher checkpoint (default: the profile's)",
             groups="N:M block size, e.g. 1:2, 2:4, 7:14, or a JSON list of [N, M] blocks",
             update="weight update trained with the gates: lora, full or frozen",
             steps="training steps (default: the profile's prune_steps, standing for one epoch)",
+            lora_rank="LoRA rank (default: the profile's, about the paper's 0.9% of the parameters trained)",
             ema_decay="EMA decay of the gate logits (default: the profile's prune_ema_decay; the paper: 0.999)",
             objective="training objective, ddpm or flow (default: the one the teacher's checkpoint names)",
             stop_after="stop after this many steps (and save state.pt) to test resuming",

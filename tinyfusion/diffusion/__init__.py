@@ -4,11 +4,12 @@ Everything that trains, scores or samples a model (pre-training, fine-tuning and
 pruning, calibration losses, the metric-based baselines, the random-prune study, activation capture, sampling)
 goes through an *objective* object with this interface and calls nothing else of it:
 
-* ``sample_t(n, generator)``: training times for ``n`` samples;
+* ``sample_t(n, generator)``: training times for ``n`` samples; ``clean_t(n, generator)``: times near the data end
+  (the first quarter of the noise schedule);
 * ``noised(x0, t, noise)``: the model's input at time ``t``; ``model_time(t)``: the time the network sees;
 * ``training_losses(model, x0, t, model_kwargs, noise)``: per-sample loss terms (``loss`` is the one trained);
 * ``loss_from_output(out, x0, x_t, t, noise)``: the same terms from an output already computed;
-* ``predicted(out, x)``: the output channels the objective trains (what distillation compares);
+* ``distillation_loss(out, teacher_out, x_t, t)``: per-sample output distillation of a student towards a teacher;
 * ``sample(model, labels, sampler, steps, cfg_scale, generator, progress)``: images in [-1, 1];
 * ``name`` and ``config``: what defines it (stored with results); ``SAMPLERS`` and ``default_sampler``, its
   samplers and the one a caller gets by default (with ``default_steps``).

@@ -54,6 +54,10 @@ class FlowMatching:
         """Training times for ``n`` samples: uniform floats in [0, 1) (0 is pure noise, 1 is data)."""
         return torch.rand(n, generator=generator)
 
+    def clean_t(self, n, generator=None, fraction=0.25):
+        """Times near the data end for ``n`` samples: uniform in (1 - fraction, 1] (DDPM's t < 250 of 1000)."""
+        return 1.0 - fraction * torch.rand(n, generator=generator)
+
     def noised(self, x0, t, noise):
         """The interpolant x_t = t x0 + (1 - t) noise."""
         t = _bcast(t, x0)
@@ -70,10 +74,11 @@ class FlowMatching:
         """
         return training_terms(self, model, x0, t, model_kwargs, noise, return_output)
 
-    def predicted(self, out, x):
-        """The channels of a network output ``out`` that the objective trains (the velocity; a learned-sigma
-        network's spare half is dropped, as SiT does): what distillation compares."""
-        return out[:, : x.shape[1]]
+    def distillation_loss(self, out, teacher_out, x_t, t):
+        """Per-sample output distillation: MSE between the student's and the teacher's velocity (a learned-sigma
+        network's spare half is ignored, as SiT's loss ignores it)."""
+        C = x_t.shape[1]
+        return ((out[:, :C] - teacher_out[:, :C].detach()) ** 2).mean(dim=list(range(1, x_t.dim())))
 
     def loss_from_output(self, out, x0, x_t, t, noise):
         """Per-sample loss terms (``loss``, ``mse``, ``vb``) of a network output ``out`` for the input ``x_t``."""

@@ -105,6 +105,11 @@ class GaussianDiffusion:
         """Training timesteps for ``n`` samples: uniform integers in [0, num_timesteps)."""
         return torch.randint(self.num_timesteps, (n,), generator=generator)
 
+    def clean_t(self, n, generator=None, fraction=0.25):
+        """Timesteps near the data end for ``n`` samples: uniform integers in [0, fraction * num_timesteps) (the
+        official ShortGPT scoring feeds clean latents with t < 250)."""
+        return torch.randint(max(1, int(fraction * self.num_timesteps)), (n,), generator=generator)
+
     def noised(self, x_start, t, noise):
         """The model's input x_t for clean data ``x_start`` at timesteps ``t`` with ``noise``."""
         return self.q_sample(x_start, t, noise)
@@ -155,10 +160,19 @@ class GaussianDiffusion:
         """
         return training_terms(self, model, x_start, t, model_kwargs, noise, return_output)
 
-    def predicted(self, out, x):
-        """The channels of a network output the objective trains: all of them (noise and the learned variance's
-        interpolation), which is what DiT's distillation compares."""
-        return out
+    def distillation_loss(self, out, teacher_out, x_t, t):
+        """Per-sample output distillation (the official TinyFusion KD): MSE between the student's and the teacher's
+        predicted noise (the first C channels) plus, for a learned variance, the KL from the teacher's predicted
+        Gaussian p(x_{t-1} | x_t) to the student's, in bits, with the student's mean detached as in DiT's hybrid
+        loss (the mean learns through the MSE, the variance through the KL)."""
+        C = x_t.shape[1]
+        mse = mean_flat((out[:, :C] - teacher_out[:, :C].detach()) ** 2)
+        if not self.learn_sigma:
+            return mse
+        t_mean, t_log_var, _, _ = self.p_mean_variance(teacher_out.detach(), x_t, t)
+        frozen = torch.cat([out[:, :C].detach(), out[:, C:2 * C]], dim=1)
+        s_mean, s_log_var, _, _ = self.p_mean_variance(frozen, x_t, t)
+        return mse + mean_flat(normal_kl(t_mean, t_log_var, s_mean, s_log_var)) / math.log(2.0)
 
     def loss_from_output(self, out, x_start, x_t, t, noise):
         """Per-sample loss terms (``loss``, ``mse``, ``vb``) of a model output ``out`` for the input x_t."""

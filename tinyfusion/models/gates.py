@@ -195,3 +195,25 @@ class NMGates(nn.Module):
 
     def extra_repr(self):
         return f"depth={self.depth}, groups={self.groups}, scale={self.scale}"
+
+
+def settled(history, groups, tail=0.2):
+    """Per block, whether the EMA decision stayed the same over the last ``tail`` of the run, and when it last changed.
+
+    ``history``: the snapshots of :meth:`NMGates.record` (each with ``step`` and the EMA decision ``kept``);
+    ``groups``: the run's blocks as [N, M] pairs. A block is settled when its kept layers are the same in every
+    snapshot from step ``(1 - tail) * last step`` on. Returns ``(settled, last_change)``: a list of bools and a list
+    of the step at which each block's decision last differed from the one before (0: never changed).
+    """
+    if not history:
+        raise ValueError("no decision snapshots: the run recorded no history")
+    bounds, start = [], 0
+    for _, m in groups:
+        bounds.append((start, start + int(m)))
+        start += int(m)
+    steps = [int(h["step"]) for h in history]
+    cut = (1.0 - float(tail)) * steps[-1]
+    per_block = [[tuple(k for k in h["kept"] if a <= k < b) for h in history] for a, b in bounds]
+    last_change = [max([steps[i] for i in range(1, len(seq)) if seq[i] != seq[i - 1]], default=0)
+                   for seq in per_block]
+    return [lc <= cut for lc in last_change], last_change

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from tinyfusion import dist
-from tinyfusion.models.gates import NMGates, parse_groups, tau_schedule
+from tinyfusion.models.gates import NMGates, parse_groups, settled, tau_schedule
 from tinyfusion.profiles import check_budget
 from tinyfusion.training import LoopConfig, train, unwrap
 
@@ -197,11 +197,12 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
 
 # --------------------------------------------------------------------------- one learnable-pruning run
 def learnable_config(profile=None, *, source=None, groups="1:2", update="lora", steps=0, batch_size=0, lr=0.0,
-                     seed=0, logit_lr_mult=10.0, tau=(4.0, 0.1), lora_rank=8, lora_alpha=16.0, ema_decay=0.0,
+                     seed=0, logit_lr_mult=10.0, tau=(4.0, 0.1), lora_rank=0, lora_alpha=16.0, ema_decay=0.0,
                      grad_clip=1.0, objective=""):
     """The resolved settings of one learnable-pruning run (what :func:`run_learnable` reads): profile defaults
     filled in for 0 / None (``source``: the profile's teacher; ``ema_decay``: the profile's gate-EMA decay;
-    ``objective``: the one the teacher's checkpoint names; a name given here replaces it and enters the config)."""
+    ``lora_rank``: the profile's, chosen so LoRA trains about the paper's 0.9%; ``objective``: the one the teacher's
+    checkpoint names; a name given here replaces it and enters the config)."""
     import json
     from pathlib import Path
 
@@ -222,8 +223,8 @@ def learnable_config(profile=None, *, source=None, groups="1:2", update="lora", 
                 steps=check_budget("steps", steps or prof.prune_steps),
                 batch_size=check_budget("batch_size", batch_size or prof.prune_batch),
                 lr=float(lr or prof.prune_lr), seed=int(seed), logit_lr_mult=float(logit_lr_mult),
-                tau=[float(v) for v in tau], lora_rank=int(lora_rank), lora_alpha=float(lora_alpha),
-                ema_decay=float(ema_decay or prof.prune_ema_decay), grad_clip=float(grad_clip),
+                tau=[float(v) for v in tau], lora_rank=check_budget("lora_rank", lora_rank or prof.lora_rank),
+                lora_alpha=float(lora_alpha), ema_decay=float(ema_decay or prof.prune_ema_decay), grad_clip=float(grad_clip),
                 **({"objective": check_objective(objective)} if objective else {}))
 
 
@@ -251,7 +252,9 @@ def run_learnable(config, out, *, log_every=0, ckpt_every=50, stop_after=0, prog
                         identity=cache.fingerprint(c))
     if res["stopped_at"] is not None:
         return {"stopped_at": res["stopped_at"], "out": str(out), "state": str(out / "state.pt")}
-    summary = {"kept": res["kept"], "confidence": res["confidence"], "groups": res["groups"], "update": c["update"],
+    is_settled, last_change = settled(res["history"], res["groups"])
+    summary = {"kept": res["kept"], "confidence": res["confidence"], "settled": is_settled, "last_change": last_change,
+               "groups": res["groups"], "update": c["update"], "lora_rank": c["lora_rank"],
                "steps": c["steps"], "batch_size": c["batch_size"], "lr": c["lr"], "seed": c["seed"],
                "profile": c["profile"], "teacher": str(c["source"]), "depth": len(res["kept"]),
                "trainable_params": res["trainable_params"], "total_params": res["total_params"],

@@ -49,6 +49,11 @@ def _flatten_calib(calib, n_samples=None):
     return cat
 
 
+def first_samples(calib, n):
+    """The calibration set cut to its first ``n`` samples, as one batch."""
+    return [_flatten_calib(calib, n)]
+
+
 @torch.no_grad()
 def _masked_forward_losses(model, objective, data, chunk):
     """Scores a chunk of candidates with one ``DiT.forward``: the calibration batch tiled once per candidate,
@@ -154,5 +159,43 @@ def random_candidate_study(model, calib, n_candidates, keep, batch_candidates=25
     def pick(i):
         return {"index": int(i), "kept": kept[i], "loss": float(losses[i])}
 
-    return {"losses": losses, "kept": kept, "rate": rate, "wall_s": wall, "n_samples": n_used,
+    return {"losses": losses, "kept": kept, "masks": masks, "rate": rate, "wall_s": wall, "n_samples": n_used,
             "min": pick(order[0]), "median": pick(order[len(order) // 2]), "max": pick(order[-1])}
+
+
+def all_masks(depth, groups):
+    """Every N:M mask of ``depth`` layers (C(M, N) ** blocks rows; 1:2 on 28 layers: 16,384), in a fixed order:
+    row ``i`` takes block k's candidate ``(i // prod(later blocks' counts)) % count_k`` (the first block varies
+    slowest)."""
+    import itertools
+    pairs = parse_groups(groups, depth)
+    cands = [candidate_matrix(n, m).float() for n, m in pairs]
+    total = int(np.prod([len(c) for c in cands], dtype=np.float64))
+    if total > 1_000_000:
+        raise ValueError(f"groups {groups!r} give {total:,} masks; enumerate at most 1,000,000 (use random_masks)")
+    rows = [torch.cat([c[i] for c, i in zip(cands, choice)]) for choice in
+            itertools.product(*[range(len(c)) for c in cands])]
+    return torch.stack(rows)
+
+
+def rescore_picks(model, calib, masks, losses, pool=64, objective=None):
+    """The lowest-, median- and highest-loss candidates of a study scored on a calibration subset, picked again on
+    the whole calibration set: ``pool`` candidates around each end and the median (by the subset's ranking) are
+    rescored on every sample and the pick is the minimum, median and maximum of its pool's full-set losses.
+
+    Returns {"min" | "median" | "max": {"index", "kept", "loss" (whole set), "loss_subset"}}.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    masks = torch.as_tensor(masks, dtype=torch.float32)
+    order = np.argsort(np.nan_to_num(losses, nan=np.inf), kind="stable")
+    n, half = len(order), max(1, pool // 2)
+    pools = {"min": order[:pool], "median": order[max(0, n // 2 - half):n // 2 + half], "max": order[-pool:]}
+    out = {}
+    for name, idx in pools.items():
+        full = candidate_losses(model, calib, masks[idx], objective=objective, n_samples=None)
+        rank = np.argsort(np.nan_to_num(full, nan=np.inf), kind="stable")
+        j = {"min": rank[0], "median": rank[len(rank) // 2], "max": rank[-1]}[name]
+        i = int(idx[j])
+        out[name] = {"index": i, "kept": masks[i].nonzero().flatten().tolist(), "loss": float(full[j]),
+                     "loss_subset": float(losses[i])}
+    return out

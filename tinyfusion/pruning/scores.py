@@ -4,7 +4,9 @@ Every method scores layers (or prunes) on the same calibration set: fixed images
 objective) and noise, so calibration losses compare across methods. The baselines rank single layers and keep the
 ``keep`` highest-scoring ones (no N:M constraint, as in the paper's 28 -> 14 comparisons):
 
-* ShortGPT (Men et al., 2024): block influence ``BI_i = 1 - cos(x_i, x_{i+1})``, averaged over tokens.
+* ShortGPT (Men et al., 2024): block influence ``BI_i = 1 - cos(x_i, x_{i+1})``, averaged over tokens; as in the
+  official TinyFusion scoring, on clean inputs at times near the data end (DDPM t < 250) for 128 images, and the
+  last layer is never removed.
 * Flux-Lite: mean squared change ``||x_{i+1} - x_i||^2`` a layer makes to the hidden state.
 * Sensitivity: how much the calibration loss rises when the single layer ``i`` is removed.
 """
@@ -83,9 +85,13 @@ def calibration_loss(model, calib, mask=None, objective=None):
 
 
 @torch.no_grad()
-def block_io_stats(model, calib, objective=None):
+def block_io_stats(model, calib, objective=None, clean=False):
     """Per layer, over all calibration tokens: mean cosine similarity and mean squared difference between
-    the layer's input and output hidden states (the full, unpruned model)."""
+    the layer's input and output hidden states (the full, unpruned model).
+
+    ``clean``: feed the clean images at times from the objective's ``clean_t`` (drawn from a fixed seed) instead of
+    the calibration set's noised inputs (ShortGPT's official setting).
+    """
     objective = _objective_for(model, objective)
     dev = _device(model)
     depth = len(model.blocks)
@@ -95,9 +101,12 @@ def block_io_stats(model, calib, objective=None):
     was_training = model.training
     model.eval()
     try:
+        g = torch.Generator().manual_seed(0)
         for batch in calib:
             x0, t, noise = batch["x0"].to(dev), batch["t"].to(dev), batch["noise"].to(dev)
-            x_t = objective.noised(x0, t, noise)
+            if clean:
+                t = objective.clean_t(len(x0), generator=g).to(dev)
+            x_t = x0 if clean else objective.noised(x0, t, noise)
             h, c = model.embed(x_t, objective.model_time(t), batch["y"].to(dev))
             for i, block in enumerate(model.blocks):
                 out = block(h, c)
@@ -119,14 +128,20 @@ def keep_top(scores, keep):
     return sorted(int(i) for i in order[:keep])
 
 
+SHORTGPT_IMAGES = 128  # the official scoring's image count
+
+
 def shortgpt(model, calib, keep, objective=None):
-    """ShortGPT: keep the ``keep`` layers with the highest block influence 1 - cos(input, output).
+    """ShortGPT: keep the ``keep`` layers with the highest block influence 1 - cos(input, output), measured on the
+    first 128 calibration images fed clean at near-data times; the last layer is always kept (official code).
 
     Returns (sorted kept indices, per-layer block influence).
     """
-    cos, _ = block_io_stats(model, calib, objective)
+    from tinyfusion.pruning.random import first_samples
+    cos, _ = block_io_stats(model, first_samples(calib, SHORTGPT_IMAGES), objective, clean=True)
     scores = [1.0 - c for c in cos]
-    return keep_top(scores, keep), scores
+    ranked = scores[:-1] + [float("inf")]  # the last layer is never removed
+    return keep_top(ranked, keep), scores
 
 
 def flux_lite(model, calib, keep, objective=None):
