@@ -103,8 +103,9 @@ def test_masked_rep_loss_excludes_exactly_the_planted_outliers():
     unmasked = masked_rep_loss(s, t)
     assert torch.allclose(unmasked, err.mean(), rtol=1e-6)
     assert unmasked > 100 * by_hand  # the outliers dominate the unmasked loss
-    # lists sum over layers
-    assert torch.allclose(masked_rep_loss([s, s], [t, t], 2.0), 2 * by_hand, rtol=1e-6)
+    # lists average over layers (the official code; the sum made a D14's loss 14x)
+    assert torch.allclose(masked_rep_loss([s, s], [t, t], 2.0), by_hand, rtol=1e-6)
+    assert torch.allclose(masked_rep_loss([s, t], [t, t], 2.0), by_hand / 2, rtol=1e-6)
     with pytest.raises(ValueError, match="k_sigma"):
         masked_rep_loss(s, t, 0.0)
     with pytest.raises(ValueError, match="widths"):
