@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tinyfusion import dist
+from tinyfusion import dist, validate
 from tinyfusion.cli.common import cli_main
 from tinyfusion.data import load_dataset
 from tinyfusion.diffusion import objective_for
@@ -23,7 +23,7 @@ from tinyfusion.models import build_model
 from tinyfusion.profiles import check_budget, get_profile
 from tinyfusion.training import LoopConfig, cosine_lr, make_ema, train
 
-DEFAULTS = dict(profile="cpu", out="", model="", objective="", steps=0, batch_size=0, lr=0.0, min_lr_frac=0.1,
+DEFAULTS = dict(profile="cpu", out="", model="", objective="", steps=None, batch_size=None, lr=None, min_lr_frac=0.1,
                 warmup=200, ema_decay=0.999, seed=0, ckpt_every=500, log_every=50, grad_clip=1.0, stop_after=0)
 
 
@@ -31,9 +31,12 @@ def run(**cfg):
     cfg = {**DEFAULTS, **cfg}
     prof = get_profile(cfg["profile"])
     cfg["model"] = cfg["model"] or prof.model
-    cfg["steps"] = check_budget("steps", cfg["steps"] or prof.pretrain_steps)
-    cfg["batch_size"] = check_budget("batch_size", cfg["batch_size"] or prof.pretrain_batch)
-    cfg["lr"] = cfg["lr"] or prof.pretrain_lr
+    cfg["steps"] = check_budget("steps", validate.given_count("steps", cfg["steps"]) or prof.pretrain_steps)
+    cfg["batch_size"] = check_budget("batch_size", validate.given_count("batch_size", cfg["batch_size"])
+                                     or prof.pretrain_batch)
+    cfg["lr"] = prof.pretrain_lr if cfg["lr"] is None else validate.number("lr", cfg["lr"], 0.0, lo_open=True)
+    validate.settings(min_lr_frac=cfg["min_lr_frac"], warmup=cfg["warmup"], ema_decay=cfg["ema_decay"],
+                      grad_clip=cfg["grad_clip"], seed=cfg["seed"])
     out = Path(cfg["out"] or prof.results / "pretrain")
     dev = dist.device()
 

@@ -202,21 +202,23 @@ def learnable_config(profile=None, *, source=None, groups="1:2", update="lora", 
     """The resolved settings of one learnable-pruning run (what :func:`run_learnable` reads): profile defaults
     filled in for 0 / None (``source``: the profile's teacher; ``ema_decay``: the profile's gate-EMA decay;
     ``objective``: the one the teacher's checkpoint names; a name given here replaces it and enters the config)."""
-    import json
     from pathlib import Path
 
     from tinyfusion.data import data_identity
     from tinyfusion.diffusion import check_objective
     from tinyfusion.profiles import get_profile
 
+    from tinyfusion import validate
+
+    validate.settings(lr=lr, seed=seed, logit_lr_mult=logit_lr_mult, tau=tau, lora_rank=lora_rank,
+                      lora_alpha=lora_alpha, ema_decay=ema_decay, grad_clip=grad_clip)
+    groups = validate.groups("groups", groups)
     prof = get_profile(profile)
     _check_update(update)
     source = Path(prof.path(source or prof.teacher))
     if not source.exists():
         raise FileNotFoundError(f"teacher checkpoint {source} does not exist; train it first "
                                 f"(python -m tinyfusion.cli.pretrain --profile {prof.name}) or pass --teacher")
-    if isinstance(groups, str) and groups.strip().startswith("["):
-        groups = json.loads(groups)
     return dict(profile=prof.name, data=data_identity(prof), source=source, model=prof.model, groups=groups,
                 update=update,
                 steps=check_budget("steps", steps or prof.prune_steps),
