@@ -102,6 +102,8 @@ class Study:
         out = cache.folder(self.root, kind, name, config)
         if not self.recompute and cache.done(out, config):
             return load_json(out / cache.RECORD)["result"]
+        from tinyfusion.io import check_writable
+        check_writable(out)  # before torchrun starts, not after the run
         result = launch(f"tinyfusion.cli.{entry}", nproc=self.prof.nproc, **cache.jsonable(flags), out=str(out),
                         recompute=self.recompute)
         if not cache.done(out, config):
