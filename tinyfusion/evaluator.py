@@ -300,7 +300,7 @@ def train_evaluator(*, out="data/evaluator.pt", summary="", epochs=6, batch_size
                   params=n_params,
                   train_wall_s=round(wall, 1), threads=threads, seed=seed,
                   train_images=len(xtr), test_images=len(xte), config=model.config, run_config=cfg, log=log,
-                  torch_version=torch.__version__)
+                  torch_version=str(torch.__version__))
     if test_acc < min_accuracy:
         raise RuntimeError(f"evaluator reached test accuracy {test_acc:.4f} < {min_accuracy}; "
                            f"not writing {out}. Train longer (--epochs) or check the data.")

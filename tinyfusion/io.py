@@ -163,6 +163,10 @@ def save_checkpoint(obj, path):
     return _atomic_write(path, lambda f: torch.save(obj, f))
 
 
+# plain data that older artefacts hold besides tensors: the shipped evaluator records torch.__version__, a str subclass
+SAFE_GLOBALS = [torch.torch_version.TorchVersion]
+
+
 def load_checkpoint(path, map_location="cpu", weights_only=True):
     """torch.load of tensors and plain containers only (``weights_only=True``: a file carrying pickled objects is
     refused unread, because unpickling could run code), after checking the file against its integrity record;
@@ -175,7 +179,8 @@ def load_checkpoint(path, map_location="cpu", weights_only=True):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     check_integrity(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle garbage, or a pickle asking for more than data
         if "weights only load failed" in str(e).lower():
             raise CorruptArtefactError(

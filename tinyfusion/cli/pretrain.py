@@ -10,6 +10,7 @@ Killed and started again with the same flags, it resumes from ``state.pt`` and e
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from tinyfusion import dist, validate
 from tinyfusion.cli.common import cli_main
 from tinyfusion.data import load_dataset
 from tinyfusion.diffusion import objective_for
-from tinyfusion.io import save_checkpoint, save_json
+from tinyfusion.io import folder_lock, save_checkpoint, save_json
 from tinyfusion.models import build_model
 from tinyfusion.profiles import check_budget, get_profile
 from tinyfusion.training import LoopConfig, cosine_lr, make_ema, train
@@ -28,7 +29,14 @@ DEFAULTS = dict(profile="cpu", out="", model="", objective="", steps=None, batch
 
 
 def run(**cfg):
+    """Pre-train into ``--out`` while holding its lock (``io.folder_lock``: one run per output folder)."""
     cfg = {**DEFAULTS, **cfg}
+    out = Path(cfg["out"] or get_profile(cfg["profile"]).results / "pretrain")
+    with folder_lock(out) if dist.is_main() else contextlib.nullcontext():
+        return _run(cfg)
+
+
+def _run(cfg):
     prof = get_profile(cfg["profile"])
     cfg["model"] = cfg["model"] or prof.model
     cfg["steps"] = check_budget("steps", validate.given_count("steps", cfg["steps"]) or prof.pretrain_steps)

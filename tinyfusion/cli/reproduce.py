@@ -160,8 +160,10 @@ def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError):
             snapshot.restore()
             this_run["notebooks"][nb.name] = {"seconds": round(time.time() - t0, 1), "failed": True}
             save_json(timings, timings_path)
-            if partial.exists():
+            try:  # best effort: a copy cut off mid-write may not even be JSON
                 compact_streams(partial)
+            except Exception:
+                pass
             if isinstance(e, PapermillExecutionError):
                 raise SystemExit(f"[reproduce] {nb.name} failed in cell {e.cell_index} of the executed copy "
                                  f"(execution count {e.exec_count}; the cell starts {_failing_cell(partial)!r}): "
