@@ -24,6 +24,9 @@ def calls(monkeypatch):
     def record(kind):
         def fn(config, out, *a, **k):
             seen.append((kind, Path(out)))
+            made = Path(out) if Path(out).suffix else Path(out) / "model.pt"  # the artefact a record names exists
+            made.parent.mkdir(parents=True, exist_ok=True)
+            made.write_bytes(b"artefact")
             return {"model": str(Path(out) / "model.pt"), "kept": [0, 1]}
         return fn
     for module, name, kind in ((learnable, "run_learnable", "prune_learn"), (cli_prune, "run_learnable", "prune_learn"),

@@ -34,5 +34,5 @@ def test_two_gloo_processes_under_torchrun(tmp_path, capsys):
     assert gathered[0]["pid"] != gathered[1]["pid"]
     assert res["reduced"] == {"rank": 0.5, "one": 1.0}  # (0 + 1) / 2 and (1 + 1) / 2
     assert res["saved"] == ["saved_by_rank0.json"]  # save0: rank 0 wrote, rank 1 did not
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_by_rank0.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_by_rank0.json", "saved_by_rank0.json.sha256"]
     assert out.count("dist-selftest: world size 2") == 1  # print0 on rank 0 only

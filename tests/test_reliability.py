@@ -264,7 +264,7 @@ def test_save_interrupted_inside_torch_save_leaves_no_file(tmp_path, monkeypatch
     with pytest.raises(type(exc)):
         save_checkpoint({"version": 2}, path)
     monkeypatch.undo()
-    assert sorted(p.name for p in path.parent.iterdir()) == (["model.pt"] if had_old else [])
+    assert sorted(p.name for p in path.parent.iterdir()) == (["model.pt", "model.pt.sha256"] if had_old else [])
     if had_old:
         assert load_checkpoint(path) == {"version": 1}  # the old artefact is untouched
 
@@ -396,7 +396,7 @@ def test_finetune_cli_negative_or_non_numeric_steps(results_env, capsys):
         finetune.main(["--profile", "smoke", "--student", "X", "--steps", "-5"])
     with pytest.raises(SystemExit):
         finetune.main(["--profile", "smoke", "--student", "X", "--steps", "abc"])
-    assert "argument --steps: invalid int value: 'abc'" in capsys.readouterr().err
+    assert "argument --steps: invalid JSON value: 'abc'" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="checkpoint X does not exist"):
         finetune.main(["--profile", "smoke", "--student", "X", "--steps", "5"])
 

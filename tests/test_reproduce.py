@@ -75,8 +75,9 @@ def test_failing_notebook_stops_with_its_name_and_cell(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "01_broken.ipynb" in msg and "planted failure" in msg
     assert "raise ValueError('planted failure')" in msg  # the failing cell is quoted
-    kept = tmp_path / "res" / "smoke" / "notebooks" / "01_broken.ipynb"
+    kept = tmp_path / "res" / "smoke" / "partial" / "01_broken.ipynb"
     assert kept.exists() and "planted failure" in kept.read_text()
+    assert not (tmp_path / "res" / "smoke" / "notebooks" / "01_broken.ipynb").exists()  # only finished copies
     assert not (tmp_path / "res" / "smoke" / "notebooks" / "02_never.ipynb").exists()
 
 

@@ -65,7 +65,7 @@ def test_nonfinite_steps_are_skipped_and_bounded():
     model, opt, images, labels = _setup()
     before = model.weight.detach().clone()
     res = train(model, loss_fn, opt, images, labels, create_objective(),
-                LoopConfig(steps=1, batch_size=8, inject_nan_at=(0,)), progress=False)
+                LoopConfig(steps=2, batch_size=8, inject_nan_at=(0,), stop_after=1), progress=False)
     assert res["skipped_steps"] == 1 and res["log"][0]["skipped"] and torch.equal(model.weight, before)
     with pytest.raises(FloatingPointError, match="non-finite"):
         train(model, loss_fn, opt, images, labels, create_objective(),

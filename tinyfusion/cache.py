@@ -13,11 +13,12 @@ when the record exists and its config matches. The notebooks (through ``Study``)
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 from tinyfusion import dist
-from tinyfusion.io import config_key, load_json, plain, save_json, sha256
+from tinyfusion.io import CorruptArtefactError, check_writable, config_key, folder_lock, load_json, plain, save_json, sha256
 
 RECORD = "run.json"
 _HASHES = {}  # (path, size, mtime) -> SHA-256: hash each input file once per process
@@ -83,10 +84,65 @@ def jsonable(config):
     return config
 
 
-def done(out, config):
-    """True when ``out`` holds a finished record of ``config`` (a corrupt record raises, naming the file)."""
+def read_record(out):
+    """The finished record in ``out`` (``{"config", "result", ...}``) or None; a record that is damaged or not of
+    that shape raises ``CorruptArtefactError`` naming it."""
     record = Path(out) / RECORD
-    return record.exists() and load_json(record).get("config") == fingerprint(config)
+    if not record.exists():
+        return None
+    rec = load_json(record)
+    if not isinstance(rec, dict) or "config" not in rec or "result" not in rec:
+        raise CorruptArtefactError(f"{record} is not a step record (a JSON object with 'config' and 'result'); "
+                                   f"delete it and recompute it")
+    return rec
+
+
+ARTEFACT_SUFFIXES = (".pt", ".npz", ".npy", ".json", ".csv", ".png", ".txt", ".md")
+
+
+def missing_artefacts(out, result):
+    """Files under ``out`` that ``result`` names (its string values at any depth: absolute paths, or names with an
+    artefact suffix relative to ``out``) but that are gone. ``state.pt`` (the resumable state) is not an
+    artefact: deleting it after a run is fine."""
+    out = Path(out).resolve()
+    names = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            for w in v.values():
+                walk(w)
+        elif isinstance(v, list):
+            for w in v:
+                walk(w)
+        elif isinstance(v, str) and v and len(v) < 4096:
+            names.append(v)
+    walk(result)
+    gone = []
+    for v in names:
+        p = Path(v) if Path(v).is_absolute() else out / v
+        try:
+            inside = p.resolve() != out and p.resolve().is_relative_to(out)
+        except (OSError, ValueError):
+            continue
+        file_like = Path(v).is_absolute() or (p.suffix in ARTEFACT_SUFFIXES and not any(c.isspace() for c in v))
+        if inside and file_like and p.name != "state.pt" and not p.exists():
+            gone.append(str(p))
+    return gone
+
+
+def done(out, config):
+    """True when ``out`` holds a finished record of ``config`` whose artefacts are all still there (a corrupt
+    record raises, naming the file; a record whose artefacts were deleted is not done: the step heals by running
+    again, and says why)."""
+    rec = read_record(out)
+    if rec is None or rec.get("config") != fingerprint(config):
+        return False
+    gone = missing_artefacts(out, rec["result"])
+    if gone:
+        dist.print0(f"{Path(out) / RECORD} names artefacts that are gone ({', '.join(gone[:3])}"
+                    f"{' ...' if len(gone) > 3 else ''}); computing the step again")
+        return False
+    return True
 
 
 def cached(out, config, compute, recompute=False):
@@ -94,21 +150,27 @@ def cached(out, config, compute, recompute=False):
 
     A result that says it stopped early (``stopped_at`` set: a ``--stop-after`` run) is returned but not
     recorded, so the next call resumes. ``recompute``: drop the record and the resumable ``state.pt`` first, so
-    the step really runs again. Under torchrun every rank computes and rank 0 writes the record.
+    the step really runs again. A record whose artefacts were deleted is recomputed (see :func:`done`).
+    Under torchrun every rank computes and rank 0 writes the record. ``out`` is checked writable before the step
+    runs, and rank 0 holds ``io.folder_lock(out)`` while it runs: a second run on the same folder stops at once
+    instead of deleting this one's temporary files or resuming its state.
     """
     out = Path(out)
     record = out / RECORD
     fp = fingerprint(config)
     if not recompute and done(out, config):
         return load_json(record)["result"]
-    if recompute and dist.is_main():
-        for stale in (record, out / "state.pt"):
-            stale.unlink(missing_ok=True)
-    dist.barrier()
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    result = plain(compute(out))
-    if dist.is_main() and not (isinstance(result, dict) and result.get("stopped_at")):
-        save_json({"config": fp, "result": result, "wall_s": round(time.time() - t0, 2)}, record)
-    dist.barrier()
+    check_writable(out)
+    with (folder_lock(out) if dist.is_main() else contextlib.nullcontext()):
+        if not recompute and done(out, config):  # another run finished it while we waited for nothing
+            return load_json(record)["result"]
+        if recompute and dist.is_main():
+            for stale in (record, out / "state.pt"):
+                stale.unlink(missing_ok=True)
+        dist.barrier()
+        t0 = time.time()
+        result = plain(compute(out))
+        if dist.is_main() and not (isinstance(result, dict) and result.get("stopped_at")):
+            save_json({"config": fp, "result": result, "wall_s": round(time.time() - t0, 2)}, record)
+        dist.barrier()
     return result

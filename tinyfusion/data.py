@@ -59,7 +59,7 @@ def _idx_pair(folder: Path, split: str):
 
 def locate_fashion_mnist(root=None, split="train", allow_download=True):
     """Folder holding Fashion-MNIST's IDX files for ``split``, following the documented look-up order."""
-    tried = []
+    tried, named = [], None  # named: a place the user set (explicit path, $TINYFUSION_DATA) that lacks the data
     for label, folder in (("explicit path", root), ("$TINYFUSION_DATA", os.environ.get("TINYFUSION_DATA")),
                           ("Debian dataset-fashion-mnist", DEBIAN_DIR)):
         if folder is None:
@@ -68,12 +68,17 @@ def locate_fashion_mnist(root=None, split="train", allow_download=True):
         folder = Path(folder)
         if not folder.is_dir():
             tried.append(f"{label}: {folder} does not exist")
-            continue
-        _, missing = _idx_pair(folder, split)
-        if missing:
-            tried.append(f"{label}: {folder} lacks {', '.join(m + '[.gz]' for m in missing)}")
-            continue
-        return folder
+        else:
+            _, missing = _idx_pair(folder, split)
+            if not missing and named is None:
+                return folder
+            tried.append(f"{label}: {folder} " + (f"lacks {', '.join(m + '[.gz]' for m in missing)}" if missing
+                                                   else f"has the data, but {named} was set and is not replaced"))
+        if label != "Debian dataset-fashion-mnist" and named is None:
+            named = label  # never silently fall back from a folder the user named to another copy
+    if named is not None:
+        allow_download = False
+        tried.append(f"torchvision download: not tried, because {named} was set")
     if allow_download:
         try:
             from torchvision.datasets import FashionMNIST
@@ -84,7 +89,7 @@ def locate_fashion_mnist(root=None, split="train", allow_download=True):
             tried.append(f"torchvision download: finished but {folder} lacks the files")
         except Exception as e:  # no internet, mirror down, ...
             tried.append(f"torchvision download into {TORCHVISION_CACHE}: failed ({type(e).__name__}: {e})")
-    else:
+    elif named is None:
         tried.append("torchvision download: not allowed")
     raise DatasetNotFoundError(
         "Fashion-MNIST not found. Looked in:\n  - " + "\n  - ".join(tried)

@@ -36,7 +36,12 @@ def device():
 
 
 def init(timeout_s=600):
-    """Join the torchrun process group if launched by torchrun; a no-op otherwise. Returns (rank, world)."""
+    """Join the torchrun process group if launched by torchrun; a no-op otherwise. Returns (rank, world).
+
+    A process started by ``tinyfusion.launch`` (torchrun's workers too) first arranges to die with its parent."""
+    from tinyfusion.launch import DIE_WITH_PARENT, die_with_parent
+    if os.environ.get(DIE_WITH_PARENT) == "1":
+        die_with_parent()
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1 or is_dist():
         return rank(), world_size()
     backend = os.environ.get("TINYFUSION_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")

@@ -113,8 +113,14 @@ def load_evaluator(path=None, verify=True):
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CorruptArtefactError(f"{path} is not an evaluator checkpoint (expected keys 'model' and 'config'); "
                                    f"retrain it with `python -m tinyfusion.cli.train_evaluator --out {path}`")
-    model = FMNISTEvaluator(**ckpt["config"])
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = FMNISTEvaluator(**ckpt["config"])
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, RuntimeError, ValueError) as e:
+        raise CorruptArtefactError(f"{path} is not an evaluator checkpoint: its config or weights do not fit "
+                                   f"FMNISTEvaluator ({type(e).__name__}: {str(e)[:200]}); pass the evaluator "
+                                   f"(data/evaluator.pt), not a DiT, or retrain it with "
+                                   f"`python -m tinyfusion.cli.train_evaluator --out {path}`") from None
     model.eval().requires_grad_(False)
     model.sha256 = digest or sha256(path)
     model.path = str(path)
@@ -294,7 +300,7 @@ def train_evaluator(*, out="data/evaluator.pt", summary="", epochs=6, batch_size
                   params=n_params,
                   train_wall_s=round(wall, 1), threads=threads, seed=seed,
                   train_images=len(xtr), test_images=len(xte), config=model.config, run_config=cfg, log=log,
-                  torch_version=torch.__version__)
+                  torch_version=str(torch.__version__))
     if test_acc < min_accuracy:
         raise RuntimeError(f"evaluator reached test accuracy {test_acc:.4f} < {min_accuracy}; "
                            f"not writing {out}. Train longer (--epochs) or check the data.")
@@ -303,8 +309,7 @@ def train_evaluator(*, out="data/evaluator.pt", summary="", epochs=6, batch_size
             "test_images", "torch_version")
     save_checkpoint({"model": model.state_dict(), "config": model.config,
                      "summary": {k: result[k] for k in keep}}, out)
-    digest = sha256(out)
-    Path(str(out) + ".sha256").write_text(f"{digest}  {out.name}\n")
+    digest = sha256(out)  # save_checkpoint wrote <out>.sha256, which load_evaluator verifies
     result.update(sha256=digest, weights_sha256=weights_sha256(model.state_dict()),
                   checkpoint=str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out),
                   size_bytes=out.stat().st_size)

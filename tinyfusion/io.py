@@ -1,11 +1,20 @@
-"""Atomic artefact writes and checked loads.
+"""Atomic artefact writes, integrity records, checked and code-free loads, and output-folder locks.
 
 Every checkpoint, sample file and metrics JSON is written to a temporary file in the same folder and then
-renamed, so a killed run never leaves a half-written artefact under its final name. A file that is
-truncated or corrupted anyway raises ``CorruptArtefactError`` naming it, instead of being half-read.
+renamed, so a killed run never leaves a half-written artefact under its final name. Each write also leaves an
+integrity record ``<file>.sha256`` (``sha256sum`` format, the form the shipped ``data/*.pt.sha256`` have);
+every load checks the file against its record when there is one, so a truncated, bit-flipped or replaced
+artefact raises ``CorruptArtefactError`` naming it instead of being half-read or read wrong. Checkpoints are
+read with ``torch.load(weights_only=True)`` only: tensors and plain containers, never pickled code.
+Files are written with the permissions the umask gives (readable by the group and others as usual), not 0600.
+
+A run that writes into a folder holds :func:`folder_lock` on it, so a second run on the same folder stops at
+once with a message instead of deleting the first one's temporary files or mixing its artefacts in.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -20,28 +29,127 @@ class CorruptArtefactError(RuntimeError):
     """An artefact on disk cannot be read; the message names it and says what to do."""
 
 
-def _atomic_write(path, write_fn, mode="wb"):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def record_path(path):
+    """Where the integrity record of ``path`` lives: ``<path>.sha256``."""
+    return Path(str(path) + ".sha256")
+
+
+def _replace_atomically(path, write_fn, mode):
+    """Write ``write_fn``'s output to a temp file beside ``path``, fsync, set ordinary permissions, rename;
+    returns the SHA-256 of what was written."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artefacts are shared like any other file
+        digest = sha256(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return digest
+
+
+def _atomic_write(path, write_fn, mode="wb"):
+    """Write ``path`` atomically, then its integrity record (see the module docstring)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = _replace_atomically(path, write_fn, mode)
+    _replace_atomically(record_path(path), lambda f: f.write(f"{digest}  {path.name}\n"), "w")
     return path
+
+
+def check_integrity(path):
+    """Raise ``CorruptArtefactError`` when ``path`` has an integrity record that its content does not match."""
+    record = record_path(path)
+    if not record.is_file():
+        return None
+    try:
+        expected = record.read_text().split()[0]
+    except (IndexError, OSError, UnicodeDecodeError) as e:
+        raise CorruptArtefactError(f"the integrity record {record} of {path} is unreadable or empty ({e}); "
+                                   f"delete both and recompute them, or restore them from git") from None
+    got = sha256(path)
+    if got != expected:
+        raise CorruptArtefactError(
+            f"{path} is truncated or corrupted: its SHA-256 {got[:16]}... differs from its integrity record "
+            f"{record} ({expected[:16]}...); delete it and recompute it, or restore a "
+            f"shipped file from git (git checkout -- {path})")
+    return got
+
+
+def check_writable(folder, what="output folder"):
+    """Create ``folder`` if needed and prove it takes a file, before any work is done for it (a read-only or
+    full results folder then fails at once, naming it, instead of after the last training step)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PermissionError(f"{what} {folder} cannot be written ({type(e).__name__}: {e.strerror or e}); "
+                              f"make it writable, free space, or choose another folder (--out / "
+                              f"TINYFUSION_RESULTS)") from None
+    return folder
+
+
+class FolderBusyError(RuntimeError):
+    """Another live process holds the lock of an output folder."""
+
+
+_LOCKS = {}  # resolved folder -> [fd, depth]: a process may re-enter its own lock
+
+
+@contextlib.contextmanager
+def folder_lock(folder):
+    """Hold an exclusive lock on ``folder`` (``<folder>/.lock``, ``flock``: released by the kernel when the process
+    dies, so a killed run never leaves a stale lock). Raises ``FolderBusyError`` at once when another process
+    holds it. Re-entrant within one process."""
+    folder = check_writable(folder)
+    key = str(folder.resolve())
+    if key in _LOCKS:
+        _LOCKS[key][1] += 1
+        try:
+            yield folder
+        finally:
+            _LOCKS[key][1] -= 1
+        return
+    lock = folder / ".lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise FolderBusyError(f"{folder} is in use by another run (pid {holder}); wait for it to finish, or "
+                              f"give this run another output folder (--out)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _LOCKS[key] = [fd, 1]
+    try:
+        yield folder
+    finally:
+        _LOCKS[key][1] -= 1
+        if not _LOCKS[key][1]:
+            del _LOCKS[key]
+            os.close(fd)  # closing releases the flock
 
 
 def remove_stale_temps(folder):
     """Delete the temporary files that writes killed mid-way (SIGKILL, power loss) left in ``folder``.
 
-    ``_atomic_write`` cleans up after an exception, but nothing runs after SIGKILL. Call this only where no other
-    process is writing into ``folder``, e.g. when a run starts on its own output folder.
+    ``_atomic_write`` cleans up after an exception, but nothing runs after SIGKILL. Call this only while holding
+    :func:`folder_lock` on ``folder`` (no other live run then writes there).
     """
     folder = Path(folder)
     stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
@@ -51,24 +159,34 @@ def remove_stale_temps(folder):
 
 
 def save_checkpoint(obj, path):
-    """torch.save ``obj`` to ``path`` atomically."""
+    """torch.save ``obj`` to ``path`` atomically, with its integrity record."""
     return _atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load_checkpoint(path, map_location="cpu", weights_only=False):
-    """torch.load with a clear error for a missing, truncated or corrupted file. ``weights_only``: accept tensors
-    and plain containers only (model weights and their configs), so a file carrying pickled code is refused."""
+# plain data that older artefacts hold besides tensors: the shipped evaluator records torch.__version__, a str subclass
+SAFE_GLOBALS = [torch.torch_version.TorchVersion]
+
+
+def load_checkpoint(path, map_location="cpu", weights_only=True):
+    """torch.load of tensors and plain containers only (``weights_only=True``: a file carrying pickled objects is
+    refused unread, because unpickling could run code), after checking the file against its integrity record;
+    a missing, truncated, corrupted or foreign file raises an error naming it."""
+    if weights_only is not True:
+        raise ValueError("load_checkpoint(weights_only=False) is not offered: loading never executes code; save "
+                         "tensors, numbers, strings and plain containers only")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    check_integrity(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
-    except Exception as e:  # truncated zip, pickle garbage, or (weights_only) a pickle asking for more than data
-        if weights_only and "weights only load failed" in str(e).lower():
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, or a pickle asking for more than data
+        if "weights only load failed" in str(e).lower():
             raise CorruptArtefactError(
                 f"{path} holds objects other than tensors and plain containers; it is refused unread, because "
                 f"unpickling it could run code. Use a checkpoint saved as a state dict (ours, or the official "
-                f"DiT/SiT release)") from e
+                f"DiT/SiT release)") from None
         raise CorruptArtefactError(
             f"{path} is truncated or corrupted and cannot be loaded ({type(e).__name__}: {e}); "
             f"delete it and recompute it") from e
@@ -79,7 +197,9 @@ def save_json(obj, path):
 
 
 def load_json(path):
+    """The JSON at ``path``, checked against its integrity record; damage raises an error naming the file."""
     path = Path(path)
+    check_integrity(path)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -91,9 +211,12 @@ def save_npz(path, **arrays):
 
 
 def load_npz(path):
+    """The arrays of the ``.npz`` at ``path`` (no pickled objects), checked against its integrity record."""
     path = Path(path)
+    if path.exists():
+        check_integrity(path)
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise

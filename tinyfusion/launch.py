@@ -16,7 +16,8 @@ prints alone because entry points use ``dist.print0`` and disable tqdm on other 
 that rank 0 wrote to RES.
 
 Failures raise ``LaunchError`` with the failing rank's traceback, torchrun's summary (rank, exit code,
-signal) and the last output lines. The child runs in its own session; on failure, timeout or
+signal) and the last output lines. The child runs in its own session and dies with this process
+(:func:`die_with_parent`: a killed notebook kernel leaves no torchrun or worker behind); on failure, timeout or
 KeyboardInterrupt the whole tree (torchrun and its workers, which torchrun starts in sessions of their own)
 gets SIGTERM, then SIGKILL, so nothing is left behind. Without ``timeout`` a run that hangs waits until it is
 interrupted. The child inherits the current directory, so relative paths in the config mean the same as here.
@@ -24,6 +25,7 @@ interrupted. The child inherits the current directory, so relative paths in the 
 from __future__ import annotations
 
 import codecs
+import ctypes
 import importlib
 import json
 import os
@@ -52,6 +54,22 @@ _TORCHRUN_FAILED = re.compile(r"failed \(exitcode: |closing signal SIG")
 _SECONDARY = re.compile(r"Connection closed by peer|Connection reset by peer|remote worker crashing|"
                         r"NCCL communicator was aborted|DistNetworkError")  # a rank that lost a dead peer
 _AGENT = re.compile(r"ChildFailedError|SignalException")  # torchrun's own exceptions
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None  # loaded before any fork
+DIE_WITH_PARENT = "TINYFUSION_DIE_WITH_PARENT"  # set by tinyfusion.launch for the processes it starts
+
+
+def die_with_parent(sig=signal.SIGKILL, parent=None):
+    """Ask Linux to send ``sig`` to this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``), so a run whose
+    launcher was killed (a notebook kernel, torchrun) stops instead of writing on as an orphan. ``parent``: the
+    pid the parent must still have (a parent that died before the call means: die now). A no-op off Linux."""
+    if _LIBC is None:
+        return False
+    _LIBC.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if (parent is not None and os.getppid() != parent) or os.getppid() == 1:
+        os.kill(os.getpid(), sig)
+    return True
 
 
 class LaunchError(RuntimeError):
@@ -371,9 +389,13 @@ def launch(entry_point, nproc=1, timeout=None, env=None, *, stream=True, torchru
     try:
         cfg_path, res_path = tmp / "config.json", tmp / "result.json"
         cfg_path.write_text(json.dumps(config, default=str))
+        me = os.getpid()
         proc = subprocess.Popen(_command(entry_point, nproc, use_torchrun, cfg_path, res_path),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=_child_env(nproc, env), start_new_session=True)
+                                env={**_child_env(nproc, env), DIE_WITH_PARENT: "1"}, start_new_session=True,
+                                # if this process dies (a killed kernel), torchrun gets SIGTERM and stops its
+                                # workers, which also die with torchrun (dist.init): nothing keeps running
+                                preexec_fn=lambda: die_with_parent(signal.SIGTERM, parent=me))
         out = _watch(proc, what, timeout, stream, use_torchrun)
         rc = proc.returncode
         if rc != 0:

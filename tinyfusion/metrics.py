@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +159,11 @@ def reference_features(reference=None, evaluator_path=None, reference_limit=None
             _reference_stats(feats, layer)
         _reference_radii(feats, "pool")
         if disk_cache and reference is None:
-            save_checkpoint(feats, path)
+            try:  # tensors only (the FID statistics are numpy and recomputed from them); a cache is optional
+                save_checkpoint({k: v for k, v in feats.items() if torch.is_tensor(v)}, path)
+            except OSError as e:
+                warnings.warn(f"could not write the evaluator feature cache {path} ({e.strerror or e}); scoring "
+                              f"goes on without it (set TINYFUSION_RESULTS to a writable folder to keep it)")
     _REFERENCE[key] = feats
     return feats
 

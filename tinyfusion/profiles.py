@@ -151,14 +151,4 @@ def get_profile(name=None, **overrides) -> Profile:
     return replace(prof, **overrides) if overrides else prof
 
 
-def check_budget(name, value, allow_zero=False):
-    """Validate a step count or sample budget: a non-negative (or positive) integer, else a clear error."""
-    try:
-        v = int(value)
-        if float(value) != v:
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
-    if v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v}")
-    return v
+from tinyfusion.validate import check_budget  # noqa: E402,F401  (the one validation layer; re-exported)

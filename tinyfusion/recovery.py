@@ -314,6 +314,13 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
     from tinyfusion.diffusion import check_objective
     from tinyfusion.profiles import check_budget, get_profile
 
+    from tinyfusion import validate
+
+    validate.settings(k_sigma=k_sigma, lr=lr, min_lr=min_lr, a_kd=a_kd, a_diff=a_diff, beta=beta, grad_clip=grad_clip,
+                      ema_decay=ema_decay, ema_warmup=ema_warmup, seed=seed)
+    kept = None if kept is None else validate.index_list("kept", kept)
+    parent_map = None if parent_map is None else validate.index_list("parent_map", parent_map)
+    groups = validate.groups("groups", groups)
     prof = get_profile(profile)
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r} is unknown; choose one of {', '.join(MODES)}")

@@ -8,6 +8,7 @@ and writes one ``.npz`` (``images`` uint8 (N, H, W) for one channel or (N, H, W,
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +16,8 @@ from tqdm.auto import tqdm
 
 from tinyfusion import dist
 from tinyfusion.diffusion import objective_for
-from tinyfusion.io import save_npz
+from tinyfusion import validate
+from tinyfusion.io import check_writable, save_npz
 from tinyfusion.training import step_seed
 
 
@@ -39,7 +41,8 @@ def sample_batches(model, n, batch_ids, sampler=None, steps=None, cfg_scale=1.5,
     dev = next(model.parameters()).device
     labels = balanced_labels(n, model.num_classes)
     objective = objective_for(model)
-    sampler, steps = sampler or objective.default_sampler, steps or objective.default_steps
+    sampler, steps, cfg_scale = validate.sampling(objective, sampler or objective.default_sampler,
+                                                  steps or objective.default_steps, cfg_scale)
     was_training = model.training
     model.eval()
     parts = {}
@@ -57,8 +60,9 @@ def sample_to_npz(model, n, path=None, sampler=None, steps=None, cfg_scale=1.5, 
     ``{"images": uint8 array, "labels": int64 array, "wall_s", "images_per_s"}`` (rank 0 holds the gathered
     arrays; other ranks get None for them). With ``path``, rank 0 writes them atomically.
     """
-    if n <= 0 or batch <= 0:
-        raise ValueError(f"n and batch must be positive, got n={n}, batch={batch}")
+    n, batch = validate.check_budget("n", n), validate.check_budget("batch", batch)
+    if path is not None and dist.is_main():
+        check_writable(Path(path).parent, "the samples' folder")  # before the sampling, not after it
     labels = balanced_labels(n, model.num_classes)
     n_batches = (n + batch - 1) // batch
     t0 = time.time()
@@ -101,12 +105,12 @@ def score_config(profile=None, *, checkpoint, n=0, sampler="", steps=0, cfg_scal
     from tinyfusion.profiles import check_budget, get_profile
 
     prof = get_profile(profile)
-    if not sampler or not steps:
-        default_sampler, default_steps = sampling_defaults(prof, create_objective(objective_of(checkpoint, prof.model)))
-        sampler, steps = sampler or default_sampler, steps or default_steps
+    objective = create_objective(objective_of(checkpoint, prof.model))
+    default_sampler, default_steps = sampling_defaults(prof, objective)
+    sampler, steps, cfg_scale = validate.sampling(objective, sampler or default_sampler, steps or default_steps,
+                                                  prof.cfg_scale if cfg_scale is None else cfg_scale)
     return dict(profile=prof.name, checkpoint=Path(checkpoint), n=check_budget("n", n or prof.eval_samples),
-                sampler=sampler, steps=check_budget("steps", steps),
-                cfg_scale=prof.cfg_scale if cfg_scale is None else float(cfg_scale), seed=int(seed),
+                sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=int(seed),
                 batch=check_budget("batch", batch or prof.batch_eval),
                 evaluator=Path(prof.path(evaluator or prof.evaluator)),
                 reference_limit=reference_limit if reference_limit is not None else prof.eval_limit)

@@ -104,6 +104,8 @@ class Study:
         out = cache.folder(self.root, kind, name, config)
         if not self.recompute and cache.done(out, config):
             return load_json(out / cache.RECORD)["result"]
+        from tinyfusion.io import check_writable
+        check_writable(out)  # before torchrun starts, not after the run
         result = launch(f"tinyfusion.cli.{entry}", nproc=self.prof.nproc, **cache.jsonable(flags), out=str(out),
                         recompute=self.recompute)
         if not cache.done(out, config):
@@ -183,17 +185,17 @@ class Study:
             cfg["calib"] = self._calib_config()
         return self.cached("baselines", method.replace("-", ""), cfg, compute)
 
-    def learnable(self, groups="1:2", update="lora", seed=0, source=None, steps=None, lora_rank=0):
+    def learnable(self, groups="1:2", update="lora", seed=0, source=None, steps=None, lora_rank=None):
         """Learnable pruning of ``source`` (default: the teacher); the kept layers, confidences (``settled``: per
         block, whether the decision held over the last 20% of the steps) and paths. ``lora_rank``: 0 is the
-        profile's (about the paper's 0.9% trained)."""
+        profile's (None: about the paper's 0.9% trained)."""
         from tinyfusion.pruning import learnable
         config = learnable.learnable_config(self.prof, source=source, groups=groups, update=update, seed=seed,
                                             steps=steps or 0, lora_rank=lora_rank)
         flags = {k: config[k] for k in ("profile", "groups", "update", "steps", "batch_size", "lr", "seed",
                                         "logit_lr_mult", "lora_rank", "lora_alpha", "ema_decay", "grad_clip")}
         flags.update(teacher=config["source"], tau_start=config["tau"][0], tau_end=config["tau"][1])
-        label = f"{str(groups).replace(':', 'of')}_{update}{'' if not lora_rank else f'_r{lora_rank}'}_s{seed}"
+        label = f"{str(groups).replace(':', 'of')}_{update}{'' if lora_rank is None else f'_r{lora_rank}'}_s{seed}"
         return self._step("prune_learn", label, config,
                           lambda folder: learnable.run_learnable(config, folder), "prune_learn", flags)
 

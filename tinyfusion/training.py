@@ -11,21 +11,22 @@ by ``(seed, s)``, and the global batch is drawn before it is split across ranks.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
-import random
 import time
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from tinyfusion import dist
-from tinyfusion.io import load_checkpoint, plain, remove_stale_temps, save_checkpoint
+from tinyfusion import dist, validate
+from tinyfusion.io import check_writable, load_checkpoint, plain, remove_stale_temps, save_checkpoint
+
+CHECKPOINT_EVERY_S = 300.0  # with a state_path, the state is also written after this long without a checkpoint
 
 
 def step_seed(seed, step, salt=0):
@@ -106,16 +107,33 @@ def cosine_lr(step, total, lr_max, lr_min, warmup=0):
 
 
 def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """torch's RNG states as tensors (so ``state.pt`` loads with ``weights_only``). numpy's and Python's are not
+    kept: nothing in a run draws from them, and every step reseeds torch from ``(seed, step)`` anyway."""
+    return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state):
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _digest(tensors):
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def input_identity(model, images, labels):
+    """What a run starts from, as hashes: the model's weights before training (the student, teacher or freshly
+    initialised network) and the training images and labels. Part of every resume identity, so a state written
+    for another student or other data of the same shape is refused instead of resumed."""
+    weights = [v for v in unwrap(model).state_dict().values() if torch.is_tensor(v)]  # not extra states
+    return {"model": _digest(weights), "data": _digest((images, labels))}
 
 
 def save_train_state(path, step, config, **state):
@@ -141,22 +159,31 @@ def load_train_state(path, identity=None):
     if identity is not None:
         saved, wanted = plain(state.get("run_config")), plain(identity)
         if saved != wanted:
-            diff = {k: (saved.get(k) if isinstance(saved, dict) else None, v) for k, v in wanted.items()
-                    if not isinstance(saved, dict) or saved.get(k) != v}
-            raise ValueError(f"{path} was written by another run (differs in {diff}, saved vs wanted); "
-                             f"delete it or use another --out folder")
+            saved = saved if isinstance(saved, dict) else {}
+            diff = {}
+            for k, v in wanted.items():
+                old = saved.get(k)
+                if old != v and isinstance(v, dict) and isinstance(old, dict):  # name the inner keys (inputs.model)
+                    diff.update({f"{k}.{i}": (old.get(i), w) for i, w in v.items() if old.get(i) != w})
+                elif old != v:
+                    diff[k] = (old, v)
+            raise ValueError(f"{path} was written by another run (differs in {diff}, saved vs wanted; inputs.model: "
+                             f"the starting weights, i.e. another student or teacher; inputs.data: other training "
+                             f"data); delete it or use another --out folder")
     return state
 
 
 class NonFiniteGuard:
     """Skips optimiser steps whose loss is not finite and counts them; too many raise.
 
-    ``max_skipped`` is an absolute count (default: 10% of the run's steps, at least 5).
+    ``max_skipped`` is an absolute count (default: 10% of the run's steps, at least 1), and never every step of a
+    run: a run whose every step was skipped would return its starting weights as if trained.
     """
 
     def __init__(self, total_steps, max_skipped=None):
         self.skipped = 0
-        self.max_skipped = max(5, total_steps // 10) if max_skipped is None else max_skipped
+        self.max_skipped = max(1, total_steps // 10) if max_skipped is None else int(max_skipped)
+        self.max_skipped = min(self.max_skipped, max(int(total_steps) - 1, 0))
 
     def ok(self, loss, step):
         finite = torch.isfinite(loss.detach()).all()
@@ -176,6 +203,18 @@ class NonFiniteGuard:
 
 
 # --------------------------------------------------------------------------- the loop
+def check_loop_inputs(cfg, model, labels):
+    """Refuse settings and labels that would fail mid-run or train garbage, before the first step."""
+    validate.settings(steps=cfg.steps, batch_size=cfg.batch_size, ema_decay=cfg.ema_decay,
+                      ema_warmup=cfg.ema_warmup, grad_clip=cfg.grad_clip, label_dropout=cfg.label_dropout)
+    n_classes = getattr(model, "num_classes", None)
+    if n_classes is not None and len(labels):
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(f"training labels span {lo}..{hi} but the model has {n_classes} classes (0.."
+                             f"{n_classes - 1}); use data with the model's classes or a model built for them")
+
+
 @dataclass
 class LoopConfig:
     """Settings of one run of :func:`train` (what changes the result is also the run's resume identity)."""
@@ -187,9 +226,9 @@ class LoopConfig:
     ema_warmup: int = 10           # decay min(ema_decay, (1 + s) / (ema_warmup + s)); 0: constant decay
     label_dropout: float = 0.0     # labels replaced by the null class with this probability, drawn from (seed, s)
     log_every: int = 1             # log (and reduce across ranks) every n steps; step 0 and the last always
-    ckpt_every: int = 0            # write the resumable state every n steps (0: only when stopping / at the end)
+    ckpt_every: int = 0            # write the resumable state every n steps (0: every CHECKPOINT_EVERY_S seconds)
     stop_after: int = 0            # stop after n steps of this call, with the state saved (tests of resuming)
-    max_skipped: int | None = None # non-finite steps allowed (None: 10% of the steps, at least 5)
+    max_skipped: int | None = None # non-finite steps allowed (None: 10% of the steps, at least 1; never all)
     inject_nan_at: tuple = ()      # steps whose loss is replaced by NaN (tests of the guard)
     snapshots: tuple = ()          # step counts after which ``on_snapshot(done)`` runs (EMA copies for recovery curves)
 
@@ -212,17 +251,25 @@ def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr
     ``on_snapshot(done)`` runs after step ``done - 1`` for every ``done`` in ``cfg.snapshots`` (skipped or not), before
     that step's checkpoint: a resumed run redoes a snapshot only if it was not yet saved with the state.
     ``state``: dict name -> object with ``state_dict``/``load_state_dict`` (model, ema, optimiser, gates, ...)
-    saved to ``state_path`` with the log, every ``ckpt_every`` steps, on ``stop_after`` and at the end; a state
-    found there is resumed if its ``identity`` (the run's resolved settings) equals this one's.
+    saved to ``state_path`` with the log, every ``ckpt_every`` steps (0: every ``CHECKPOINT_EVERY_S`` seconds), on
+    ``stop_after`` and at the end; a state found there is resumed if its ``identity`` (the run's resolved
+    settings) and its inputs (:func:`input_identity`: hashes of the starting weights and of the data) equal this
+    run's. The folder of ``state_path`` is checked writable before the first step, and the settings and labels
+    too (:func:`check_loop_inputs`).
 
     Returns dict(log, first (step 0's entry: the "initial loss"), skipped_steps, steps_run, stopped_at (None if
     finished), wall_s and samples_per_s of this call, total_wall_s over every call of a resumed run).
     """
     dev = next(unwrap(model).parameters()).device
     state = state or {}
+    check_loop_inputs(cfg, unwrap(model), labels)
     steps = int(cfg.steps)
     start, log, prior_wall = 0, [], 0.0
     guard = NonFiniteGuard(steps, cfg.max_skipped)
+    if state_path:
+        check_writable(Path(state_path).parent)  # fail now, not after the last step
+        inputs = input_identity(model, images, labels)
+        identity = {**identity, "inputs": inputs} if isinstance(identity, dict) else {"run": identity, "inputs": inputs}
     saved = load_train_state(state_path, identity) if state_path else None
     if saved is not None:
         for name, obj in state.items():
@@ -235,7 +282,10 @@ def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr
     m = unwrap(model)
     params = [p for g in opt.param_groups for p in g["params"]]
 
+    last_save = [time.time()]
+
     def checkpoint(step, wall):
+        last_save[0] = time.time()
         if state_path:
             save_train_state(state_path, step, getattr(m, "config", None), log=log, skipped=guard.skipped,
                              wall_s=wall, run_config=identity, **{k: v.state_dict() for k, v in state.items()})
@@ -279,7 +329,8 @@ def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr
         done = step + 1
         if on_snapshot is not None and done in snaps:
             on_snapshot(done)
-        if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < steps:
+        if state_path and done < steps and (done % cfg.ckpt_every == 0 if cfg.ckpt_every else  # ranks agree
+                                            dist.broadcast_object(time.time() - last_save[0] >= CHECKPOINT_EVERY_S)):
             checkpoint(done, prior_wall + time.time() - t0)
         if cfg.stop_after and done - start >= cfg.stop_after and done < steps:
             stopped_at = done

@@ -10,8 +10,17 @@ from tinyfusion import dist
 from tinyfusion.io import save_json
 
 
+def _json_flag(text):
+    return json.loads(text)
+
+
+_json_flag.__name__ = "JSON"  # argparse names the type in its error: "invalid JSON value: '[1,2'"
+
+
 def parser_from_defaults(description, defaults: dict, help: dict | None = None):
-    """An argparse parser with one ``--flag`` per key of ``defaults`` (types from the default values)."""
+    """An argparse parser with one ``--flag`` per key of ``defaults`` (types from the default values; a None
+    default takes JSON, and None means "not given": the entry point fills in the profile's value, while an
+    explicit value such as ``--steps 0`` is validated, never silently replaced)."""
     p = argparse.ArgumentParser(description=description)
     help = help or {}
     for k, v in defaults.items():
@@ -19,7 +28,7 @@ def parser_from_defaults(description, defaults: dict, help: dict | None = None):
         if isinstance(v, bool):
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=v, help=help.get(k))
         elif isinstance(v, (list, tuple, dict)) or v is None:
-            p.add_argument(flag, type=json.loads, default=v, help=(help.get(k) or "") + " (JSON)")
+            p.add_argument(flag, type=_json_flag, default=v, help=(help.get(k) or "") + " (JSON)")
         else:
             p.add_argument(flag, type=type(v), default=v, help=help.get(k))
     p.add_argument("--config-json", default=None, help="read the config from this JSON file (flags are ignored)")

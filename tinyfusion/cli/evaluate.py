@@ -18,12 +18,12 @@ import json
 import sys
 import time
 
-from tinyfusion import dist
+from tinyfusion import dist, validate
 from tinyfusion.cli.common import cli_main
-from tinyfusion.profiles import check_budget, get_profile
+from tinyfusion.profiles import get_profile
 
-DEFAULTS = dict(profile="cpu", npz="", checkpoint="", n=0, sampler="", steps=0, cfg_scale=None, seed=0, batch=0,
-                evaluator="", reference_limit=0, kid_subset_size=0, save_npz="", objective="", progress=True)
+DEFAULTS = dict(profile="cpu", npz="", checkpoint="", n=None, sampler="", steps=None, cfg_scale=None, seed=0,
+                batch=None, evaluator="", reference_limit=None, kid_subset_size=None, save_npz="", objective="", progress=True)
 HELP = dict(npz="samples to score (.npz with images, labels)", checkpoint="DiT checkpoint to sample from and score",
             n="samples to draw (default: the profile's eval_samples)",
             sampler="ddim or ddpm (DDPM objective); euler, heun or sde (flow). Default: the profile's when it fits "
@@ -48,7 +48,8 @@ def run(**cfg):
         raise ValueError(f"profile {prof.name!r} uses {prof.dataset}: its samples are scored with the official ADM "
                          f"evaluator suite on 50K samples, not with this Fashion-MNIST evaluator")
     evaluator = prof.path(cfg["evaluator"] or prof.evaluator)
-    ref_limit = cfg["reference_limit"] or prof.eval_limit or None
+    ref_limit = validate.given_count("reference_limit", cfg["reference_limit"]) or prof.eval_limit or None
+    kid_subset = validate.given_count("kid_subset_size", cfg["kid_subset_size"]) or None
     result = dict(profile=prof.name)
     t0 = time.time()
     if cfg["npz"]:
@@ -62,14 +63,14 @@ def run(**cfg):
         from tinyfusion.diffusion import objective_for
         from tinyfusion.models import load_dit
         from tinyfusion.sampling import sample_to_npz, sampling_defaults
-        n = check_budget("n", cfg["n"] or prof.eval_samples)
+        n = validate.given_count("n", cfg["n"]) or prof.eval_samples
         model = load_dit(cfg["checkpoint"], name=prof.model, objective=cfg["objective"] or None)
         model = model.to(dist.device()).eval()
         default_sampler, default_steps = sampling_defaults(prof, objective_for(model))
-        sampler = cfg["sampler"] or default_sampler
-        steps = check_budget("steps", cfg["steps"] or default_steps)
-        cfg_scale = prof.cfg_scale if cfg["cfg_scale"] is None else float(cfg["cfg_scale"])
-        batch = check_budget("batch", cfg["batch"] or prof.batch_eval)
+        sampler, steps, cfg_scale = validate.sampling(
+            objective_for(model), cfg["sampler"] or default_sampler, validate.given_count("steps", cfg["steps"])
+            or default_steps, prof.cfg_scale if cfg["cfg_scale"] is None else cfg["cfg_scale"])
+        batch = validate.given_count("batch", cfg["batch"]) or prof.batch_eval
         res = sample_to_npz(model, n, cfg["save_npz"] or None, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                             seed=cfg["seed"], batch=batch, progress=cfg["progress"])
         images, labels = res["images"], res["labels"]
@@ -84,7 +85,7 @@ def run(**cfg):
         return result
     t1 = time.time()
     scores = metrics.evaluate_samples(images, labels, evaluator_path=evaluator, reference_limit=ref_limit,
-                                      kid_subset_size=cfg["kid_subset_size"] or None, seed=cfg["seed"])
+                                      kid_subset_size=kid_subset, seed=cfg["seed"])
     result.update(scores, evaluator=str(evaluator), eval_wall_s=round(time.time() - t1, 2),
                   wall_s=round(time.time() - t0, 2))
     print(json.dumps(result))

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tinyfusion import cache, dist
+from tinyfusion import cache, dist, validate
 from tinyfusion.cli.common import cli_main
 from tinyfusion.profiles import get_profile
 from tinyfusion.recovery import MODES, recovery_config, run_recovery
 
 DEFAULTS = dict(profile="cpu", student="", teacher="", mode="finetune", k_sigma=0.0, kept=None, groups="1:2",
-                parent_map=None, steps=0, batch_size=0, lr=0.0, min_lr=0.0, a_kd=0.9, a_diff=0.1, beta0=None,
+                parent_map=None, steps=None, batch_size=None, lr=None, min_lr=None, a_kd=0.9, a_diff=0.1, beta0=None,
                 beta1=None, ema_decay=0.999, ema_warmup=10, grad_clip=1.0, seed=0, out="", ckpt_every=100,
                 log_every=1, stop_after=0, max_skipped=-1, recompute=False, progress=True, inject_nan_at=None,
                 objective="", lr_steps=0, snapshots=None)
@@ -49,8 +49,10 @@ def run(**cfg):
     cfg = {**DEFAULTS, **cfg}
     config = recovery_config(cfg["profile"], student=cfg["student"], mode=cfg["mode"], teacher=cfg["teacher"],
                              k_sigma=cfg["k_sigma"], kept=cfg["kept"], groups=cfg["groups"],
-                             parent_map=cfg["parent_map"], steps=cfg["steps"], batch_size=cfg["batch_size"],
-                             lr=cfg["lr"], min_lr=cfg["min_lr"], a_kd=cfg["a_kd"], a_diff=cfg["a_diff"],
+                             parent_map=cfg["parent_map"], steps=validate.given_count("steps", cfg["steps"]),
+                             batch_size=validate.given_count("batch_size", cfg["batch_size"]),
+                             lr=validate.given_rate("lr", cfg["lr"]), min_lr=validate.given_rate("min_lr", cfg["min_lr"]),
+                             a_kd=cfg["a_kd"], a_diff=cfg["a_diff"],
                              beta=(cfg["beta0"], cfg["beta1"]), ema_decay=cfg["ema_decay"],
                              ema_warmup=cfg["ema_warmup"], grad_clip=cfg["grad_clip"], seed=cfg["seed"],
                              inject_nan_at=cfg["inject_nan_at"], objective=cfg["objective"],

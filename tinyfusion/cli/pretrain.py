@@ -10,30 +10,41 @@ Killed and started again with the same flags, it resumes from ``state.pt`` and e
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
 
-from tinyfusion import dist
+from tinyfusion import dist, validate
 from tinyfusion.cli.common import cli_main
 from tinyfusion.data import load_dataset
 from tinyfusion.diffusion import objective_for
-from tinyfusion.io import save_checkpoint, save_json
+from tinyfusion.io import folder_lock, save_checkpoint, save_json
 from tinyfusion.models import build_model
 from tinyfusion.profiles import check_budget, get_profile
 from tinyfusion.training import LoopConfig, cosine_lr, make_ema, train
 
-DEFAULTS = dict(profile="cpu", out="", model="", objective="", steps=0, batch_size=0, lr=0.0, min_lr_frac=0.1,
+DEFAULTS = dict(profile="cpu", out="", model="", objective="", steps=None, batch_size=None, lr=None, min_lr_frac=0.1,
                 warmup=200, ema_decay=0.999, seed=0, ckpt_every=500, log_every=50, grad_clip=1.0, stop_after=0)
 
 
 def run(**cfg):
+    """Pre-train into ``--out`` while holding its lock (``io.folder_lock``: one run per output folder)."""
     cfg = {**DEFAULTS, **cfg}
+    out = Path(cfg["out"] or get_profile(cfg["profile"]).results / "pretrain")
+    with folder_lock(out) if dist.is_main() else contextlib.nullcontext():
+        return _run(cfg)
+
+
+def _run(cfg):
     prof = get_profile(cfg["profile"])
     cfg["model"] = cfg["model"] or prof.model
-    cfg["steps"] = check_budget("steps", cfg["steps"] or prof.pretrain_steps)
-    cfg["batch_size"] = check_budget("batch_size", cfg["batch_size"] or prof.pretrain_batch)
-    cfg["lr"] = cfg["lr"] or prof.pretrain_lr
+    cfg["steps"] = check_budget("steps", validate.given_count("steps", cfg["steps"]) or prof.pretrain_steps)
+    cfg["batch_size"] = check_budget("batch_size", validate.given_count("batch_size", cfg["batch_size"])
+                                     or prof.pretrain_batch)
+    cfg["lr"] = prof.pretrain_lr if cfg["lr"] is None else validate.number("lr", cfg["lr"], 0.0, lo_open=True)
+    validate.settings(min_lr_frac=cfg["min_lr_frac"], warmup=cfg["warmup"], ema_decay=cfg["ema_decay"],
+                      grad_clip=cfg["grad_clip"], seed=cfg["seed"])
     out = Path(cfg["out"] or prof.results / "pretrain")
     dev = dist.device()
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tinyfusion import cache
+from tinyfusion import cache, validate
 from tinyfusion.cli.common import cli_main
 from tinyfusion.profiles import get_profile
 from tinyfusion.pruning.learnable import learnable_config, run_learnable
 
-DEFAULTS = dict(profile="cpu", teacher="", groups="1:2", update="lora", steps=0, batch_size=0, lr=0.0, seed=0,
+DEFAULTS = dict(profile="cpu", teacher="", groups="1:2", update="lora", steps=None, batch_size=None, lr=None, seed=0,
                 out="", stop_after=0, log_every=0, ckpt_every=50, logit_lr_mult=10.0, tau_start=4.0, tau_end=0.1,
-                lora_rank=0, lora_alpha=16.0, ema_decay=0.0, grad_clip=1.0, objective="", recompute=False)
+                lora_rank=None, lora_alpha=16.0, ema_decay=0.0, grad_clip=1.0, objective="", recompute=False)
 HELP = dict(teacher="teacher checkpoint (default: the profile's)",
             groups="N:M block size, e.g. 1:2, 2:4, 7:14, or a JSON list of [N, M] blocks",
             update="weight update trained with the gates: lora, full or frozen",
@@ -36,7 +36,9 @@ HELP = dict(teacher="teacher checkpoint (default: the profile's)",
 def run(**cfg):
     cfg = {**DEFAULTS, **cfg}
     config = learnable_config(cfg["profile"], source=cfg["teacher"], groups=cfg["groups"], update=cfg["update"],
-                              steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["seed"],
+                              steps=validate.given_count("steps", cfg["steps"]),
+                              batch_size=validate.given_count("batch_size", cfg["batch_size"]),
+                              lr=validate.given_rate("lr", cfg["lr"]), seed=cfg["seed"],
                               logit_lr_mult=cfg["logit_lr_mult"], tau=(cfg["tau_start"], cfg["tau_end"]),
                               lora_rank=cfg["lora_rank"], lora_alpha=cfg["lora_alpha"], ema_decay=cfg["ema_decay"],
                               grad_clip=cfg["grad_clip"], objective=cfg["objective"])

@@ -5,13 +5,19 @@
 Executed copies go to ``results/<profile>/notebooks/``, figures and tables to ``results/<profile>/figures`` and
 ``tables``, the wall time of each notebook to ``results/<profile>/timings.json``; notebook 09 writes
 ``summary.md``. The run stops at the first failing notebook, names it and the failing cell, keeps the partly
-executed copy for inspection and exits non-zero. Finished steps are cached, so a rerun takes minutes.
+executed copy for inspection under ``results/<profile>/partial/`` and exits non-zero. A notebook's executed copy,
+figures, tables, verdicts and "latest" time replace the old ones only when it finished: it is executed into
+``partial/`` and moved into ``notebooks/`` at the end, and the outputs it wrote are rolled back when it failed or
+the run was interrupted (Ctrl-C, SIGTERM). Finished steps are cached, so a rerun takes minutes.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,6 +85,42 @@ def compact_streams(path):
     nbformat.write(nb, str(path))
 
 
+OUTPUTS = ("figures", "tables", "verdicts", "summary.md")  # what a notebook writes besides its executed copy
+
+
+class Snapshot:
+    """A copy of a results root's notebook outputs (:data:`OUTPUTS`), to put back when a notebook did not finish."""
+
+    def __init__(self, root):
+        self.root, self.dir = Path(root), Path(tempfile.mkdtemp(prefix="tinyfusion-outputs-"))
+        for name in OUTPUTS:
+            src = self.root / name
+            if src.is_dir():
+                shutil.copytree(src, self.dir / name)
+            elif src.is_file():
+                shutil.copy2(src, self.dir / name)
+
+    def restore(self):
+        """Put every output back as it was (files the notebook added are removed)."""
+        for name in OUTPUTS:
+            live, kept = self.root / name, self.dir / name
+            if live.is_dir():
+                shutil.rmtree(live)
+            elif live.exists():
+                live.unlink()
+            if kept.is_dir():
+                shutil.copytree(kept, live)
+            elif kept.is_file():
+                shutil.copy2(kept, live)
+
+    def drop(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def _failing_cell(path):
     """First line of the cell that raised in an executed notebook (names the cell whatever papermill inserted)."""
     try:
@@ -94,8 +136,9 @@ def _failing_cell(path):
 
 def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError):
     root = Path(os.environ.get("TINYFUSION_RESULTS", ROOT / "results")) / profile
-    out_dir = root / "notebooks"
+    out_dir, partial_dir = root / "notebooks", root / "partial"
     out_dir.mkdir(parents=True, exist_ok=True)
+    partial_dir.mkdir(parents=True, exist_ok=True)
     timings_path = root / "timings.json"
     timings = load_json(timings_path) if timings_path.exists() else {}
     runs = timings.setdefault("runs", [])
@@ -106,25 +149,34 @@ def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError):
     if not todo:
         raise SystemExit(f"no notebooks matched {only!r} in {NOTEBOOKS}")
     for nb in todo:
-        out = out_dir / nb.name
+        out, partial = out_dir / nb.name, partial_dir / nb.name
         print(f"[reproduce] {nb.name} (profile={profile})", flush=True)
         t0 = time.time()
+        snapshot = Snapshot(root)
         try:
-            pm.execute_notebook(str(nb), str(out), parameters={"profile": profile}, kernel_name=kernel,
+            pm.execute_notebook(str(nb), str(partial), parameters={"profile": profile}, kernel_name=kernel,
                                 cwd=str(NOTEBOOKS), progress_bar=progress, log_output=False)
-        except PapermillExecutionError as e:
-            compact_streams(out)
+        except BaseException as e:  # failed, or interrupted: the previous outputs stay the current ones
+            snapshot.restore()
             this_run["notebooks"][nb.name] = {"seconds": round(time.time() - t0, 1), "failed": True}
             save_json(timings, timings_path)
-            raise SystemExit(f"[reproduce] {nb.name} failed in cell {e.cell_index} of the executed copy (execution "
-                             f"count {e.exec_count}; the cell starts {_failing_cell(out)!r}): "
-                             f"{e.ename}: {e.evalue}\nThe partly executed notebook is kept at {out}") from None
-        except Exception as e:
-            this_run["notebooks"][nb.name] = {"seconds": round(time.time() - t0, 1), "failed": True}
-            save_json(timings, timings_path)
-            raise SystemExit(f"[reproduce] {nb.name} could not run: {type(e).__name__}: {e}") from None
+            try:  # best effort: a copy cut off mid-write may not even be JSON
+                compact_streams(partial)
+            except Exception:
+                pass
+            if isinstance(e, PapermillExecutionError):
+                raise SystemExit(f"[reproduce] {nb.name} failed in cell {e.cell_index} of the executed copy "
+                                 f"(execution count {e.exec_count}; the cell starts {_failing_cell(partial)!r}): "
+                                 f"{e.ename}: {e.evalue}\nThe partly executed notebook is kept at {partial}; "
+                                 f"{out} and the figures and tables are those of the last finished run") from None
+            if isinstance(e, Exception):
+                raise SystemExit(f"[reproduce] {nb.name} could not run: {type(e).__name__}: {e}") from None
+            raise
+        finally:
+            snapshot.drop()
         dt = round(time.time() - t0, 1)
-        compact_streams(out)
+        compact_streams(partial)
+        os.replace(partial, out)
         this_run["notebooks"][nb.name] = {"seconds": dt}
         timings["latest"] = {**timings.get("latest", {}), nb.name: dt}
         save_json(timings, timings_path)
@@ -143,6 +195,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="results root (default: results/)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # so a killed run rolls back like Ctrl-C
     only = [s.strip().zfill(2) for s in a.only.split(",") if s.strip()] or None
     reproduce(a.profile, only, a.out, progress=not a.no_progress)
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tinyfusion import dist
+from tinyfusion import dist, validate
 from tinyfusion.cli.common import cli_main
 from tinyfusion.profiles import check_budget
 from tinyfusion.sampling import sample_checkpoint
 
-DEFAULTS = dict(checkpoint="", n=1000, sampler="", steps=0, cfg_scale=1.5, seed=0, batch=250, out="",
+DEFAULTS = dict(checkpoint="", n=1000, sampler="", steps=None, cfg_scale=1.5, seed=0, batch=250, out="",
                 objective="", progress=True)
 HELP = dict(checkpoint="DiT checkpoint (teacher, pruned or recovered; required)",
             sampler="ddim or ddpm (DDPM objective), euler, heun or sde (flow); default: the objective's (ddim, heun)",
@@ -35,12 +35,12 @@ def run(**cfg):
     n = check_budget("n", cfg["n"])
     batch = check_budget("batch", cfg["batch"])
     ckpt = Path(cfg["checkpoint"])
-    if not cfg["sampler"] or not cfg["steps"]:
-        from tinyfusion.diffusion import create_objective
-        from tinyfusion.models.dit import objective_of
-        objective = create_objective(cfg["objective"] or objective_of(ckpt))
-        cfg["sampler"] = cfg["sampler"] or objective.default_sampler
-        cfg["steps"] = cfg["steps"] or objective.default_steps
+    from tinyfusion.diffusion import create_objective
+    from tinyfusion.models.dit import objective_of
+    objective = create_objective(cfg["objective"] or objective_of(ckpt))
+    cfg["sampler"], cfg["steps"], cfg["cfg_scale"] = validate.sampling(
+        objective, cfg["sampler"] or objective.default_sampler,
+        objective.default_steps if cfg["steps"] is None else cfg["steps"], cfg["cfg_scale"])
     out = Path(cfg["out"] or ckpt.parent / (f"samples_{cfg['sampler']}{cfg['steps']}_cfg{cfg['cfg_scale']}"
                                             f"_n{n}_seed{cfg['seed']}.npz"))
     if out.suffix != ".npz":

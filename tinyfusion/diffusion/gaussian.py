@@ -76,6 +76,7 @@ class GaussianDiffusion:
     name = "ddpm"
     SAMPLERS = ("ddim", "ddpm")
     default_sampler, default_steps = "ddim", 25
+    MIN_STEPS = 2  # a respaced schedule of one step has no previous timestep (validate.sampling)
 
     def __init__(self, betas, learn_sigma=True, timestep_map=None, original_num_steps=None):
         self.betas = betas = np.asarray(betas, dtype=np.float64)

@@ -337,7 +337,7 @@ def objective_of(path, name=None):
     registered ``name``'s (SiT names: flow), else DDPM (the official DiT layout)."""
     from tinyfusion.io import load_checkpoint
     ckpt = load_checkpoint(path, weights_only=True)
-    if isinstance(ckpt, dict) and state_dict_of(ckpt) is not ckpt and ckpt.get("config"):
+    if isinstance(ckpt, dict) and state_dict_of(ckpt) is not ckpt and isinstance(ckpt.get("config"), dict):
         return ckpt["config"].get("objective", "ddpm")
     return getattr(DiT_models.get(name), "keywords", {}).get("objective", "ddpm")
 
@@ -357,6 +357,9 @@ def load_dit(path_or_state, name=None, config=None, strict=True, objective=None)
     label = str(path_or_state) if not isinstance(path_or_state, dict) else "<state dict>"
     ckpt = load_checkpoint(path_or_state, weights_only=True) if not isinstance(path_or_state, dict) else path_or_state
     state = state_dict_of(ckpt)
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ValueError(f"{label} holds a {type(ckpt).__name__}, not DiT weights (a state dict of tensors, or "
+                         f"{{'ema' or 'model': state dict, 'config': ...}}); pass a DiT checkpoint")
     stored_config = ckpt.get("config") if state is not ckpt else None
     depth = depth_of_state_dict(state)
     override = {"objective": objective} if objective else {}

@@ -197,33 +197,35 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
 
 # --------------------------------------------------------------------------- one learnable-pruning run
 def learnable_config(profile=None, *, source=None, groups="1:2", update="lora", steps=0, batch_size=0, lr=0.0,
-                     seed=0, logit_lr_mult=10.0, tau=(4.0, 0.1), lora_rank=0, lora_alpha=16.0, ema_decay=0.0,
+                     seed=0, logit_lr_mult=10.0, tau=(4.0, 0.1), lora_rank=None, lora_alpha=16.0, ema_decay=0.0,
                      grad_clip=1.0, objective=""):
     """The resolved settings of one learnable-pruning run (what :func:`run_learnable` reads): profile defaults
     filled in for 0 / None (``source``: the profile's teacher; ``ema_decay``: the profile's gate-EMA decay;
     ``lora_rank``: the profile's, chosen so LoRA trains about the paper's 0.9%; ``objective``: the one the teacher's
     checkpoint names; a name given here replaces it and enters the config)."""
-    import json
     from pathlib import Path
 
     from tinyfusion.data import data_identity
     from tinyfusion.diffusion import check_objective
     from tinyfusion.profiles import get_profile
 
+    from tinyfusion import validate
+
+    validate.settings(lr=lr, seed=seed, logit_lr_mult=logit_lr_mult, tau=tau, lora_rank=lora_rank,
+                      lora_alpha=lora_alpha, ema_decay=ema_decay, grad_clip=grad_clip)
+    groups = validate.groups("groups", groups)
     prof = get_profile(profile)
     _check_update(update)
     source = Path(prof.path(source or prof.teacher))
     if not source.exists():
         raise FileNotFoundError(f"teacher checkpoint {source} does not exist; train it first "
                                 f"(python -m tinyfusion.cli.pretrain --profile {prof.name}) or pass --teacher")
-    if isinstance(groups, str) and groups.strip().startswith("["):
-        groups = json.loads(groups)
     return dict(profile=prof.name, data=data_identity(prof), source=source, model=prof.model, groups=groups,
                 update=update,
                 steps=check_budget("steps", steps or prof.prune_steps),
                 batch_size=check_budget("batch_size", batch_size or prof.prune_batch),
                 lr=float(lr or prof.prune_lr), seed=int(seed), logit_lr_mult=float(logit_lr_mult),
-                tau=[float(v) for v in tau], lora_rank=check_budget("lora_rank", lora_rank or prof.lora_rank),
+                tau=[float(v) for v in tau], lora_rank=check_budget("lora_rank", prof.lora_rank if lora_rank is None else lora_rank),
                 lora_alpha=float(lora_alpha), ema_decay=float(ema_decay or prof.prune_ema_decay), grad_clip=float(grad_clip),
                 **({"objective": check_objective(objective)} if objective else {}))
 
