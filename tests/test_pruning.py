@@ -300,3 +300,35 @@ def test_prune_learn_cli(tmp_path, monkeypatch):
         assert torch.equal(ps[f"blocks.{j}.attn.qkv.weight"], ts[f"blocks.{i}.attn.qkv.weight"])
     assert torch.equal(ps["final_layer.linear.weight"], ts["final_layer.linear.weight"])
     assert 0 < out["trainable_fraction"] < 1
+
+
+# ----------------------------------------------------------------------------- the decisive study's parts (issue 15)
+def test_all_masks_enumerates_every_n_of_m_mask_once():
+    from tinyfusion.pruning.random import all_masks
+    m = all_masks(6, "1:2")
+    assert m.shape == (8, 6) and (m.view(8, 3, 2).sum(-1) == 1).all() and len({tuple(r.tolist()) for r in m}) == 8
+    assert all_masks(4, "2:4").shape == (6, 4)
+    with pytest.raises(ValueError, match="enumerate at most"):
+        all_masks(28, "7:14")
+
+
+def test_rescore_picks_ranks_the_pools_on_the_whole_set(known_model):
+    from tinyfusion.pruning.random import candidate_losses, random_masks, rescore_picks
+    model, images, labels, _ = known_model
+    calib = calibration_set(images, labels, 2, 16, seed=0, objective=create_objective())
+    masks = random_masks(12, 4, keep=2, generator=torch.Generator().manual_seed(0))
+    full = candidate_losses(model, calib, masks)
+    fake_subset = -full  # a subset ranking that is the reverse of the truth
+    picks = rescore_picks(model, calib, masks, fake_subset, pool=12)
+    assert picks["min"]["loss"] == pytest.approx(full.min()) and picks["max"]["loss"] == pytest.approx(full.max())
+    assert picks["min"]["loss_subset"] == pytest.approx(-full.min())
+    assert picks["min"]["kept"] == masks[int(full.argmin())].nonzero().flatten().tolist()
+
+
+def test_settled_reads_the_last_fifth_of_the_decision_history():
+    from tinyfusion.models.gates import settled
+    hist = [{"step": s, "kept": k} for s, k in [(0, [0, 2]), (40, [1, 2]), (80, [1, 2]), (90, [1, 3]), (100, [1, 3])]]
+    ok, last = settled(hist, [[1, 2], [1, 2]])
+    assert last == [40, 90] and ok == [True, False]
+    with pytest.raises(ValueError, match="no decision snapshots"):
+        settled([], [[1, 2]])

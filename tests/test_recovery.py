@@ -281,3 +281,35 @@ def test_sampling_split_across_ranks_matches_one_process(tmp_path):
     rank0, rank1 = sample_batches(model, 7, [0, 2], **kw), sample_batches(model, 7, [1], **kw)  # 3 batches, 2 ranks
     split = np.concatenate([rank0[0], rank1[1], rank0[2]])
     assert np.array_equal(split, one["images"])
+
+
+def test_curve_snapshots_equal_a_shorter_run_on_the_same_schedule(tiny_dit):
+    """A recovery curve's EMA snapshot at step k is exactly the EMA of a k-step run on the same (longer) cosine."""
+    from copy import deepcopy
+    images, labels = torch.rand(64, 1, 8, 8) * 2 - 1, torch.randint(0, 10, (64,))
+    seen = {}
+    kw = dict(steps=6, batch_size=8, lr_steps=6, progress=False, seed=1)
+    finetune(deepcopy(tiny_dit), images, labels, snapshots=(3,),
+             on_snapshot=lambda done, ema: seen.update({done: deepcopy(ema.state_dict())}), **kw)
+    short = finetune(deepcopy(tiny_dit), images, labels, **{**kw, "steps": 3})
+    assert list(seen) == [3]
+    for k, v in short["ema"].state_dict().items():
+        assert torch.equal(v, seen[3][k]), k
+
+
+def test_distillation_loss_is_zero_for_the_teacher_itself_and_positive_otherwise():
+    from tinyfusion.diffusion import create_objective
+    ddpm = create_objective("ddpm")
+    x = torch.randn(4, 1, 8, 8)
+    t = torch.tensor([1, 5, 10, 30])  # early steps, where the learned variance spans a real range
+    out = torch.randn(4, 2, 8, 8)
+    assert torch.allclose(ddpm.distillation_loss(out, out, x, t), torch.zeros(4), atol=1e-6)
+    var_only = out.clone()
+    var_only[:, 1:] += 0.5  # only the variance channel differs: the KL sees it, the noise MSE does not
+    assert (ddpm.distillation_loss(var_only, out, x, t) > 0).all()
+    s = out.clone().requires_grad_(True)
+    ddpm.distillation_loss(s, var_only, x, t).sum().backward()
+    assert s.grad[:, 1:].abs().sum() > 0
+    flow = create_objective("flow")
+    assert torch.allclose(flow.distillation_loss(out, out + torch.cat([torch.zeros(4, 1, 8, 8), torch.ones(4, 1, 8, 8)], 1),
+                                                 x, torch.rand(4)), torch.zeros(4))  # the spare half is ignored

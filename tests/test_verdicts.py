@@ -367,3 +367,58 @@ def test_claim9_is_not_testable_without_a_working_sit_teacher():
     bad = V.teacher_check(0.42, 60.0, 1.0)
     r = V.claim9_sit(_sit_fid([3.0, 3.1]), ("shortgpt", "oracle"), bad, [2.5, 2.6], 2.0)
     assert r.status == V.NOT_TESTABLE and "0.420" in r.evidence and "does NOT meet" in r.evidence
+
+
+# ---------------------------------------------------------------------- the recovery-curve rules (issue 15)
+def test_pooled_sd_and_called_weigh_the_mean_difference_by_its_standard_error():
+    sd, df = V.pooled_sd({"a": [1.0, 1.2], "b": [2.0, 2.2], "one": [5.0]})
+    assert df == 2 and sd == pytest.approx(math.sqrt(0.04 / 2), rel=1e-9)
+    assert V.called([1.0, 1.1], [1.5, 1.6], 0.05) == "a"
+    assert V.called([1.5, 1.6], [1.0, 1.1], 0.05) == "b"
+    assert V.called([1.0, 1.1], [1.2, 1.3], 0.2) == "within noise"      # 0.2 < 2 * 0.2
+    assert V.called([1.0, 4.0], [4.0, 4.1], 0.05) == "within noise"      # a side's own spread counts when larger
+    assert V.called([1.0], [float("nan")], 0.1) == "a" and V.called([1.0], [2.0], float("nan")) == "within noise"
+
+
+def _curves(learnable, **others):
+    fid = {"learnable": learnable, **others}
+    return fid
+
+
+def test_claim1_recovery_reads_the_lowest_calibration_loss_method():
+    fid = {"min-loss random": [2.0, 2.1], "shortgpt": [1.5, 1.55], "learnable": [1.2, 1.25]}
+    loss = {"min-loss random": 0.13, "shortgpt": 0.2, "learnable": 0.5}
+    v = V.claim1_recovery(fid, loss, 0.05, 3, 0.02, -0.5, 0.4, 3, 336)
+    assert v.status == V.HELD and v.rule == "claim1_recovery" and v.details["best_other"] == "learnable"
+    assert v.yardstick["pooled_finetune_seed_sd"] == 0.05 and "336" in v.evidence
+    loss["learnable"] = 0.1  # now the lowest-loss model is also the best
+    assert V.claim1_recovery(fid, loss, 0.05, 3, 0.02, 0.9, 0.01, 3, 336).status == V.NOT_HELD
+    close = {"min-loss random": [1.2, 1.21], "shortgpt": [1.22, 1.23]}
+    tie = {"min-loss random": 0.1, "shortgpt": 0.2}
+    assert V.claim1_recovery(close, tie, 0.05, 2, 0.02, 0.1, 0.5, 2, 336).status == V.WITHIN_NOISE
+    assert V.claim1_recovery(close, tie, 0.05, 2, 0.02, 0.9, 0.01, 2, 336).status == V.NOT_HELD
+
+
+def test_claim2_recovery_statuses_and_references_do_not_decide():
+    base = ("shortgpt", "oracle")
+    win = {"learnable": [1.0, 1.05], "shortgpt": [1.5, 1.5], "oracle": [1.6, 1.7], "random 1:2": [0.5, 0.5]}
+    v = V.claim2_recovery(win, base, 0.05, 4, 0.02, 336, references=("random 1:2",))
+    assert v.status == V.HELD and v.details["references"] == {"random 1:2": "b"} and "inside the 1:2 rule" in v.evidence
+    mixed = {**win, "oracle": [1.0, 1.02]}
+    assert V.claim2_recovery(mixed, base, 0.05, 4, 0.02, 336).status == V.MIXED
+    lost = {"learnable": [2.0, 2.05], "shortgpt": [1.5, 1.5], "oracle": [2.0, 2.02]}
+    assert V.claim2_recovery(lost, base, 0.05, 4, 0.02, 336).status == V.NOT_HELD
+    tie = {"learnable": [1.5, 1.52], "shortgpt": [1.5, 1.5], "oracle": [1.51, 1.52]}
+    assert V.claim2_recovery(tie, base, 0.05, 4, 0.02, 336).status == V.WITHIN_NOISE
+
+
+def test_claim5_massive_is_not_testable_below_the_declared_threshold():
+    assert V.claim5_massive([3.0, 25.0], [1e-4]).status == V.HELD
+    v = V.claim5_massive([3.0, 10.1], [1e-4])
+    assert v.status == V.NOT_TESTABLE and "below it" in v.evidence and v.yardstick["threshold"] == 20.0
+    assert V.claim5_massive([float("nan")], [0.0]).status == V.NOT_TESTABLE
+
+
+def test_distinct_models_count_identical_models_once():
+    g = V.distinct_models([(1, 3), (1, 3), (0, 2)], [5.0, 5.0, 6.0])
+    assert list(g) == [(1, 3), (0, 2)] and g[(1, 3)] == [5.0, 5.0]
