@@ -35,6 +35,9 @@ from tinyfusion.training import LoopConfig, cosine_lr, make_ema, train, unwrap
 MODES = ("finetune", "kd", "repkd", "masked_kd")
 TEACHER_MODES = ("kd", "repkd", "masked_kd")
 REP_MODES = ("repkd", "masked_kd")
+# what the distillation losses are (enters the config of every run with a teacher, so a changed definition recomputes)
+KD_LOSSES = {"kd": "objective.distillation_loss (DDPM: noise MSE + KL of the predicted Gaussians)",
+             "rep": "averaged over layers"}
 
 
 # --------------------------------------------------------------------------- layer matching
@@ -360,6 +363,7 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
                 ema_warmup=int(ema_warmup), grad_clip=float(grad_clip), seed=int(seed),
                 inject_nan_at=list(inject_nan_at) if inject_nan_at else None,
                 **({"lr_steps": lr_steps} if lr_steps != steps else {}),
+                **({"losses": KD_LOSSES} if mode in TEACHER_MODES else {}),
                 **({"snapshots": [v for v in snapshots if v < steps]} if snapshots else {}),
                 **({"objective": check_objective(objective)} if objective else {}))
 

@@ -183,6 +183,9 @@ class Study:
         cfg = {"method": method, "keep": keep, "teacher": self.teacher_path}
         if method != "oracle":  # the hand-made pattern depends on nothing else
             cfg["calib"] = self._calib_config()
+        if method == "shortgpt":  # the official scoring (clean inputs, near-data times, last layer kept)
+            from tinyfusion.pruning.scores import SHORTGPT_IMAGES
+            cfg["scoring"] = {"inputs": "clean", "t": "clean_t", "images": SHORTGPT_IMAGES, "keep_last": True}
         return self.cached("baselines", method.replace("-", ""), cfg, compute)
 
     def learnable(self, groups="1:2", update="lora", seed=0, source=None, steps=None, lora_rank=None):
