@@ -168,3 +168,20 @@ def test_recompute_runs_again_and_unfinished_runs_resume_under_any_label(tmp_pat
     assert cache.cached(out, config, lambda f: {"v": 1}) == {"v": 1}
     assert cache.cached(out, config, lambda f: {"v": 2}, recompute=True) == {"v": 2}
     assert not (out / "state.pt").exists()  # a recompute does not resume the finished state
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_fine_tune_budgets_spend_the_papers_share_of_the_teachers_pretraining(name):
+    """finetune_steps / finetune_long spend 1.4% / 7% of the teacher's pre-training samples, the shares the issue
+    states for the paper's 100K / 500K after DiT-XL/2's 7M steps (exactly 1/70 and 1/14; rounded); the last curve point is at least 4x the 7% point; LoRA's rank is the one whose trainable fraction is
+    closest to the paper's ~0.9%."""
+    from tinyfusion.profiles import get_profile
+    from tinyfusion.pruning.learnable import trainable_fraction
+    p = get_profile(name)
+    samples = p.pretrain_steps * p.pretrain_batch
+    assert p.finetune_steps == round(0.014 * samples / p.finetune_batch)
+    assert p.finetune_long == round(0.07 * samples / p.finetune_batch)
+    assert p.finetune_steps in p.curve_points and p.finetune_long in p.curve_points
+    assert p.curve_points[-1] >= 4 * p.finetune_long and list(p.curve_points) == sorted(p.curve_points)
+    closest = min(range(1, 17), key=lambda r: abs(trainable_fraction(p.model, "lora", r) - 0.009))
+    assert p.lora_rank == closest

@@ -380,11 +380,6 @@ def test_pooled_sd_and_called_weigh_the_mean_difference_by_its_standard_error():
     assert V.called([1.0], [float("nan")], 0.1) == "a" and V.called([1.0], [2.0], float("nan")) == "within noise"
 
 
-def _curves(learnable, **others):
-    fid = {"learnable": learnable, **others}
-    return fid
-
-
 def test_claim1_recovery_reads_the_lowest_calibration_loss_method():
     fid = {"min-loss random": [2.0, 2.1], "shortgpt": [1.5, 1.55], "learnable": [1.2, 1.25]}
     loss = {"min-loss random": 0.13, "shortgpt": 0.2, "learnable": 0.5}

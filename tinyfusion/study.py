@@ -159,11 +159,10 @@ class Study:
                     "loss": self.calibration_loss(masks[i].nonzero().flatten().tolist())}
             return {"n": len(masks), "losses": "losses.npy", "n_samples": RANDOM_STUDY_SAMPLES,
                     "picks": {f"best-calibration {groups}": best, f"random {groups}": rand}}
-        cfg = {"groups": groups, "n": len(masks), "n_samples": RANDOM_STUDY_SAMPLES, "pick_pool": PICK_POOL, "teacher": self.teacher_path,
-               "calib": self._calib_config()}
-        res = self.cached("mask_study", str(groups).replace(":", "of"), cfg, compute)
-        folder = cache.folder(self.root, "mask_study", str(groups).replace(":", "of"),
-                              {"profile": self.prof.name, **cfg})
+        cfg = {"groups": groups, "n": len(masks), "n_samples": RANDOM_STUDY_SAMPLES, "pick_pool": PICK_POOL,
+               "teacher": self.teacher_path, "calib": self._calib_config()}
+        res = self.cached("mask_study", groups, cfg, compute)
+        folder = cache.folder(self.root, "mask_study", groups, {"profile": self.prof.name, **cfg})
         return {**res, "losses": np.load(folder / res["losses"]), "masks": masks}
 
     def baseline(self, method):
@@ -190,15 +189,15 @@ class Study:
 
     def learnable(self, groups="1:2", update="lora", seed=0, source=None, steps=None, lora_rank=None):
         """Learnable pruning of ``source`` (default: the teacher); the kept layers, confidences (``settled``: per
-        block, whether the decision held over the last 20% of the steps) and paths. ``lora_rank``: 0 is the
-        profile's (None: about the paper's 0.9% trained)."""
+        block, whether the decision held over the last 20% of the steps) and paths. ``lora_rank``: None is the
+        profile's (about the paper's 0.9% trained)."""
         from tinyfusion.pruning import learnable
         config = learnable.learnable_config(self.prof, source=source, groups=groups, update=update, seed=seed,
                                             steps=steps or 0, lora_rank=lora_rank)
         flags = {k: config[k] for k in ("profile", "groups", "update", "steps", "batch_size", "lr", "seed",
                                         "logit_lr_mult", "lora_rank", "lora_alpha", "ema_decay", "grad_clip")}
         flags.update(teacher=config["source"], tau_start=config["tau"][0], tau_end=config["tau"][1])
-        label = f"{str(groups).replace(':', 'of')}_{update}{'' if lora_rank is None else f'_r{lora_rank}'}_s{seed}"
+        label = f"{groups}_{update}{'' if lora_rank is None else f'_r{lora_rank}'}_s{seed}"
         return self._step("prune_learn", label, config,
                           lambda folder: learnable.run_learnable(config, folder), "prune_learn", flags)
 
@@ -284,10 +283,9 @@ class Study:
                   groups="1:2", parent_map=None, lr_steps=0, snapshots=()):
         """The model keeping ``kept`` layers of ``source`` (default: the teacher), recovered by ``mode`` with
         ``seed``: the cached run's result (``model``: its checkpoint). ``label`` names the folders."""
-        name = label.replace(" ", "_").replace(":", "of")
-        return self.finetune(self.pruned(kept, source=source, name=name), mode=mode, k_sigma=k_sigma, seed=seed,
+        return self.finetune(self.pruned(kept, source=source, name=label), mode=mode, k_sigma=k_sigma, seed=seed,
                              steps=steps, teacher=teacher, kept=list(map(int, kept)), groups=groups,
-                             parent_map=parent_map, name=name, lr_steps=lr_steps, snapshots=snapshots)
+                             parent_map=parent_map, name=label, lr_steps=lr_steps, snapshots=snapshots)
 
     def recover(self, label, kept, seeds=None, mode="finetune", k_sigma=0.0, steps=None, source=None,
                 teacher=None, groups="1:2", parent_map=None):
@@ -395,7 +393,7 @@ class Study:
         (method, prune seed, kept, fine-tune seed)."""
         cands = self.curve_candidates()
         for method, _, k in cands:  # the pruned students first, so parallel runs never write one folder twice
-            self.pruned(k, name=method.replace(" ", "_").replace(":", "of"))
+            self.pruned(k, name=method)
         jobs = [(m, ps, k, s) for m, ps, k in cands for s in self.prof.seeds]
         return jobs, self.parallel([("curve_run", {"method": m, "kept": k, "seed": s}) for m, ps, k, s in jobs],
                                    desc="recovery curves: fine-tuning")
@@ -409,8 +407,8 @@ class Study:
         jobs, runs = self.curve_runs()
         points = [(j, int(step), path) for j, r in zip(jobs, runs) for step, path in sorted(
             r["snapshots"].items(), key=lambda kv: int(kv[0]))]
-        scores = self.parallel([("score", {"checkpoint": path, "name": f"{j[0]}_p{j[1]}_s{j[3]}_{step}".replace(" ", "_")
-                                           .replace(":", "of")}) for j, step, path in points],
+        scores = self.parallel([("score", {"checkpoint": path, "name": f"{j[0]}_p{j[1]}_s{j[3]}_{step}"})
+                                for j, step, path in points],
                                desc="recovery curves: scoring")
         loss = {tuple(k): self.calibration_loss(k) for _, _, k, _ in jobs}
         rows = [{"method": m, "prune_seed": ps, "seed": s, "steps": step, "fid": sc["fid"], "is": sc["is"],
