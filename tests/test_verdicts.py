@@ -1,4 +1,5 @@
 """The verdict rules of tinyfusion.verdicts on constructed numbers: wins, losses, ties, NaN, one seed per side."""
+import json
 import math
 
 import pytest
@@ -417,3 +418,29 @@ def test_claim5_massive_is_not_testable_below_the_declared_threshold():
 def test_distinct_models_count_identical_models_once():
     g = V.distinct_models([(1, 3), (1, 3), (0, 2)], [5.0, 5.0, 6.0])
     assert list(g) == [(1, 3), (0, 2)] and g[(1, 3)] == [5.0, 5.0]
+
+
+def test_curve_verdicts_record_the_declared_point_and_name_the_points_that_differ():
+    fid = {84: {"learnable": [1.0, 1.1], "shortgpt": [2.0, 2.1]}, 336: {"learnable": [1.0, 1.1], "shortgpt": [1.0, 1.1]}}
+    rec, rows = V.curve_verdicts(V.claim2_recovery, [84, 336], 336, fid=fid, baselines=["shortgpt"],
+                                        sd=0.05, df=2, sampling_sd=0.01)
+    assert rec.status == V.WITHIN_NOISE and rec.rule == "claim2_recovery"
+    assert "84 steps: held" in rec.evidence and rec.details["by_point"] == {84: "held", 336: "within noise"}
+    assert [r["steps"] for r in rows] == [84, 336]
+
+
+def test_every_rule_names_itself_and_the_one_seed_rules_their_yardstick():
+    r = V.claim3_block_size({("1:2", "lora"): 1.0, ("2:4", "lora"): 1.2, ("7:14", "lora"): 3.0}, 0.3)
+    assert r.rule == "claim3_block_size" and r.yardstick["seed_sd"] == 0.3
+    assert V.teacher_check(0.9, 1.0, 0.1).rule == "teacher_check"
+
+
+def test_study_verdict_refuses_a_bare_status(tmp_path, monkeypatch):
+    from tinyfusion.study import Study
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path))
+    st = Study("smoke")
+    with pytest.raises(TypeError, match="Verdict"):
+        st.verdict(1, "held", "01.ipynb")
+    v = st.verdict(7, V.teacher_check(0.9, 1.0, 0.1), "00.ipynb", extra_field=1)
+    saved = json.loads((tmp_path / "smoke" / "verdicts" / "claim7.json").read_text())
+    assert saved["rule"] == "teacher_check" and saved["extra_field"] == 1 and v["status"] == "held"

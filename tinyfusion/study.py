@@ -390,32 +390,45 @@ class Study:
 
     def curve_runs(self):
         """The fine-tunes of :meth:`recovery_curves` (``prof.workers`` at a time): ``(jobs, results)``, a job being
-        (method, prune seed, kept, fine-tune seed)."""
+        (method, prune seed, kept, fine-tune seed). Identical models (the same kept layers, e.g. two pruning seeds
+        that chose one mask) are fine-tuned once per seed and share that result."""
         cands = self.curve_candidates()
         for method, _, k in cands:  # the pruned students first, so parallel runs never write one folder twice
             self.pruned(k, name=method)
         jobs = [(m, ps, k, s) for m, ps, k in cands for s in self.prof.seeds]
-        return jobs, self.parallel([("curve_run", {"method": m, "kept": k, "seed": s}) for m, ps, k, s in jobs],
-                                   desc="recovery curves: fine-tuning")
+        first = {}  # (kept, seed) -> the first job training that model: the one that runs
+        for m, ps, k, s in jobs:
+            first.setdefault((tuple(k), s), (m, k, s))
+        unique = list(first)
+        results = self.parallel([("curve_run", {"method": first[u][0], "kept": first[u][1], "seed": first[u][2]})
+                                 for u in unique], desc="recovery curves: fine-tuning")
+        done = dict(zip(unique, results))
+        return jobs, [done[(tuple(k), s)] for _, _, k, s in jobs]
 
     def recovery_curves(self):
         """FID (IS, class accuracy) against fine-tuning steps for every Table 3 model and the 1:2 references, on every
         fine-tune seed (learnable: every pruning seed too); the fine-tunes and the scoring run ``prof.workers`` at a
-        time. Returns a DataFrame (method, prune_seed, seed, steps, fid, is, class_accuracy, calib_loss, kept),
-        saved as ``tables/01_recovery_curves.csv``."""
+        time, each distinct checkpoint scored once. Returns a DataFrame (method, prune_seed, seed, steps, fid, is,
+        class_accuracy, calib_loss, kept), saved as ``tables/01_recovery_curves.csv``; rows of identical models
+        (same ``kept`` and seed) carry the same numbers and are counted once by the verdicts."""
         import pandas as pd
         jobs, runs = self.curve_runs()
         points = [(j, int(step), path) for j, r in zip(jobs, runs) for step, path in sorted(
             r["snapshots"].items(), key=lambda kv: int(kv[0]))]
-        scores = self.parallel([("score", {"checkpoint": path, "name": f"{j[0]}_p{j[1]}_s{j[3]}_{step}"})
-                                for j, step, path in points],
+        paths = list(dict.fromkeys(path for _, _, path in points))
+        names = {}
+        for j, step, path in points:
+            names.setdefault(path, f"{j[0]}_p{j[1]}_s{j[3]}_{step}")
+        scored = self.parallel([("score", {"checkpoint": path, "name": names[path]}) for path in paths],
                                desc="recovery curves: scoring")
+        score = dict(zip(paths, scored))
         loss = {tuple(k): self.calibration_loss(k) for _, _, k, _ in jobs}
-        rows = [{"method": m, "prune_seed": ps, "seed": s, "steps": step, "fid": sc["fid"], "is": sc["is"],
-                 "class_accuracy": sc["class_accuracy"], "calib_loss": loss[tuple(k)], "kept": " ".join(map(str, k))}
-                for ((m, ps, k, s), step, _), sc in zip(points, scores)]
+        rows = [{"method": m, "prune_seed": ps, "seed": s, "steps": step, "fid": score[path]["fid"],
+                 "is": score[path]["is"], "class_accuracy": score[path]["class_accuracy"], "calib_loss": loss[tuple(k)],
+                 "kept": " ".join(map(str, k))}
+                for (m, ps, k, s), step, path in points]
         curves = pd.DataFrame(rows)
-        self.save_table(curves.drop(columns="kept"), "01_recovery_curves")
+        self.save_table(curves, "01_recovery_curves")
         return curves
 
     def parallel(self, calls, desc="steps"):
@@ -427,9 +440,10 @@ class Study:
         if self.prof.workers <= 1 or self.prof.nproc > 1 or len(calls) <= 1:
             return [getattr(self, name)(**kw) for name, kw in tqdm(calls, desc=desc)]
         import multiprocessing as mp
+        import os
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(self.prof.workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_one_thread) as pool:
+                                 initializer=_one_thread, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_study_call, self.prof, self.recompute, name, kw) for name, kw in calls]
             return [f.result() for f in tqdm(futures, desc=f"{desc} ({self.prof.workers} workers)")]
 
@@ -557,19 +571,31 @@ class Study:
         df.to_csv(path, index=False)
         return path
 
-    def verdict(self, claim, status, evidence, notebook):
-        """Record the verdict on one of the paper's claims (``status``: held / not held / mixed / within noise)."""
-        from tinyfusion.verdicts import STATUSES
-        if status not in STATUSES:
-            raise ValueError(f"unknown verdict status {status!r}; choose one of {STATUSES}")
-        v = {"claim": claim, "text": paper.CLAIMS[claim], "status": status, "evidence": evidence,
-             "notebook": notebook, "profile": self.prof.name}
+    def verdict(self, claim, result, notebook, **extra):
+        """Record the verdict on one of the paper's claims: ``result`` is the :class:`tinyfusion.verdicts.Verdict` a
+        rule returned; the JSON keeps its status, evidence, ``rule`` (the function that decided) and ``yardstick``
+        (the noise it weighed the differences against, and what that was measured from), plus ``extra`` fields."""
+        from tinyfusion.verdicts import STATUSES, Verdict
+        if not isinstance(result, Verdict):
+            raise TypeError(f"Study.verdict takes the Verdict a tinyfusion.verdicts rule returned, not {result!r}")
+        if result.status not in STATUSES:
+            raise ValueError(f"unknown verdict status {result.status!r}; choose one of {STATUSES}")
+        if not result.rule:
+            raise ValueError(f"claim {claim}: the verdict names no rule; return it from a rule in tinyfusion.verdicts")
+        v = {"claim": claim, "text": paper.CLAIMS[claim], "status": result.status, "evidence": result.evidence,
+             "rule": result.rule, "yardstick": cache.jsonable(result.yardstick), "notebook": notebook,
+             "profile": self.prof.name, **cache.jsonable(extra)}
         save_json(v, self.root / "verdicts" / f"claim{claim}.json")
         return v
 
 
-def _one_thread():
+def _one_thread(parent=None):
+    """Initialise a :meth:`Study.parallel` worker: one thread, and it dies with the process that started it (a killed
+    notebook or script leaves no orphan holding a run folder's lock)."""
     import torch
+
+    from tinyfusion.launch import die_with_parent
+    die_with_parent(parent=parent)
     torch.set_num_threads(1)
 
 
