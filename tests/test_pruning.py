@@ -332,3 +332,26 @@ def test_settled_reads_the_last_fifth_of_the_decision_history():
     assert last == [40, 90] and ok == [True, False]
     with pytest.raises(ValueError, match="no decision snapshots"):
         settled([], [[1, 2]])
+
+
+def test_residual_sizes_are_zero_for_identity_layers_and_positive_for_useful_ones(known_model):
+    from tinyfusion.pruning.scores import residual_sizes
+    model, images, labels, useful = known_model
+    calib = calibration_set(images, labels, 1, 32, seed=0, objective=create_objective())
+    sizes = residual_sizes(model, calib)
+    assert len(sizes) == 4 and sizes[0] < 1e-6 and sizes[3] < 1e-6
+    assert min(sizes[i] for i in useful) > 1e-3
+
+
+def test_block_costs_name_the_block_whose_other_choice_allows_a_lower_loss():
+    from tinyfusion.pruning.random import all_masks, block_costs
+    masks = all_masks(6, "1:2")  # 3 blocks of 2, 8 masks
+    # loss = 1 + 0.5 if block 0 keeps layer 0 + 0.1 if block 2 keeps layer 5: layer 1 and layer 4 are the better picks
+    losses = 1 + 0.5 * masks[:, 0].numpy() + 0.1 * masks[:, 5].numpy()
+    rows = block_costs(masks, losses, "1:2", kept=[0, 2, 5])
+    assert [r["block"] for r in rows] == [0, 1, 2]
+    assert rows[0]["cost"] == pytest.approx(0.5) and rows[0]["other_kept"] == [1]
+    assert rows[1]["cost"] == pytest.approx(0.0)  # block 1's choice does not matter
+    assert rows[2]["cost"] == pytest.approx(0.1) and rows[2]["other_kept"] == [4]
+    good = block_costs(masks, losses, "1:2", kept=[1, 2, 4])
+    assert all(r["cost"] <= 0 for r in good) and good[0]["cost"] == pytest.approx(-0.5)

@@ -444,3 +444,21 @@ def test_study_verdict_refuses_a_bare_status(tmp_path, monkeypatch):
     v = st.verdict(7, V.teacher_check(0.9, 1.0, 0.1), "00.ipynb", extra_field=1)
     saved = json.loads((tmp_path / "smoke" / "verdicts" / "claim7.json").read_text())
     assert saved["rule"] == "teacher_check" and saved["extra_field"] == 1 and v["status"] == "held"
+
+
+def test_curve_points_count_identical_models_once_and_pool_the_seed_spread(tmp_path, monkeypatch):
+    import pandas as pd
+    from tinyfusion.study import Study
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path))
+    rows = []
+    for ps in (0, 1):  # two pruning seeds that chose the same mask: the same two runs, listed twice
+        rows += [{"method": "learnable", "prune_seed": ps, "seed": s, "steps": 10, "fid": f, "calib_loss": 0.3,
+                  "kept": "1 2"} for s, f in ((0, 1.0), (1, 1.2))]
+    rows += [{"method": "shortgpt", "prune_seed": None, "seed": s, "steps": 10, "fid": f, "calib_loss": 0.1,
+              "kept": "0 1"} for s, f in ((0, 2.0), (1, 2.4))]
+    rows += [{"method": "oracle", "prune_seed": None, "seed": s, "steps": 10, "fid": f, "calib_loss": 0.5,
+              "kept": "0 2"} for s, f in ((0, 3.0), (1, 3.1))]
+    p = Study("smoke").curve_points(pd.DataFrame(rows))[10]
+    assert p["fid"]["learnable"] == [1.0, 1.2] and p["n_models"] == 3 and p["df"] == 3
+    want = math.sqrt(((0.1 ** 2) * 2 + (0.2 ** 2) * 2 + (0.05 ** 2) * 2) / 3)
+    assert p["sd"] == pytest.approx(want)

@@ -286,17 +286,20 @@ def evaluate_npz(path, **kw):
     return evaluate_samples(z["images"], z.get("labels"), **kw)
 
 
-def fid_floor(n=5000, seed=0, evaluator_path=None, size=EVAL_SIZE, **kw):
-    """Metrics of real against real: ``n`` test images (with their labels) against ``n`` disjoint others.
+def fid_floor(n=5000, seed=0, evaluator_path=None, size=EVAL_SIZE, n_reference=None, **kw):
+    """Metrics of real against real: ``n`` test images (with their labels) against ``n_reference`` (default ``n``)
+    disjoint others.
 
     The FID / sFID / KID of two halves of the real test set is the floor any generator's score sits above at
     this sample size; its IS, precision, recall and class accuracy are the values of real data.
     """
     images, labels = real_test_images()
     images = at_resolution(images, size)  # ``size``: the resolution of the models being judged
-    if 2 * n > len(images):
-        raise ValueError(f"n={n}: the test set holds {len(images)} images, so n must be at most {len(images) // 2}")
+    n_reference = n if n_reference is None else n_reference
+    if n + n_reference > len(images):
+        raise ValueError(f"n={n}, n_reference={n_reference}: the test set holds {len(images)} images, so the two "
+                         f"must sum to at most that")
     perm = np.random.RandomState(seed).permutation(len(images))
-    a, b = perm[:n], perm[n:2 * n]
+    a, b = perm[:n], perm[n:n + n_reference]
     return evaluate_samples(images[a], labels[a], reference=images[b], evaluator_path=evaluator_path, seed=seed,
                             **kw)

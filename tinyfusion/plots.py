@@ -192,3 +192,135 @@ def speedup(rows, title):
     ax.set_xlabel("compression ratio"); ax.set_ylabel("sampling speed-up (iterations/s vs unpruned)")
     ax.legend(fontsize=8); ax.set_title(title)
     return fig
+
+
+def recovery_curves(curves, marks=None, highlight="learnable"):
+    """FID against fine-tuning steps (log x), one line per method at the mean over its distinct runs with a band of
+    ± one sd, and beside it each method's FID minus ``highlight``'s at the same step (below 0: better than it).
+
+    ``curves``: rows with method, kept, seed, steps, fid (``Study.recovery_curves``); identical models (same kept
+    and seed) count once. ``marks``: {label: steps} drawn as vertical lines (the paper's 100K and 500K points).
+    """
+    import pandas as pd
+    df = pd.DataFrame(curves).drop_duplicates(["method", "kept", "seed", "steps"])
+    methods = list(dict.fromkeys(df.method))
+    palette = dict(zip(methods, sns.color_palette("tab10", len(methods))))
+    fig, (ax, dx) = plt.subplots(1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": [1.25, 1]})
+    agg = df.groupby(["method", "steps"], sort=False).fid.agg(["mean", "std"]).reset_index()
+    for m in methods:
+        a = agg[agg.method == m].sort_values("steps")
+        lw, z = (2.8, 5) if m == highlight else (1.5, 3)
+        ax.plot(a.steps, a["mean"], marker="o", ms=4, lw=lw, color=palette[m], label=m, zorder=z)
+        ax.fill_between(a.steps, a["mean"] - a["std"].fillna(0), a["mean"] + a["std"].fillna(0), color=palette[m],
+                        alpha=0.15, lw=0)
+    ref = agg[agg.method == highlight].set_index("steps")["mean"]
+    for m in methods:
+        if m == highlight:
+            continue
+        a = agg[agg.method == m].set_index("steps")["mean"]
+        common = a.index.intersection(ref.index)
+        dx.plot(common, a[common] - ref[common], marker="o", ms=4, lw=1.5, color=palette[m], label=m)
+    dx.axhline(0, color=palette.get(highlight, "k"), lw=2.8, label=highlight)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    steps = sorted(df.steps.unique())
+    for axis in (ax, dx):
+        axis.set_xscale("log")
+        axis.set_xticks(steps)
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.set_xlabel("fine-tuning steps (log scale)")
+        for i, (label, step) in enumerate((marks or {}).items()):
+            axis.axvline(step, ls="--", lw=1, color="0.35")
+            axis.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -14 - 12 * i),
+                          textcoords="offset points", fontsize=9, color="0.25")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title("Recovery curves: mean ± sd over runs")
+    dx.set_ylabel(f"FID − {highlight} FID")
+    dx.set_title(f"Gap to {highlight} (above 0: {highlight} is better)")
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, -0.08))
+    fig.tight_layout()
+    return fig
+
+
+def sample_rows(samples, per_row=10, title=None, scale=0.8, class_names=None):
+    """One row of samples per model, classes 0..per_row-1 left to right: ``samples`` is {label: ``.npz`` written by
+    ``sampling.sample_to_npz``} (its first image of each class); ``class_names`` title the columns."""
+    from tinyfusion.io import load_npz
+    labels = list(samples)
+    fig, axes = plt.subplots(len(labels), per_row, figsize=(per_row * scale + 2.2, len(labels) * scale),
+                             squeeze=False)
+    for r, label in enumerate(labels):
+        data = load_npz(samples[label])
+        images, classes = np.asarray(data["images"]), np.asarray(data["labels"])
+        for c in range(per_row):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            idx = np.where(classes == c)[0]
+            if len(idx):
+                img = np.squeeze(images[idx[0]])  # (H, W) from (1, H, W) or (H, W, 1)
+                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+            for side in ax.spines.values():
+                side.set_visible(False)
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
+    for c, name in enumerate((class_names or [])[:per_row]):
+        axes[0, c].set_title(name, fontsize=8)
+    fig.subplots_adjust(wspace=0.04, hspace=0.06, left=0.22, top=1 - 0.5 / (len(labels) * scale + 0.6))
+    if title:
+        fig.suptitle(title, fontsize=12, y=1.0)
+    return fig
+
+
+def confidence_history(histories, settled=None):
+    """One panel per scheme: the EMA confidence of each block's decision (probability of its chosen candidate) over
+    the training steps, the last 20% of the steps shaded (where ``gates.settled`` asks the decision to hold).
+    ``settled``: {scheme: per-block booleans}; unsettled blocks are drawn solid and named in the legend."""
+    fig, axes = plt.subplots(len(histories), 1, figsize=(9, 2.8 * len(histories)), squeeze=False)
+    for ax, (g, history) in zip(axes[:, 0], histories.items()):
+        steps = np.array([h["step"] for h in history])
+        conf = np.array([h["confidence"] for h in history])
+        flags = (settled or {}).get(g) or [True] * conf.shape[1]
+        for b in range(conf.shape[1]):
+            ok = flags[b]
+            ax.plot(steps, conf[:, b], lw=1.0 if ok else 2.2, alpha=0.45 if ok else 1.0,
+                    color="0.5" if ok else None, label=None if ok else f"block {b} (not settled)")
+        ax.axvspan(steps[0] + 0.8 * (steps[-1] - steps[0]), steps[-1], color="tab:green", alpha=0.08, lw=0)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("EMA confidence")
+        n_bad = sum(not f for f in flags)
+        ax.set_title(f"{g}: {len(flags) - n_bad} of {len(flags)} blocks settled over the last 20% of the steps",
+                     fontsize=11)
+        if n_bad:
+            ax.legend(fontsize=8, loc="lower right")
+    axes[-1, 0].set_xlabel("training step")
+    fig.tight_layout()
+    return fig
+
+
+def gate_costs(costs, residuals):
+    """Where the gates go wrong: per block, the calibration-loss cost of the learned choice against the best other
+    (above 0: another choice allows a lower loss; unsettled blocks hatched), and per layer the residual size
+    ``||f(h) - h|| / ||h||`` with the layers the gates kept marked."""
+    fig, (ax, rx) = plt.subplots(2, 1, figsize=(10, 6.5))
+    colors = ["tab:red" if c > 0 else "tab:blue" for c in costs["cost"]]
+    bars = ax.bar(costs["block"], costs["cost"], color=colors)
+    for bar, ok in zip(bars, costs["settled"]):
+        if ok is False:
+            bar.set_hatch("//")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(costs["block"])
+    ax.set_xticklabels([f"{b}\n({lay})" for b, lay in zip(costs["block"], costs["layers"])], fontsize=8)
+    ax.set_xlabel("block (its layers)")
+    ax.set_ylabel("best loss with this choice\n− best loss otherwise")
+    ax.set_title("Calibration-loss cost of each learned block choice (red: another choice does better; hatched: not "
+                 "settled)", fontsize=11)
+    kept = {int(i) for k in costs["kept"] for i in str(k).split()}
+    rx.bar(range(len(residuals)), residuals, color=["tab:green" if i in kept else "0.7" for i in range(len(residuals))])
+    rx.set_xticks(range(len(residuals)))
+    rx.set_xlabel("layer (green: kept by the gates)")
+    rx.set_ylabel("||f(h) − h|| / ||h||")
+    rx.set_title("Residual size of each teacher layer", fontsize=11)
+    fig.tight_layout()
+    return fig

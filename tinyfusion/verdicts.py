@@ -499,3 +499,10 @@ def curve_verdicts(rule, points: Sequence[int], record_point: int, **by_point) -
     rows = [{"steps": p, "status": v.status, "evidence": v.evidence} for p, v in verdicts.items()]
     return replace(rec, evidence=evidence, details={**rec.details, "by_point": {int(p): v.status
                                                                                for p, v in verdicts.items()}}), rows
+
+
+def describe(*rules) -> str:
+    """The rules as the notebooks state them before their numbers: each function's name and docstring (Markdown)."""
+    import inspect
+    return "\n\n".join(f"**`{r.__name__}`**\n\n" + "\n".join("> " + line for line in inspect.getdoc(r).splitlines())
+                       for r in rules)

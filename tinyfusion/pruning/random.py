@@ -199,3 +199,30 @@ def rescore_picks(model, calib, masks, losses, pool=64, objective=None):
         out[name] = {"index": i, "kept": masks[i].nonzero().flatten().tolist(), "loss": float(full[j]),
                      "loss_subset": float(losses[i])}
     return out
+
+
+def block_costs(masks, losses, groups, kept):
+    """What each block's choice costs in calibration loss, from a study of many N:M masks (``all_masks``) and their
+    ``losses``: for block b of ``groups`` and the choice ``kept`` makes there, the lowest loss of any mask making the
+    same choice at b against the lowest of any mask choosing otherwise (``cost`` = the difference: above 0, another
+    choice at b allows a lower loss; ``other_kept``: block b's layers in that best other mask), and the mean losses of
+    the two sets. Returns one dict per block."""
+    masks = torch.as_tensor(masks, dtype=torch.bool)
+    losses = np.asarray(losses, dtype=np.float64)
+    from tinyfusion.pruning.indices import mask_from_kept
+    chosen = mask_from_kept(kept, masks.shape[1]).bool()
+    rows, start = [], 0
+    for b, (_, m) in enumerate(parse_groups(groups, masks.shape[1])):
+        layers = slice(start, start + m)
+        same = (masks[:, layers] == chosen[layers]).all(1).numpy()
+        mine, other = losses[same], losses[~same]
+        best_other = masks[~same][int(np.nanargmin(other))]
+        rows.append({"block": b, "layers": list(range(start, start + m)),
+                     "kept": [i for i in range(start, start + m) if chosen[i]],
+                     "other_kept": [i for i in range(start, start + m) if best_other[i]],
+                     "best_loss_same": float(np.nanmin(mine)), "best_loss_other": float(np.nanmin(other)),
+                     "mean_loss_same": float(np.nanmean(mine)), "mean_loss_other": float(np.nanmean(other)),
+                     "cost": float(np.nanmin(mine) - np.nanmin(other))})
+        start += m
+    return rows
+

@@ -119,6 +119,31 @@ def block_io_stats(model, calib, objective=None, clean=False):
     return (cos_sum / n_tokens).tolist(), (mse_sum / n_tokens).tolist()
 
 
+@torch.no_grad()
+def residual_sizes(model, calib, objective=None):
+    """Per layer of the full model, how much it changes the hidden state: the mean over calibration tokens of
+    ``||f(h) - h|| / ||h||`` (0: the layer passes its input through; large values are layers whose removal is hardest
+    to paper over, and where a straight-through gate gradient is least reliable)."""
+    objective = _objective_for(model, objective)
+    dev = _device(model)
+    total = torch.zeros(len(model.blocks), dtype=torch.float64)
+    n_tokens = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in calib:
+            x0, t, noise = batch["x0"].to(dev), batch["t"].to(dev), batch["noise"].to(dev)
+            h, c = model.embed(objective.noised(x0, t, noise), objective.model_time(t), batch["y"].to(dev))
+            for i, block in enumerate(model.blocks):
+                out = block(h, c)
+                total[i] += ((out - h).float().norm(dim=-1) / h.float().norm(dim=-1).clamp_min(1e-12)).sum().double()
+                h = out
+            n_tokens += h.shape[0] * h.shape[1]
+    finally:
+        model.train(was_training)
+    return (total / n_tokens).tolist()
+
+
 def keep_top(scores, keep):
     """Sorted indices of the ``keep`` highest scores (ties: the earlier layer wins)."""
     scores = np.asarray(scores, dtype=np.float64)
