@@ -18,7 +18,8 @@ FIGURES = ["00_data_grid", "00_teacher_samples", "01_calibration_histogram", "01
            "01_recovery_curves", "01_samples_100k",
            "02_decision_dynamics", "02_kept_vs_baselines",
            "02_confidence_history", "02_gate_costs", "02_corrected_curves", "03_scheme_ablation", "04_lora_vs_full",
-           "05_massive_activations", "06_kd_loss_curves", "07_speedup"]
+           "05_massive_activations", "06_kd_loss_curves", "07_speedup",
+           "08_d7_samples"]
 TABLES = ["00_teacher_metrics", "01_table3", "01_table3_runs", "01_recovery_curves", "01_recovery_curves_summary",
           "01_curve_noise", "01_verdicts_by_point", "02_block_confidence", "02_settled", "02_gate_costs",
           "02_corrected_curves", "02_corrected_summary", "table4_runs", "05_summary",

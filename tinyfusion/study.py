@@ -308,16 +308,18 @@ class Study:
 
     def recover(self, label, kept, seeds=None, mode="finetune", k_sigma=0.0, steps=None, source=None,
                 teacher=None, groups="1:2", parent_map=None):
-        """Prune to ``kept``, fine-tune with each seed, score each: a list of rows (one per seed)."""
-        rows = []
-        for seed in seeds if seeds is not None else self.prof.seeds:
-            ft = self.recovered(label, kept, seed, mode=mode, k_sigma=k_sigma, steps=steps, source=source,
-                                teacher=teacher, groups=groups, parent_map=parent_map)
-            sc = self.score(ft["model"])
-            rows.append({"method": label, "seed": seed, "mode": mode, "k_sigma": k_sigma,
-                         "skipped_steps": ft.get("skipped_steps", 0), "final_loss": ft.get("final_loss"),
-                         **{k: sc[k] for k in ("fid", "is", "sfid", "precision", "recall", "class_accuracy")}})
-        return rows
+        """Prune to ``kept``, fine-tune with each seed, score each: a list of rows (one per seed). The seeds' runs go
+        side by side (:meth:`parallel`)."""
+        seeds = list(seeds if seeds is not None else self.prof.seeds)
+        self.pruned(kept, source=source, name=label)  # here first: the parallel runs share this folder
+        kw = dict(label=label, kept=list(map(int, kept)), mode=mode, k_sigma=k_sigma, steps=steps, source=source,
+                  teacher=teacher, groups=groups, parent_map=parent_map)
+        fts = self.parallel([("recovered", {**kw, "seed": s}) for s in seeds], desc=f"{label}: recovery")
+        scores = self.parallel([("score", {"checkpoint": ft["model"]}) for ft in fts], desc=f"{label}: scoring")
+        return [{"method": label, "seed": seed, "mode": mode, "k_sigma": k_sigma,
+                 "skipped_steps": ft.get("skipped_steps", 0), "final_loss": ft.get("final_loss"),
+                 **{k: sc[k] for k in ("fid", "is", "sfid", "precision", "recall", "class_accuracy")}}
+                for seed, ft, sc in zip(seeds, fts, scores)]
 
     def table4(self, schemes=("1:2", "2:4", "7:14"), updates=("lora", "full", "frozen"), seed=None):
         """The nine cells of Table 4 (scheme x update): learnable pruning, then a short fine-tune and a score.
@@ -550,11 +552,12 @@ class Study:
         order: ``prof.workers`` processes side by side, one thread each (two single-thread processes do ~1.4x the
         work of one two-thread process on these 2-core machines), or one by one in this process when the profile
         asks for one worker or for torchrun (``nproc > 1``). Every step caches, so a killed run resumes."""
+        import os
+
         from tqdm.auto import tqdm
-        if self.prof.workers <= 1 or self.prof.nproc > 1 or len(calls) <= 1:
+        if self.prof.workers <= 1 or self.prof.nproc > 1 or len(calls) <= 1 or os.environ.get(_IN_WORKER):
             return [getattr(self, name)(**kw) for name, kw in tqdm(calls, desc=desc)]
         import multiprocessing as mp
-        import os
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(self.prof.workers, mp_context=mp.get_context("spawn"),
                                  initializer=_one_thread, initargs=(os.getpid(),)) as pool:
@@ -693,18 +696,20 @@ class Study:
         from tinyfusion.verdicts import fmt
         kept = self.learnable("1:2", "lora", seed=self.prof.seeds[0])["kept"]
         student = self.pruned(kept, name="learnable")
+        jobs = [(label, mode, k, s) for label, mode, k, which in self.KD_VARIANTS
+                for s in (self.prof.seeds if which == "all" else self.prof.seeds[:1])]
+        fts = self.parallel([("finetune", dict(student=student, mode=mode, k_sigma=k, seed=s, kept=kept,
+                                               name="learnable")) for _, mode, k, s in jobs], desc="Table 5: recovery")
+        scores = self.parallel([("score", {"checkpoint": ft["model"]}) for ft in fts], desc="Table 5: scoring")
         rows, logs = [], {}
-        for label, mode, k, which in self.KD_VARIANTS:
-            for s in self.prof.seeds if which == "all" else self.prof.seeds[:1]:
-                ft = self.finetune(student, mode=mode, k_sigma=k, seed=s, kept=kept, name="learnable")
-                sc = self.score(ft["model"])
-                logs[(label, s)] = ft
-                first = ft.get("first_step") or {}
-                rows.append({"variant": label, "seed": s, "fid": sc["fid"], "is": sc["is"], "sfid": sc["sfid"],
-                             "precision": sc["precision"], "recall": sc["recall"],
-                             "class_accuracy": sc["class_accuracy"], "skipped_steps": ft.get("skipped_steps", 0),
-                             "initial_rep_loss": first.get("rep"), "initial_total_loss": first.get("loss"),
-                             "final_loss": ft.get("final_loss")})
+        for (label, _, _, s), ft, sc in zip(jobs, fts, scores):
+            logs[(label, s)] = ft
+            first = ft.get("first_step") or {}
+            rows.append({"variant": label, "seed": s, "fid": sc["fid"], "is": sc["is"], "sfid": sc["sfid"],
+                         "precision": sc["precision"], "recall": sc["recall"],
+                         "class_accuracy": sc["class_accuracy"], "skipped_steps": ft.get("skipped_steps", 0),
+                         "initial_rep_loss": first.get("rep"), "initial_total_loss": first.get("loss"),
+                         "final_loss": ft.get("final_loss")})
         runs = pd.DataFrame(rows)
         self.save_table(runs, "06_table5_runs")
         agg = summarise(rows, by="variant")
@@ -720,7 +725,8 @@ class Study:
 
     def table7(self):
         """Table 7: D7 learned (1:2 LoRA) from the Masked-KD D14 or (1:4) from the teacher, each distilled (logits
-        KD) from either; one seed. Returns the rows (``tables/08_table7.csv``) with the paper's FID beside."""
+        KD) from either; one seed, the four distillations side by side. Returns the rows (``tables/08_table7.csv``) with
+        the paper's FID beside (``samples``: each model's scored samples, for the grid; not in the CSV)."""
         import pandas as pd
         seed = self.prof.seeds[0]
         learned = self.learnable("1:2", "lora", seed=seed)
@@ -728,16 +734,23 @@ class Study:
                             kept=learned["kept"], name="learnable")["model"]
         sources = {"XL": (str(self.teacher_path), "1:4"), "D14": (d14, "1:2")}
         teachers = {"XL": str(self.teacher_path), "D14": d14}
-        rows = []
-        for src, (path, groups) in sources.items():
-            r = self.learnable(groups, "lora", seed=seed, source=path)
-            for tname, tpath in teachers.items():
-                for row in self.recover(f"D7 from {src}", r["kept"], seeds=[seed], mode="kd", source=path,
-                                        teacher=tpath):
-                    rows.append({**row, "pruned_from": src, "teacher": tname, "kept": r["kept"],
-                                 "paper_FID": paper.TABLE7[(tname, src)]})
+        learned = {src: self.learnable(groups, "lora", seed=seed, source=path)
+                   for src, (path, groups) in sources.items()}
+        jobs = [(src, tname) for src in sources for tname in teachers]
+        for src, (path, _) in sources.items():  # here first: the parallel runs share these folders
+            self.pruned(learned[src]["kept"], source=path, name=f"D7 from {src}")
+        fts = self.parallel([("recovered", dict(label=f"D7 from {src}", kept=learned[src]["kept"], seed=seed, mode="kd",
+                                                source=sources[src][0], teacher=teachers[tname]))
+                             for src, tname in jobs], desc="Table 7: distillation")
+        scores = self.parallel([("score", {"checkpoint": ft["model"]}) for ft in fts], desc="Table 7: scoring")
+        rows = [{"method": f"D7 from {src}", "seed": seed, "mode": "kd", "k_sigma": 0.0,
+                 "skipped_steps": ft.get("skipped_steps", 0), "final_loss": ft.get("final_loss"),
+                 **{k: sc[k] for k in ("fid", "is", "sfid", "precision", "recall", "class_accuracy")},
+                 "pruned_from": src, "teacher": tname, "kept": learned[src]["kept"],
+                 "paper_FID": paper.TABLE7[(tname, src)], "samples": sc["samples"]}
+                for (src, tname), ft, sc in zip(jobs, fts, scores)]
         t7 = pd.DataFrame(rows)
-        self.save_table(t7, "08_table7")
+        self.save_table(t7.drop(columns="samples"), "08_table7")
         return t7
 
     def seed_noise(self):
@@ -776,6 +789,9 @@ class Study:
         return v
 
 
+_IN_WORKER = "TINYFUSION_STUDY_WORKER"
+
+
 def _one_thread(parent=None):
     """Initialise a :meth:`Study.parallel` worker: one thread, and it dies with the process that started it (a killed
     notebook or script leaves no orphan holding a run folder's lock)."""
@@ -790,6 +806,7 @@ def _study_call(profile, recompute, name, kwargs):
     """A worker of :meth:`Study.parallel`: one cached step of a fresh Study (quiet: the caller shows progress)."""
     import os
     os.environ["TINYFUSION_QUIET"] = "1"
+    os.environ[_IN_WORKER] = "1"  # a step that calls ``parallel`` itself runs its calls one by one here
     return getattr(Study(profile, recompute=recompute), name)(**kwargs)
 
 
