@@ -175,20 +175,34 @@ def loss_curves(logs):
     return fig
 
 
-def speedup(rows, title):
+def speedup(rows, title, fontsize=11):
     """Sampling speed-up against compression ratio, one line per pruning method, beside the linear ideal.
 
     ``rows``: the speed sweep (records with ``method``, ``ratio`` and ``speedup``; the ``"base"`` row is each
-    line's start).
+    line's start). Rows that carry ``speedup_mean`` and ``speedup_sd`` (the per-round speed-ups of
+    ``speed.speed_sweep``) are drawn as mean with error bars of ±1 sd over the timing rounds.
     """
     import pandas as pd
     df = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    bars = {"speedup_mean", "speedup_sd"} <= set(df.columns)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     r = np.linspace(0, df.ratio.max(), 50)
     ax.plot(r, 1 / (1 - r), "k:", label="linear (ideal)")
-    for method, grp in df[df.method != "base"].groupby("method", sort=False):
+    groups = list(df[df.method != "base"].groupby("method", sort=False))
+    for i, (method, grp) in enumerate(groups):
         grp = pd.concat([df[df.method == "base"], grp]).sort_values("ratio")
-        ax.plot(grp.ratio, grp.speedup, "o-", label=method)
-    ax.set_xlabel("compression ratio"); ax.set_ylabel("sampling speed-up (iterations/s vs unpruned)")
-    ax.legend(fontsize=8); ax.set_title(title)
+        if bars:  # dodged sideways a little so that bars at one ratio do not hide each other
+            dx = (i - (len(groups) - 1) / 2) * 0.012 * max(float(df.ratio.max()), 0.1)
+            ax.errorbar(grp.ratio + dx, grp.speedup_mean, yerr=grp.speedup_sd.fillna(0), fmt="o-", capsize=4,
+                        label=method)
+        else:
+            ax.plot(grp.ratio, grp.speedup, "o-", label=method)
+    ax.set_xlabel("compression ratio", fontsize=fontsize)
+    ax.set_ylabel("sampling speed-up (iterations/s vs unpruned)", fontsize=fontsize)
+    ax.tick_params(labelsize=max(10, fontsize - 1))
+    if bars:
+        n = int(df["repeats"].max()) if "repeats" in df else None
+        title += f"\nmean ± 1 sd over {n} timing rounds" if n else "\nmean ± 1 sd over the timing rounds"
+    ax.legend(fontsize=max(10, fontsize - 1)); ax.set_title(title, fontsize=fontsize + 1)
+    fig.tight_layout()
     return fig
