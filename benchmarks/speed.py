@@ -10,6 +10,8 @@ ones ("channels": 1-r of every block's heads and MLP channels, as structured wid
 "params": the widths with the depth-pruned model's parameter count), interleaved round by round with the
 unpruned model. The bars checked: D14 from D28 runs >= 1.9x as fast as D28 (paper: 1.96x on a GPU, 6.91 ->
 13.54 it/s), and 50% width pruning falls short of that (paper: Diff-Pruning 50% 1.51x, 6.91 -> 10.43 it/s).
+Each summary also gives the sds of the per-round speed-ups and claim 7's rule on them
+(``verdicts.claim7_speedup_repeats``: depth against width at the same channel ratio, beyond 2 SE of the rounds).
 Writes the JSON to ``--out`` (default ``results/<profile>/speed.json``).
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from tinyfusion.io import save_json
 from tinyfusion.profiles import get_profile
 from tinyfusion.speed import speed_sweep
+from tinyfusion.verdicts import claim7_speedup_repeats
 
 ALL_RATIOS = [0, 0.25, 0.5, 0.75, 0.893]
 # "teacher" stands for the profile's teacher config (DiT-T28/4 for cpu, DiT-W28/4 for gpu).
@@ -41,11 +44,13 @@ GPU_CASES = [
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def summarise(rows, device):
+def summarise(rows, device, model=""):
     """The headline ratios of one sweep: D14-from-D28 and 50%-width speed-ups, and the bars.
 
     ``*_speedup`` are wall clock; ``*_speedup_cpu`` per second of process CPU time (robust to other jobs on a
-    shared CPU). The bars use the CPU-time figures on the CPU and the wall-clock ones on a GPU.
+    shared CPU). The bars use the CPU-time figures on the CPU and the wall-clock ones on a GPU. ``*_sd`` are the sds
+    of the per-round speed-ups (NaN with one round); ``claim7`` is ``verdicts.claim7_speedup_repeats`` on the same
+    measure (depth against width at the same channel ratio, called beyond 2 SE of the timing rounds).
     """
     at = {(r["method"], r["ratio"]): r for r in rows}
     key = "speedup_cpu" if device == "cpu" else "speedup"
@@ -53,16 +58,21 @@ def summarise(rows, device):
     if ("depth", 0.5) in at:
         d = at[("depth", 0.5)]
         out.update({"depth_0.5_depth": d["depth"], "depth_0.5_speedup": d["speedup"],
-                    "depth_0.5_speedup_cpu": d["speedup_cpu"], "bar_depth_ge_1.9x": d[key] >= 1.9})
+                    "depth_0.5_speedup_cpu": d["speedup_cpu"], "depth_0.5_speedup_sd": d.get("speedup_sd"),
+                    "depth_0.5_speedup_cpu_sd": d.get("speedup_cpu_sd"), "bar_depth_ge_1.9x": d[key] >= 1.9})
     for mode in ("channels", "params"):
         if (f"width-{mode}", 0.5) in at:
             w = at[(f"width-{mode}", 0.5)]
             out.update({f"width_{mode}_0.5_speedup": w["speedup"], f"width_{mode}_0.5_speedup_cpu": w["speedup_cpu"],
+                        f"width_{mode}_0.5_speedup_sd": w.get("speedup_sd"),
+                        f"width_{mode}_0.5_speedup_cpu_sd": w.get("speedup_cpu_sd"),
                         f"width_{mode}_0.5_param_ratio": w["param_ratio"],
                         f"width_{mode}_0.5_mac_ratio": w["mac_ratio"]})
             if mode == "channels":
                 out["width_channels_0.5_vs_depth"] = round(w[key] / at[("depth", 0.5)][key], 4)
                 out["bar_width50_short_of_2x"] = w[key] < 1.9  # 5% short of the linear 2x
+                v = claim7_speedup_repeats(rows, model, ratio=0.5, measure=key, device=device)
+                out["claim7"] = {"status": v.status, "rule": v.rule, "evidence": v.evidence, "yardstick": v.yardstick}
     return out
 
 
@@ -76,7 +86,7 @@ def run_case(case, device, dtype_name, compile, profile):
     res = dict(model=model, device=str(device), dtype=dtype_name, compile=compile, batch=case["batch"],
                cfg=True, forward_batch=2 * case["batch"], steps=case["steps"],
                seconds=round(time.perf_counter() - t0, 1),
-               summary=summarise(rows, str(device)), rows=rows)
+               summary=summarise(rows, str(device), model), rows=rows)
     print(f"[speed] {model} {device} {dtype_name} compile={compile} batch={case['batch']}: "
           f"{json.dumps(res['summary'])} ({res['seconds']} s)", flush=True)
     return res

@@ -4,6 +4,7 @@ masked_block against the plain blend.
 No timings are asserted (shared CPUs make them meaningless); the benchmarks under benchmarks/ measure them.
 """
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,52 @@ def test_sampling_throughput_and_sweep_shapes(dit):
     assert d["depth"] == 3 and d["ideal"] == 2.0 and d["speedup"] > 0 and len(d["runs"]) == 1
     wp = next(r for r in rows if r["method"] == "width-params")
     assert abs(wp["params"] - d["params"]) / d["params"] < 0.05
+
+
+def test_speed_sweep_records_per_round_speedups_against_the_same_rounds_base(dit):
+    import math
+    import statistics
+    rows = speed_sweep(dict(dit.config), ratios=(0, 0.5), batch=2, steps=1, warmup=0, repeats=3)
+    base = next(r for r in rows if r["method"] == "base")
+    assert base["speedups"] == [1.0] * 3 and base["speedups_cpu"] == [1.0] * 3 and base["speedup_sd"] == 0.0
+    for r in rows:
+        assert r["repeats"] == 3 and len(r["speedups"]) == len(r["speedups_cpu"]) == len(r["runs"]) == 3
+        for i, s in enumerate(r["speedups"]):  # round i's speed-up: this model's it/s over the base's, same round
+            assert s == pytest.approx(r["runs"][i] / base["runs"][i], rel=1e-3)
+        assert r["speedup_mean"] == pytest.approx(statistics.fmean(r["speedups"]), abs=1e-3)
+        assert r["speedup_sd"] == pytest.approx(statistics.stdev(r["speedups"]), abs=1e-3)
+        assert r["speedup_cpu_sd"] == pytest.approx(statistics.stdev(r["speedups_cpu"]), abs=1e-3)
+        assert all(s > 0 for s in r["speedups"] + r["speedups_cpu"])
+    one = speed_sweep(dict(dit.config), ratios=(0, 0.5), batch=2, steps=1, warmup=0, repeats=1,
+                      width_modes=("channels",))
+    d = next(r for r in one if r["method"] == "depth")
+    assert d["repeats"] == 1 and len(d["speedups"]) == 1 and math.isnan(d["speedup_sd"])
+    # the benchmark's summary carries the sds and claim 7's rule on the CPU-time figures
+    summary = _load_bench("speed").summarise(rows, "cpu", "tiny")
+    assert summary["depth_0.5_speedup_sd"] == next(r for r in rows if r["method"] == "depth")["speedup_sd"]
+    assert "width_channels_0.5_speedup_cpu_sd" in summary
+    assert summary["claim7"]["rule"] == "claim7_speedup_repeats" and summary["claim7"]["yardstick"]["repeats"] == 3
+    assert summary["claim7"]["yardstick"]["measure"] == "speedup_cpu"
+
+
+def test_study_speed_sweep_cache_names_the_row_format(tmp_path, monkeypatch):
+    """A sweep cached before the rows recorded their rounds (no ``record`` in its config) is not reused."""
+    import tinyfusion.speed as speed
+    from tinyfusion.study import Study
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path))
+    st = Study("smoke")
+    kw = st.prof.extra.get("speed", {})
+    old = st.cached("speed", "sweep", {"model": st.prof.model, "device": "cpu", **kw},
+                    lambda folder: {"rows": [{"method": "base", "ratio": 0.0, "speedup": 1.0}]})
+    assert "speedups" not in old["rows"][0]
+    calls = []
+    monkeypatch.setattr(speed, "speed_sweep",
+                        lambda *a, **k: calls.append(k) or [{"method": "base", "speedups": [1.0]}])
+    assert st.speed_sweep() == [{"method": "base", "speedups": [1.0]}] and len(calls) == 1
+    assert calls[0] == kw
+    assert st.speed_sweep() == [{"method": "base", "speedups": [1.0]}] and len(calls) == 1  # now cached
+    records = [json.loads(p.read_text()) for p in (tmp_path / "smoke" / "speed").glob("*/run.json")]
+    assert sorted(r["config"].get("record", "") for r in records) == ["", speed.SWEEP_RECORD]
 
 
 def _load_bench(name):

@@ -308,6 +308,100 @@ def test_claim7_nearest_ratio_nan_and_missing_rows():
         V.claim7_speedup([r for r in sweep(2.0, 1.0) if r["method"] != "width-channels"], "m")
 
 
+# ---------------------------------------------------------------------- claim 7 with timing repeats
+def rounds(depth, width, ratio=0.5, depth_cpu=None, width_cpu=None, width_params=None):
+    """Speed-sweep rows with per-round speed-ups (one per timing round) at ``ratio``, plus rows at ratio 0.25 whose
+    numbers would flip the verdict if they were picked."""
+    n = len(depth)
+    row = lambda m, r, sp, cpu=None: dict(method=m, ratio=r, ideal=1 / (1 - r), speedups=list(sp),  # noqa: E731
+                                          speedups_cpu=list(sp if cpu is None else cpu))
+    rows = [row("base", 0.0, [1.0] * n), row("depth", 0.25, [0.5] * n), row("width-channels", 0.25, [9.0] * n),
+            row("depth", ratio, depth, depth_cpu), row("width-channels", ratio, width, width_cpu)]
+    if width_params is not None:
+        rows.append(row("width-params", ratio, width_params))
+    return rows
+
+
+DEPTH5, WIDTH5 = [1.95, 1.90, 2.00, 1.93, 1.97], [1.45, 1.50, 1.40, 1.52, 1.48]
+
+
+def test_claim7_repeats_held_when_depth_beats_width_at_the_same_channel_ratio_beyond_2_se():
+    import numpy as np
+    v = V.claim7_speedup_repeats(rounds(DEPTH5, WIDTH5, width_params=[1.9] * 5), "DiT-T28/4")
+    assert v.status == V.HELD and v.rule == "claim7_speedup_repeats" and v.details["called"] == "a"
+    diff = np.subtract(DEPTH5, WIDTH5)
+    y = v.yardstick
+    assert y["repeats"] == 5 and y["k"] == 2.0 and y["measure"] == "speedup"
+    assert y["difference_sd"] == pytest.approx(diff.std(ddof=1))
+    assert y["se"] == pytest.approx(diff.std(ddof=1) / math.sqrt(5))
+    assert y["depth_speedup_sd"] == pytest.approx(np.std(DEPTH5, ddof=1))
+    assert y["width_channels_speedup_sd"] == pytest.approx(np.std(WIDTH5, ddof=1))
+    assert "timing rounds" in y["measured_from"]
+    assert v.evidence.startswith("at ratio 0.50 on CPU (DiT-T28/4), wall clock, 5 interleaved timing rounds: depth "
+                                 "1.95 ± 0.04x vs width at equal channel ratio 1.47 ± 0.05x")
+    assert "paired difference +0.480x: depth faster beyond 2 SE" in v.evidence
+    assert "reaching the paper's 1.9x D14 bar; width at equal parameters 1.90 ± 0.00x" in v.evidence
+    assert f"D14 {paper.SPEEDUP_D14:.2f}x, Diff-Pruning 50% (width) 1.51x" in v.evidence
+
+
+def test_claim7_repeats_not_held_and_within_noise():
+    v = V.claim7_speedup_repeats(rounds([1.40, 1.42, 1.38], [1.60, 1.62, 1.61]), "m")
+    assert v.status == V.NOT_HELD and "width faster beyond 2 SE" in v.evidence
+    v = V.claim7_speedup_repeats(rounds([1.9, 1.5, 2.1, 1.6], [1.7, 1.8, 1.6, 1.9]), "m")
+    assert v.status == V.WITHIN_NOISE and "within 2 SE" in v.evidence
+
+
+def test_claim7_repeats_calls_beyond_k_standard_errors_of_the_mean_not_k_sds():
+    # differences 0.1 and 0.3: mean 0.2, sd 0.141, SE 0.1, so the mean is 2.0 SE (but only 1.41 sd) from zero
+    rows = rounds([1.6, 1.8], [1.5, 1.5])
+    assert V.claim7_speedup_repeats(rows, "m", k=1.9).status == V.HELD
+    assert V.claim7_speedup_repeats(rows, "m", k=2.1).status == V.WITHIN_NOISE
+
+
+def test_claim7_repeats_pairs_the_rounds():
+    # shared load moves both models together round by round; the paired difference stays near 0.2
+    v = V.claim7_speedup_repeats(rounds([2.0, 1.5, 2.5, 1.8], [1.8, 1.32, 2.27, 1.61]), "m")
+    assert v.status == V.HELD
+    assert v.yardstick["difference_sd"] < 0.03 < v.yardstick["depth_speedup_sd"]
+
+
+def test_claim7_repeats_one_round_calls_nothing_and_the_bar_is_context_only():
+    v = V.claim7_speedup_repeats(rounds([1.95], [1.20]), "m")
+    assert v.status == V.WITHIN_NOISE and "1 timing round: no spread, nothing called" in v.evidence
+    assert v.yardstick["repeats"] == 1 and math.isnan(v.yardstick["se"])
+    v = V.claim7_speedup_repeats(rounds([1.50, 1.52, 1.49], [1.20, 1.21, 1.19]), "m")
+    assert v.status == V.HELD and "short of the paper's 1.9x D14 bar" in v.evidence  # the bar does not decide
+
+
+def test_claim7_repeats_measure_ratio_and_malformed_rows():
+    rows = rounds(DEPTH5, WIDTH5, depth_cpu=[1.4] * 4 + [1.41], width_cpu=[1.6, 1.61, 1.6, 1.62, 1.6])
+    v = V.claim7_speedup_repeats(rows, "m", measure="speedup_cpu")
+    assert v.status == V.NOT_HELD and "process CPU time" in v.evidence and v.yardstick["measure"] == "speedup_cpu"
+    v = V.claim7_speedup_repeats(rounds(DEPTH5, WIDTH5, ratio=0.45), "m")  # nearest ratio, and width at the same one
+    assert v.details["depth"]["ratio"] == 0.45 and v.details["width-channels"]["ratio"] == 0.45 and v.status == V.HELD
+    with pytest.raises(ValueError, match="no 'width-channels' row at ratio 0.5"):
+        V.claim7_speedup_repeats([r for r in rounds(DEPTH5, WIDTH5) if not (r["method"] == "width-channels"
+                                                                              and r["ratio"] == 0.5)], "m")
+    old = sweep(1.95, 1.5, 1.4)  # rows cached before the sweep recorded its rounds
+    with pytest.raises(ValueError, match="per-round speed-ups"):
+        V.claim7_speedup_repeats(old, "m")
+    with pytest.raises(ValueError, match="measure 'it_s'"):
+        V.claim7_speedup_repeats(rounds(DEPTH5, WIDTH5), "m", measure="it_s")
+    bad = rounds(DEPTH5, WIDTH5)
+    bad[-1]["speedups"] = bad[-1]["speedups"][:3]
+    with pytest.raises(ValueError, match="not one interleaved sweep"):
+        V.claim7_speedup_repeats(bad, "m")
+
+
+def test_claim7_repeats_verdict_json_records_rule_and_timing_yardstick(tmp_path, monkeypatch):
+    from tinyfusion.study import Study
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path))
+    Study("smoke").verdict(7, V.claim7_speedup_repeats(rounds(DEPTH5, WIDTH5), "m"), "07_speedup.ipynb")
+    saved = json.loads((tmp_path / "smoke" / "verdicts" / "claim7.json").read_text())
+    assert saved["rule"] == "claim7_speedup_repeats" and saved["status"] == "held"
+    assert saved["yardstick"]["repeats"] == 5 and saved["yardstick"]["difference_sd"] > 0
+
+
 # ---------------------------------------------------------------------- claim 8
 def table7(xl_from_d14, xl_from_xl, d14_from_d14, d14_from_xl):
     return {("XL", "D14"): xl_from_d14, ("XL", "XL"): xl_from_xl, ("D14", "D14"): d14_from_d14,

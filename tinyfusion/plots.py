@@ -134,24 +134,32 @@ def decision_dynamics(histories, depth):
     return fig
 
 
-def massive_activations(stats, values, ratio_line=20):
+def massive_activations(stats, values, ratio_line=20, fontsize=11):
     """Figure 8 analogue: per-layer extremes, max |h| / std per layer, and the histogram of hidden-state values.
 
     ``stats``: {model: per-layer statistics (``activations.hidden_stats`` records or a DataFrame)};
-    ``values``: {model: a sample of hidden-state values (``activations.value_sample``)}.
+    ``values``: {model: a sample of hidden-state values (``activations.value_sample``)}; ``ratio_line``: the declared
+    'massive' ratio, drawn on the middle panel. Labels are ``fontsize`` (tick labels one point smaller, at least 10).
     """
     import pandas as pd
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    colours = dict(zip(stats, sns.color_palette(n_colors=max(len(stats), 1))))
     for k, df in stats.items():
         df = pd.DataFrame(df)
-        axes[0].plot(df.layer, df["max"], label=f"{k} max")
-        axes[0].plot(df.layer, df["min"], "--", label=f"{k} min")
-        axes[1].plot(df.layer, df["max_abs_over_std"], label=k)
-        axes[2].hist(values[k], bins=200, alpha=0.6, label=k, log=True)
-    axes[0].set_title("extremes per layer"); axes[0].set_xlabel("layer"); axes[0].legend(fontsize=7)
-    axes[1].set_title("max |h| / std per layer"); axes[1].set_xlabel("layer")
-    axes[1].axhline(ratio_line, color="gray", ls=":"); axes[1].legend()
-    axes[2].set_title("hidden-state values (log count)"); axes[2].legend()
+        axes[0].plot(df.layer, df["max"], color=colours[k], label=f"{k} max")
+        axes[0].plot(df.layer, df["min"], "--", color=colours[k], label=f"{k} min")
+        axes[1].plot(df.layer, df["max_abs_over_std"], "o-", ms=3, color=colours[k], label=k)
+        axes[2].hist(values[k], bins=200, histtype="stepfilled", alpha=0.5, color=colours[k], label=k, log=True)
+    axes[1].axhline(ratio_line, color="gray", ls=":", label=f"declared 'massive' ({ratio_line:g})")
+    titles = ("extremes per layer", "max |h| / std per layer", "hidden-state values")
+    xlabels, ylabels = ("layer", "layer", "hidden-state value"), ("hidden-state value", "max |h| / std", "count (log)")
+    for ax, title, xl, yl in zip(axes, titles, xlabels, ylabels):
+        ax.set_title(title, fontsize=fontsize + 1)
+        ax.set_xlabel(xl, fontsize=fontsize)
+        ax.set_ylabel(yl, fontsize=fontsize)
+        ax.tick_params(labelsize=max(10, fontsize - 1))
+        ax.legend(fontsize=max(10, fontsize - 1))
+    fig.tight_layout()
     return fig
 
 
@@ -175,22 +183,36 @@ def loss_curves(logs):
     return fig
 
 
-def speedup(rows, title):
+def speedup(rows, title, fontsize=11):
     """Sampling speed-up against compression ratio, one line per pruning method, beside the linear ideal.
 
     ``rows``: the speed sweep (records with ``method``, ``ratio`` and ``speedup``; the ``"base"`` row is each
-    line's start).
+    line's start). Rows that carry ``speedup_mean`` and ``speedup_sd`` (the per-round speed-ups of
+    ``speed.speed_sweep``) are drawn as mean with error bars of ±1 sd over the timing rounds.
     """
     import pandas as pd
     df = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    bars = {"speedup_mean", "speedup_sd"} <= set(df.columns)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     r = np.linspace(0, df.ratio.max(), 50)
     ax.plot(r, 1 / (1 - r), "k:", label="linear (ideal)")
-    for method, grp in df[df.method != "base"].groupby("method", sort=False):
+    groups = list(df[df.method != "base"].groupby("method", sort=False))
+    for i, (method, grp) in enumerate(groups):
         grp = pd.concat([df[df.method == "base"], grp]).sort_values("ratio")
-        ax.plot(grp.ratio, grp.speedup, "o-", label=method)
-    ax.set_xlabel("compression ratio"); ax.set_ylabel("sampling speed-up (iterations/s vs unpruned)")
-    ax.legend(fontsize=8); ax.set_title(title)
+        if bars:  # dodged sideways a little so that bars at one ratio do not hide each other
+            dx = (i - (len(groups) - 1) / 2) * 0.012 * max(float(df.ratio.max()), 0.1)
+            ax.errorbar(grp.ratio + dx, grp.speedup_mean, yerr=grp.speedup_sd.fillna(0), fmt="o-", capsize=4,
+                        label=method)
+        else:
+            ax.plot(grp.ratio, grp.speedup, "o-", label=method)
+    ax.set_xlabel("compression ratio", fontsize=fontsize)
+    ax.set_ylabel("sampling speed-up (iterations/s vs unpruned)", fontsize=fontsize)
+    ax.tick_params(labelsize=max(10, fontsize - 1))
+    if bars:
+        n = int(df["repeats"].max()) if "repeats" in df else None
+        title += f"\nmean ± 1 sd over {n} timing rounds" if n else "\nmean ± 1 sd over the timing rounds"
+    ax.legend(fontsize=max(10, fontsize - 1)); ax.set_title(title, fontsize=fontsize + 1)
+    fig.tight_layout()
     return fig
 
 

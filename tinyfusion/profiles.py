@@ -94,10 +94,11 @@ PROFILES = {
         prune_steps=6, prune_batch=16,
         finetune_steps=4, finetune_long=6, curve_points=(2, 4, 6, 8), ablation_finetune_steps=4, finetune_batch=16,
         eval_samples=64, sample_steps=4, seeds=(0,), batch_eval=64,
-        extra={"speed": {"batch": 8, "steps": 2, "repeats": 1, "warmup": 0, "ratios": (0, 0.5)}},
+        extra={"speed": {"batch": 8, "steps": 2, "repeats": 5, "warmup": 0, "ratios": (0, 0.5)}},  # 5 rounds: an sd
         notes="tests and nbval only: numbers are meaningless, every notebook runs in seconds"),
     "cpu": Profile(
         name="cpu", prune_steps=938, workers=2,
+        extra={"speed": {"repeats": 10}},  # claim 7's error bars: 10 timing rounds (~3 s each), not speed_sweep's 3
         notes="2 CPU cores, whole reproduction within 4 hours; the shipped 28-layer width-64 teacher"),
     "gpu": Profile(
         name="gpu", model="DiT-W28/4", teacher="data/teacher_gpu.pt", image_size=28,

@@ -23,7 +23,8 @@ therefore reports both "channels" (1 - r of the heads and channels, about D14's 
 
 Throughput is denoising iterations per second: one iteration is one DiT forward of the whole batch (twice the
 batch with classifier-free guidance), as in the paper's it/s. ``speed_sweep`` interleaves the models round
-by round (A/B/A/B...) so that noise on a shared machine hits every model alike, and reports medians.
+by round (A/B/A/B...) so that noise on a shared machine hits every model alike, and reports medians and every
+round's speed-up against the unpruned model timed in that round (their spread is a speed-up's error bar).
 """
 from __future__ import annotations
 
@@ -134,7 +135,8 @@ def interleaved_throughput(models, batch, steps, device="cpu", dtype=torch.float
     ``models``: dict name -> DiT. Returns dict name -> dict(it_s=median over rounds of wall-clock it/s,
     it_s_cpu=the same per second of process CPU time, runs=[wall it/s of every round]). On a shared CPU the
     CPU-time figure leaves out the time the process waited for a core (with one thread it is the work
-    done); on a GPU only the wall-clock figure means anything.
+    done); on a GPU only the wall-clock figure means anything. ``runs_cpu`` is ``runs`` per second of CPU time;
+    ``seconds`` and ``cpu_seconds`` are every round's unrounded timings (what per-round speed-ups are made of).
     """
     runs = {k: _Sampler(m, batch, steps, device, dtype, compile, cfg) for k, m in models.items()}
     for _ in range(warmup):
@@ -146,7 +148,19 @@ def interleaved_throughput(models, batch, steps, device="cpu", dtype=torch.float
             times[k].append(r())
     return {k: dict(it_s=steps / statistics.median(w for w, _ in v),
                     it_s_cpu=steps / statistics.median(c for _, c in v),
-                    runs=[round(steps / w, 4) for w, _ in v]) for k, v in times.items()}
+                    runs=[round(steps / w, 4) for w, _ in v], runs_cpu=[round(steps / c, 4) for _, c in v],
+                    seconds=[w for w, _ in v], cpu_seconds=[c for _, c in v]) for k, v in times.items()}
+
+
+# What a speed_sweep row records; Study.speed_sweep keys its cache by it, so rows written before a field was added
+# are never reused. v2: per-round speed-ups (``speedups``, ``speedups_cpu``) with their mean and sd over the rounds.
+SWEEP_RECORD = "v2: per-round speed-ups against the unpruned model of the same round, mean and sd over rounds"
+
+
+def _mean_sd(values):
+    """Mean and sample sd (ddof 1; NaN with fewer than two values) of ``values``, rounded as the rows are."""
+    m = statistics.fmean(values)
+    return round(m, 4), (round(statistics.stdev(values), 4) if len(values) > 1 else float("nan"))
 
 
 def speed_sweep(config_name="DiT-T28/4", ratios=(0, 0.25, 0.5, 0.75, 0.893), batch=64, steps=5, device="cpu",
@@ -167,7 +181,11 @@ def speed_sweep(config_name="DiT-T28/4", ratios=(0, 0.25, 0.5, 0.75, 0.893), bat
     method): ratio, method, depth, heads, mlp_hidden, params, param_ratio, macs (per sample, see
     ``forward_macs``), mac_ratio, it_s and speedup (wall clock), it_s_cpu and speedup_cpu (per second of
     process CPU time, see ``interleaved_throughput``), ideal (= 1/(1-r), the linear speed-up the paper
-    plots), compute_ideal (= 1/mac_ratio), runs.
+    plots), compute_ideal (= 1/mac_ratio), runs (wall it/s of every round), and the timing repeats behind each
+    speed-up: repeats (the number of rounds), speedups / speedups_cpu (round i: the unpruned model's time in round i
+    over this model's, wall clock / CPU time; the base row's are all 1), speedup_mean / speedup_sd and
+    speedup_cpu_mean / speedup_cpu_sd (over the rounds, sd with ddof 1, NaN with one round). ``speedup`` stays the
+    ratio of the median it/s. See ``SWEEP_RECORD``.
     """
     base = model if model is not None else random_dit(config_name, device="cpu")
     config, _ = _config(base)
@@ -200,10 +218,17 @@ def speed_sweep(config_name="DiT-T28/4", ratios=(0, 0.25, 0.5, 0.75, 0.893), bat
     rows = []
     for k, m in models.items():
         p, f = count_params(m), forward_macs(m)
+        # paired by round: the unpruned model ran in the same round, so load on a shared machine cancels
+        per_round = {key: [b / t for b, t in zip(res["base"][src], res[k][src])]
+                     for key, src in (("speedups", "seconds"), ("speedups_cpu", "cpu_seconds"))}
+        (mean, sd), (mean_cpu, sd_cpu) = _mean_sd(per_round["speedups"]), _mean_sd(per_round["speedups_cpu"])
         rows.append(dict(meta[k], params=p, param_ratio=round(p / P, 4), macs=f, mac_ratio=round(f / F, 4),
                          it_s=round(res[k]["it_s"], 4), speedup=round(res[k]["it_s"] / res["base"]["it_s"], 4),
                          it_s_cpu=round(res[k]["it_s_cpu"], 4),
                          speedup_cpu=round(res[k]["it_s_cpu"] / res["base"]["it_s_cpu"], 4),
                          ideal=round(1 / (1 - meta[k]["ratio"]), 4), compute_ideal=round(F / f, 4),
-                         runs=res[k]["runs"]))
+                         runs=res[k]["runs"], repeats=len(res[k]["seconds"]),
+                         speedups=[round(v, 4) for v in per_round["speedups"]], speedup_mean=mean, speedup_sd=sd,
+                         speedups_cpu=[round(v, 4) for v in per_round["speedups_cpu"]], speedup_cpu_mean=mean_cpu,
+                         speedup_cpu_sd=sd_cpu))
     return rows

@@ -292,10 +292,12 @@ class Study:
 
     def speed_sweep(self):
         """Sampling throughput of depth- and width-pruned copies of the profile's model on this machine's CPU
-        (``speed.speed_sweep`` with the profile's ``extra["speed"]`` settings): a list of rows."""
-        from tinyfusion.speed import speed_sweep
+        (``speed.speed_sweep`` with the profile's ``extra["speed"]`` settings): a list of rows. The cache key names
+        the row format (``speed.SWEEP_RECORD``), so a sweep cached before the rows carried their per-round speed-ups
+        is measured again rather than reused."""
+        from tinyfusion.speed import SWEEP_RECORD, speed_sweep
         kw = self.prof.extra.get("speed", {})
-        return self.cached("speed", "sweep", {"model": self.prof.model, "device": "cpu", **kw},
+        return self.cached("speed", "sweep", {"model": self.prof.model, "device": "cpu", **kw, "record": SWEEP_RECORD},
                            lambda folder: {"rows": speed_sweep(self.prof.model, **kw)})["rows"]
 
     def recovered(self, label, kept, seed, mode="finetune", k_sigma=0.0, steps=None, source=None, teacher=None,

@@ -231,6 +231,7 @@ def claim5_massive_activations(max_abs_over_std: Sequence[float], share_beyond_1
     """
     # Oddity (kept): 'massive' is fixed as max/std >= 20, yet 10-20 is called "mixed" rather than "not held";
     # the paper's own ratio (DiT-XL/2, Figure 8) is about 34.
+    # Replaced for the recorded verdict by claim5_massive (below 20: not testable here); notebook 05 still shows it.
     ratio = _nan_quiet(np.nanmax, max_abs_over_std)
     status = HELD if ratio >= MASSIVE_RATIO else MIXED if ratio >= MIXED_RATIO else NOT_HELD
     evidence = (f"teacher max |h| / std = {ratio:.1f} (paper ~{paper.FIGURE8_MAX_OVER_STD['teacher']:.0f}; "
@@ -283,6 +284,8 @@ def claim7_speedup(rows: Sequence[Mapping], model: str, ratio: float = 0.5) -> V
     pruning at equal parameters stays more than 0.1x below it; mixed when one of the two; not held otherwise.
     """
     # Oddity (kept): the 1.9x bar is absolute (made for ratio 0.5) and the evidence says "on CPU" on any device.
+    # Replaced for the recorded verdict by claim7_speedup_repeats: this rule set depth against width at equal
+    # *parameters* (far less compute than D14, see speed.py) and had no error bars; notebook 07 still shows it.
     d, wp, wc = (_nearest(rows, m, ratio) for m in ("depth", "width-params", "width-channels"))
     fast, width_slower = d["speedup"] >= D14_SPEEDUP_BAR, wp["speedup"] < d["speedup"] - WIDTH_MARGIN
     status = HELD if fast and width_slower else MIXED if fast or width_slower else NOT_HELD
@@ -464,6 +467,90 @@ def claim5_massive(max_abs_over_std: Sequence[float], share_beyond_10sigma: Sequ
                 + f"); share of positions beyond 10 sigma: {_nan_quiet(np.nanmean, share_beyond_10sigma):.2e}")
     return Verdict(status, evidence, {"ratio": ratio}, rule="claim5_massive",
                    yardstick={"threshold": MASSIVE_RATIO, "measured_from": "teacher hidden states, per layer"})
+
+
+_PER_ROUND = {"speedup": "speedups", "speedup_cpu": "speedups_cpu"}
+
+
+@_named
+def claim7_speedup_repeats(rows: Sequence[Mapping], model: str, ratio: float = 0.5, measure: str = "speedup",
+                           device: str = "CPU", k: float = CALL_K) -> Verdict:
+    """Claim 7 against the paper's comparator, width pruning at the same channel ratio (Table 1: D14 1.96x, Diff-Pruning
+    50% 1.51x), with the timing repeats as the yardstick.
+
+    ``rows``: the speed sweep (``speed.speed_sweep``: dicts with method, ratio, ideal and the per-round speed-ups
+    ``speedups`` (wall clock) and ``speedups_cpu`` (process CPU time), round i's being the unpruned model's time in
+    round i over the pruned model's); ``model`` its config name; ``measure``: "speedup" (wall clock, the paper's it/s)
+    or "speedup_cpu"; ``device`` names the device in the evidence.
+    The depth row whose ratio is nearest ``ratio`` is paired with the "width-channels" row of that same ratio (1 - r of
+    every block's heads and MLP channels: about the same compute as the depth-pruned model). Round by round,
+    d_i = depth speed-up - width speed-up (both models ran in round i, so load on a shared machine mostly cancels);
+    over the n rounds, mean d and SE = sd(d) / sqrt(n) (sd with ddof 1).
+    Held: mean d > ``k`` SE (depth pruning faster than width pruning at the same channel ratio, beyond the timing
+    noise). Not held: mean d < -``k`` SE (width pruning faster). Within noise: |mean d| <= ``k`` SE, or fewer than two
+    rounds (no spread to weigh the difference against, so nothing is called).
+    Context, not part of the status: depth's share of the linear speed-up 1 / (1 - r), whether it reaches the paper's
+    1.9x D14 bar (at ratio 0.5), width pruning at equal parameters, and the paper's GPU numbers. The bar stays out of
+    the status because it is absolute, measured on a GPU for DiT-XL/2 and carries no noise of its own; the embedding
+    and final layer, which depth pruning cannot shorten, weigh more in a small model, so a fixed fraction of linear
+    would judge the model size rather than the claim.
+    ``yardstick``: the sds over the rounds of depth's and width's speed-ups and of their difference, n, SE and k.
+    """
+    if measure not in _PER_ROUND:
+        raise ValueError(f"measure {measure!r} is not one of {sorted(_PER_ROUND)}")
+    key = _PER_ROUND[measure]
+    d = _nearest(rows, "depth", ratio)
+    same = [r for r in rows if r["method"] == "width-channels" and float(r["ratio"]) == float(d["ratio"])]
+    if not same:
+        raise ValueError(f"the speed sweep has no 'width-channels' row at ratio {d['ratio']} (the depth row nearest "
+                         f"{ratio}); run speed.speed_sweep with width_modes including 'channels'")
+    w = same[0]
+    for r in (d, w):
+        if key not in r:
+            raise ValueError(f"the {r['method']} row at ratio {r['ratio']} has no per-round speed-ups ({key!r}): it "
+                             f"was written before speed.speed_sweep recorded them (speed.SWEEP_RECORD): measure again")
+    a, b = np.asarray(d[key], dtype=float), np.asarray(w[key], dtype=float)
+    if len(a) != len(b):
+        raise ValueError(f"depth has {len(a)} timing rounds and width-channels {len(b)}: not one interleaved sweep")
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    n = int(ok.sum())
+    diff = a - b
+    mean_diff = float(diff.mean()) if n else math.nan
+    sd = lambda x: float(x.std(ddof=1)) if len(x) > 1 else math.nan  # noqa: E731
+    sd_diff = sd(diff)
+    se = sd_diff / math.sqrt(n) if n > 1 else math.nan
+    if not np.isfinite(se) or not np.isfinite(mean_diff) or abs(mean_diff) <= k * se:
+        c = "within noise"
+    else:
+        c = "a" if mean_diff > 0 else "b"
+    status = {"a": HELD, "b": NOT_HELD}.get(c, WITHIN_NOISE)
+    ma, mb = (float(x.mean()) if n else math.nan for x in (a, b))
+    ideal = float(d["ideal"])
+    how = {"a": "depth faster beyond", "b": "width faster beyond"}.get(c, "within")
+    call = (f"{how} {k:g} SE ({k:g} SE = {k * se:.3f}x)" if np.isfinite(se)
+            else f"{n} timing round{'s' if n != 1 else ''}: no spread, nothing called")
+    wp = [r for r in rows if r["method"] == "width-params" and float(r["ratio"]) == float(d["ratio"]) and key in r]
+    wp_text = ""
+    if wp:
+        v = np.asarray(wp[0][key], dtype=float)
+        wp_text = f"; width at equal parameters {fmt(float(v.mean()), sd(v), 2)}x"
+    bar = ""
+    if abs(float(d["ratio"]) - 0.5) < 1e-9:
+        bar = (f", {'reaching' if ma >= D14_SPEEDUP_BAR else 'short of'} the paper's {D14_SPEEDUP_BAR}x D14 bar")
+    evidence = (f"at ratio {float(d['ratio']):.2f} on {device} ({model}), "
+                f"{'wall clock' if measure == 'speedup' else 'process CPU time'}, {n} interleaved timing rounds: depth "
+                f"{fmt(ma, sd(a), 2)}x vs width at equal channel ratio {fmt(mb, sd(b), 2)}x (mean ± sd over rounds); "
+                f"paired difference {mean_diff:+.3f}x: {call}. Context, not part of the status: linear "
+                f"{ideal:.2f}x, depth reaches {ma / ideal:.0%} of it{bar}{wp_text}; paper on a GPU: D14 "
+                f"{paper.SPEEDUP_D14:.2f}x, Diff-Pruning 50% (width) {paper.SPEEDUP_WIDTH50:.2f}x")
+    yardstick = {"depth_speedup_sd": sd(a), "width_channels_speedup_sd": sd(b), "difference_sd": sd_diff,
+                 "repeats": n, "se": se, "k": k, "measure": measure,
+                 "measured_from": "per-round speed-ups of the interleaved timing rounds of speed.speed_sweep (each "
+                                  "against the unpruned model timed in the same round); the difference is paired by "
+                                  "round and called beyond k standard errors"}
+    return Verdict(status, evidence, {"depth": d, "width-channels": w, "mean_difference": mean_diff, "called": c},
+                   rule="claim7_speedup_repeats", yardstick=yardstick)
 
 
 def distinct_models(keys: Sequence, values: Sequence):
