@@ -51,7 +51,9 @@ def test_notebooks_wrote_every_artefact(notebook_session):
     for claim in CLAIMS:
         v = json.loads((out / "verdicts" / f"claim{claim}.json").read_text())
         assert v["claim"] == claim and v["status"] in STATUSES and v["evidence"], v
+        assert v["rule"] and isinstance(v["yardstick"], dict), v  # every verdict names its rule and its noise
         assert v["notebook"] in s["expected"], v
     summary = (out / "summary.md").read_text()
     assert "Verdicts" in summary and summary.count("| ") > 20
+    assert "![" in summary and "figures/01_recovery_curves.png" in summary  # the key figures are embedded
     assert all(f"| {claim} |" in summary for claim in CLAIMS)  # one verdict row per claim

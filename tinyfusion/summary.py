@@ -80,9 +80,17 @@ def collect(study):
     for claim, text in paper.CLAIMS.items():
         f = study.root / "verdicts" / f"claim{claim}.json"
         v = load_json(f) if f.exists() else {"status": "not run", "evidence": "", "notebook": ""}
-        verdicts.append({"claim": claim, "text": text, "verdict": v["status"], "evidence": v["evidence"],
+        verdicts.append({"claim": claim, "text": text, "verdict": v["status"], "rule": v.get("rule", ""),
+                         "yardstick": yardstick_text(v.get("yardstick") or {}), "evidence": v["evidence"],
                          "notebook": v["notebook"]})
     return table, pd.DataFrame(verdicts)
+
+
+def yardstick_text(yardstick):
+    """The numbers of a verdict's yardstick in one cell (``pooled_finetune_seed_sd=0.21, df=9, ...``)."""
+    nums = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in yardstick.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return ", ".join(nums) or ("see evidence" if yardstick else "")
 
 
 def _md_table(df, digits=3):
@@ -98,6 +106,16 @@ def _md_table(df, digits=3):
                 cells.append(str(v).replace("|", "/"))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+KEY_FIGURES = (  # (figure, caption) embedded in summary.md when the notebook wrote it
+    ("01_recovery_curves", "Recovery curves: FID against fine-tuning steps, every Table 3 model (notebook 01)"),
+    ("01_samples_100k", "Samples of every Table 3 model at the paper-100K point (notebook 01)"),
+    ("02_confidence_history", "Learnable gates: EMA confidence of each block over one epoch (notebook 02)"),
+    ("02_gate_costs", "Where the gates go wrong: calibration cost per block, residual size per layer (notebook 02)"),
+    ("07_speedup", "Speed-up of depth against width pruning, timing rounds as error bars (notebook 07)"),
+    ("08_d7_samples", "Samples of the four D7 models (notebook 08)"),
+)
 
 
 def write_summary(study, table, verdicts):
@@ -118,6 +136,11 @@ def write_summary(study, table, verdicts):
              "## Verdicts on the paper's claims", "", _md_table(v), "",
              "## Table 1 analogue (ours beside the paper's ImageNet numbers; absolute values do not compare)", "",
              _md_table(table[keep]) if len(table) else "(no runs found)", ""]
+    shown = [(f, caption) for f, caption in KEY_FIGURES if (study.root / "figures" / f"{f}.png").exists()]
+    if shown:
+        lines += ["## Key figures", ""]
+        for f, caption in shown:
+            lines += [f"**{caption}** (`figures/{f}.png`)", "", f"![{caption}](figures/{f}.png)", ""]
     from tinyfusion.profiles import PROFILES
     sit = PROFILES.get(f"{p.name}-sit")
     table2 = sit.results / "tables" / "10_table2.csv" if sit else None
