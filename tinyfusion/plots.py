@@ -107,28 +107,32 @@ def fid_by_method(runs, title="FID after recovery", reference=None):
     return fig
 
 
-def keep_prob_history(history):
+def keep_prob_history(history, ema=True):
     """(steps, per-layer keep probabilities) recorded during a learnable-pruning run.
 
     ``history``: the list of decision snapshots of the run (``history.json``'s ``"history"``), each a dict with
-    ``step`` and ``layer_probs``. Returns a (T,) array of steps and a (T, depth) array of probabilities.
+    ``step``, ``layer_probs`` and ``ema_layer_probs``. Returns a (T,) array of steps and a (T, depth) array of the
+    EMA probabilities (the ones the decision is read from), or of the raw ones with ``ema=False``.
     """
-    return np.array([h["step"] for h in history]), np.array([h["layer_probs"] for h in history])
+    key = "ema_layer_probs" if ema and "ema_layer_probs" in history[0] else "layer_probs"
+    return np.array([h["step"] for h in history]), np.array([h[key] for h in history])
 
 
 def decision_dynamics(histories, depth):
-    """One panel per scheme: the probability that each layer is kept, over the training steps (Figures 6, 9-11).
+    """One panel per scheme: the EMA probability that each layer is kept, over the training steps (Figures 6, 9-11).
 
     ``histories``: {scheme: the run's list of decision snapshots} (see ``keep_prob_history``).
     """
-    fig, axes = plt.subplots(len(histories), 1, figsize=(9, 2.6 * len(histories)), sharex=False, squeeze=False)
+    fig, axes = plt.subplots(len(histories), 1, figsize=(9, 2.8 * len(histories)), sharex=False, squeeze=False,
+                             layout="constrained")  # titles never run into the panel above
     axes = axes[:, 0]
     for ax, (g, history) in zip(axes, histories.items()):
         steps, P = keep_prob_history(history)
         im = ax.imshow(P.T, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower",
                        extent=[steps[0], steps[-1], -0.5, depth - 0.5])
+        ax.grid(False)
         ax.set_ylabel("layer")
-        ax.set_title(f"{g}: probability that each layer is kept")
+        ax.set_title(f"{g}: EMA probability that each layer is kept", fontsize=11)
     axes[-1].set_xlabel("training step")
     fig.colorbar(im, ax=axes, shrink=0.6)
     return fig
