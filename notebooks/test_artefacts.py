@@ -17,8 +17,8 @@ from tinyfusion.verdicts import STATUSES
 FIGURES = ["00_data_grid", "00_teacher_samples", "01_calibration_histogram", "01_kept_layers", "01_calib_vs_fid",
            "02_decision_dynamics", "02_kept_vs_baselines", "03_scheme_ablation", "04_lora_vs_full",
            "05_massive_activations", "06_kd_loss_curves", "07_speedup"]
-TABLES = ["00_teacher_metrics", "01_table3", "01_table3_runs", "02_block_confidence", "table4_runs", "05_summary",
-          "06_table5", "07_speedup", "08_table7"]
+TABLES = ["00_teacher_metrics", "01_table3", "01_table3_runs", "02_block_confidence", "table4_runs", "table4",
+          "05_summary", "06_table5", "07_speedup", "08_table7"]
 SIT_FIGURES = ["10_sit_teacher_samples", "10_kept_layers", "10_fid_by_method", "10_tinysit_samples"]  # <profile>-sit/
 SIT_TABLES = ["10_teachers", "10_table2", "10_table2_runs"]
 
