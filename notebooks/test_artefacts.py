@@ -22,7 +22,7 @@ FIGURES = ["00_data_grid", "00_teacher_samples", "01_calibration_histogram", "01
            "08_d7_samples"]
 TABLES = ["00_teacher_metrics", "01_table3", "01_table3_runs", "01_recovery_curves", "01_recovery_curves_summary",
           "01_curve_noise", "01_verdicts_by_point", "02_block_confidence", "02_settled", "02_gate_costs",
-          "02_corrected_curves", "02_corrected_summary", "table4_runs", "05_summary",
+          "02_corrected_curves", "02_corrected_summary", "table4_runs", "table4", "05_summary",
           "06_table5", "07_speedup", "08_table7"]
 SIT_FIGURES = ["10_sit_teacher_samples", "10_kept_layers", "10_fid_by_method", "10_tinysit_samples"]  # <profile>-sit/
 SIT_TABLES = ["10_teachers", "10_table2", "10_table2_runs"]

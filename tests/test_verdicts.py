@@ -556,3 +556,109 @@ def test_curve_points_count_identical_models_once_and_pool_the_seed_spread(tmp_p
     assert p["fid"]["learnable"] == [1.0, 1.2] and p["n_models"] == 3 and p["df"] == 3
     want = math.sqrt(((0.1 ** 2) * 2 + (0.2 ** 2) * 2 + (0.05 ** 2) * 2) / 3)
     assert p["sd"] == pytest.approx(want)
+
+
+# ---------------------------------------------------------------------- Table 4 on fine-tune seeds (issue 15)
+REFS = ("best-calibration 1:2", "random 1:2")
+
+
+def seeds(cells, spread=0.02):
+    """Two fine-tune seeds per cell: each FID f becomes [f - spread, f + spread]."""
+    return {k: [v - spread, v + spread] for k, v in cells.items()}
+
+
+def test_claim3_seeds_held_not_held_within_noise_and_mixed():
+    better = {"1:2": 1.0, "2:4": 1.0, "7:14": 2.0}
+    v = V.claim3_block_size_seeds(seeds(table4(better, better, better)), 0.05, 9)
+    assert v.status == V.HELD and v.rule == "claim3_block_size_seeds" and v.details["comparisons"] == 6
+    assert v.evidence.startswith("small block beats 7:14 in 6 of 6 distinct comparisons, loses in 0, ties in 0")
+    assert v.yardstick["pooled_finetune_seed_sd"] == 0.05 and v.yardstick["df"] == 9 and v.yardstick["k"] == 2.0
+    worse = {"1:2": 3.0, "2:4": 3.0, "7:14": 2.0}
+    assert V.claim3_block_size_seeds(seeds(table4(worse, worse, worse)), 0.05, 9).status == V.NOT_HELD
+    close = {"1:2": 2.0, "2:4": 2.04, "7:14": 2.02}  # 0.04 apart: within 2 SE = 2 * sqrt(2 * 0.05**2 / 2)
+    assert V.claim3_block_size_seeds(seeds(table4(close, close, close)), 0.05, 9).status == V.WITHIN_NOISE
+    v = V.claim3_block_size_seeds(seeds(table4(better, worse, close)), 0.05, 9)
+    assert v.status == V.MIXED and (v.details["wins"], v.details["losses"]) == (2, 2)
+    # the same gap is called with a small pooled spread and not with a large one
+    assert V.claim3_block_size_seeds(seeds(table4(better, better, better)), 1.0, 9).status == V.WITHIN_NOISE
+
+
+def test_claim3_seeds_counts_identical_models_once_and_a_model_against_itself_as_a_tie():
+    fid = seeds(table4({"1:2": 1.0, "2:4": 1.0, "7:14": 2.0}, {"1:2": 1.0, "2:4": 1.0, "7:14": 2.0},
+                       {"1:2": 1.5, "2:4": 1.5, "7:14": 2.0}))
+    model = {k: " ".join(k) for k in fid}
+    model[("2:4", "frozen")] = model[("1:2", "frozen")]  # 2:4 frozen keeps the layers 1:2 frozen keeps
+    v = V.claim3_block_size_seeds(fid, 0.05, 9, model)
+    assert v.status == V.HELD and v.details["comparisons"] == 5 and v.details["repeats"] == 1
+    assert "counted once: 2:4 frozen vs 7:14 frozen = 1:2 frozen vs 7:14 frozen" in v.evidence
+    assert v.yardstick["n_models"] == 8
+    model[("7:14", "lora")] = model[("1:2", "lora")]  # 7:14 lora chose 1:2 lora's layers: no better decision
+    v = V.claim3_block_size_seeds(fid, 0.05, 9, model)
+    assert v.status == V.MIXED and "1:2 lora" in v.evidence and "same model" in v.evidence
+    assert v.details["outcomes"][0] == (("1:2", "lora"), ("7:14", "lora"), V.SAME_MODEL)
+
+
+def test_claim3_seeds_references_are_reported_not_deciding_and_no_yardstick_calls_nothing():
+    fid = seeds(table4({"1:2": 1.0, "2:4": 1.0, "7:14": 2.0}, {"1:2": 1.0, "2:4": 1.0, "7:14": 2.0},
+                       {"1:2": 1.0, "2:4": 1.0, "7:14": 2.0}))
+    fid.update({"best-calibration 1:2": [0.5, 0.52], "random 1:2": [1.0, 1.02], "1:2 LoRA rank 8": [9.0, 9.0]})
+    v = V.claim3_block_size_seeds(fid, 0.05, 9, references=REFS)
+    assert v.status == V.HELD and "inside the 1:2 rule (reported, not deciding)" in v.evidence
+    assert v.details["references"][0] == (("1:2", "lora"), "best-calibration 1:2", "b")  # the reference is better
+    assert [o for _, _, o in v.details["references"]] == ["b", "b", "b", V.WITHIN_NOISE, V.WITHIN_NOISE, V.WITHIN_NOISE]
+    assert "rank 8" not in v.evidence  # a named row that is no reference plays no part
+    one = {k: [f[0]] for k, f in fid.items()}  # one fine-tune seed: no pooled spread
+    v = V.claim3_block_size_seeds(one, NAN, 0, references=REFS)
+    assert v.status == V.WITHIN_NOISE and "no yardstick" in v.evidence
+
+
+def test_claim4_seeds_held_not_held_within_noise_and_mixed():
+    v = V.claim4_recoverability_seeds(seeds(table4(lora=1.0, full=1.5, frozen=3.0)), 0.05, 9)
+    assert v.status == V.HELD and v.rule == "claim4_recoverability_seeds"
+    assert (v.details["wins"], v.details["losses"], v.details["full_beats_lora"]) == (6, 0, 0)
+    assert V.claim4_recoverability_seeds(seeds(table4(lora=3.0, full=3.0, frozen=1.0)), 0.05, 9).status == V.NOT_HELD
+    # no update beats frozen, nothing lost, but full beats LoRA: not held
+    assert V.claim4_recoverability_seeds(seeds(table4(lora=2.0, full=1.0, frozen=1.0)), 0.05, 9).status == V.NOT_HELD
+    assert V.claim4_recoverability_seeds(seeds(table4(lora=2.0, full=2.02, frozen=2.01)), 0.05, 9).status \
+        == V.WITHIN_NOISE
+    v = V.claim4_recoverability_seeds(seeds(table4(lora=2.0, full=1.0, frozen=3.0)), 0.05, 9)
+    assert v.status == V.MIXED and v.details["full_beats_lora"] == 3  # every update beats frozen, full beats LoRA
+    v = V.claim4_recoverability_seeds(seeds(table4(lora=1.0, full=1.0, frozen={"1:2": 3.0, "2:4": 1.0, "7:14": 1.0})),
+                                      0.05, 9)
+    assert v.status == V.MIXED and v.details["wins"] == 2
+
+
+def test_claim4_seeds_identical_models_tie_and_count_once():
+    fid = seeds(table4(lora=1.0, full=1.0, frozen=3.0))
+    model = {k: " ".join(k) for k in fid}
+    for g in ("1:2", "2:4", "7:14"):  # every update chose the same layers in every scheme: the update changed nothing
+        model[(g, "lora")] = model[(g, "full")] = model[(g, "frozen")] = g
+    v = V.claim4_recoverability_seeds(fid, 0.05, 9, model)
+    assert v.status == V.WITHIN_NOISE and v.details["wins"] == 0 and "same model" in v.evidence
+    model = {k: " ".join(k) for k in fid}
+    model[("2:4", "lora")], model[("2:4", "frozen")] = model[("1:2", "lora")], model[("1:2", "frozen")]
+    v = V.claim4_recoverability_seeds(fid, 0.05, 9, model)
+    assert v.status == V.HELD and v.details["repeats"] == 1 and "counted once: 2:4 lora vs 2:4 frozen" in v.evidence
+    fid["1:2 LoRA rank 8"] = [0.5, 0.52]
+    v = V.claim4_recoverability_seeds(fid, 0.05, 9, named=["1:2 LoRA rank 8"])
+    assert v.status == V.HELD and [o for _, _, o in v.details["named"]] == ["a", "a"]
+    assert "reported, not deciding: 1:2 LoRA rank 8" in v.evidence
+
+
+def test_table4_evidence_pools_each_distinct_model_once(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from tinyfusion.study import Study
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path))
+    rows = []
+    for method, kind, g, u, kept, same, fids in [
+            ("1:2 lora", "learnable", "1:2", "lora", "0 2", "", (1.0, 1.2)),
+            ("1:2 frozen", "learnable", "1:2", "frozen", "0 2", "1:2 lora", (1.0, 1.2)),
+            ("2:4 lora", "learnable", "2:4", "lora", "0 3", "", (2.0, 2.4)),
+            ("random 1:2", "reference", "1:2", "", "1 3", "", (3.0, 3.0))]:
+        rows += [{"method": method, "kind": kind, "scheme": g, "update": u, "kept": kept, "same_as": same, "seed": s,
+                  "fid": f} for s, f in enumerate(fids)]
+    ev = Study("smoke").table4_evidence(pd.DataFrame(rows))
+    assert ev["df"] == 3 and ev["sd"] == pytest.approx(math.sqrt((0.02 + 0.08) / 3))  # 1:2 frozen not counted again
+    assert ev["fid"][("1:2", "frozen")] == [1.0, 1.2] and ev["fid"]["random 1:2"] == [3.0, 3.0]
+    assert ev["model"][("1:2", "frozen")] == ev["model"][("1:2", "lora")] != ev["model"][("2:4", "lora")]

@@ -350,3 +350,54 @@ def gate_costs(costs, residuals):
     rx.set_title("Residual size of each teacher layer", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def table4_fid(runs, by="scheme", title="Table 4"):
+    """Table 4 as point ranges, ours beside the paper: one line per row of ``Study.table4`` (learnable cells, the 1:2
+    references, the rank-8 ablation), the mean FID over fine-tune seeds with a ± sd bar and every seed as a dot;
+    the paper's FID for the nine cells in the right panel. ``by``: "scheme" (notebook 03) or "update" (notebook 04)
+    groups the learnable cells. Rows that are the same model as an earlier row say so beside their point. No
+    legend: the labels name every row, colours mark the update."""
+    import pandas as pd
+    runs = pd.DataFrame(runs).fillna({"same_as": ""})
+    first = runs.groupby("method", sort=False).first().reset_index()
+    learn = first[first.kind == "learnable"]
+    groups = list(dict.fromkeys(learn[by]))
+    learn = learn.sort_values(by, key=lambda c: c.map(groups.index), kind="stable")
+    rows = pd.concat([learn, first[first.kind == "reference"], first[~first.kind.isin(["learnable", "reference"])]])
+    group = [getattr(r, by) if r.kind == "learnable" else ("1:2 references" if r.kind == "reference" else "ablation")
+             for r in rows.itertuples()]
+    y, pos = [], 0.0
+    for i, g in enumerate(group):  # a gap between groups
+        pos += 1.0 + (0.6 if i and g != group[i - 1] else 0.0)
+        y.append(pos)
+    colour = {"lora": "C0", "full": "C1", "frozen": "C2"}
+    fid = runs.groupby("method", sort=False).fid
+    mean, sd = fid.mean(), fid.std()
+    fig, (ax, axp) = plt.subplots(1, 2, figsize=(11, 0.42 * len(rows) + 1.6), sharey=True,
+                                  gridspec_kw={"width_ratios": [3, 2]})
+    for yi, r in zip(y, rows.itertuples()):
+        c = "0.45" if r.kind == "reference" else colour.get(r.update, "C4")
+        m, s = mean[r.method], sd[r.method]
+        ax.errorbar(m, yi, xerr=s if np.isfinite(s) else None, fmt="o", color=c, ms=7, capsize=4, lw=1.5)
+        seeds = runs[runs.method == r.method].fid
+        ax.scatter(seeds, [yi + 0.22] * len(seeds), s=14, color=c, alpha=0.6, marker="|")
+        if r.same_as:
+            ax.annotate(f"same model as {r.same_as}", (m + (s if np.isfinite(s) else 0.0), yi), xytext=(10, 0),
+                        textcoords="offset points", fontsize=8, style="italic", color="0.3", va="center")
+        if np.isfinite(r.paper_FID):
+            axp.plot(r.paper_FID, yi, "s", color=c, ms=7)
+        else:
+            axp.text(0.02, yi, "not in the paper", transform=axp.get_yaxis_transform(), fontsize=8, color="0.5",
+                     va="center")
+    ax.set_yticks(y, list(rows.method))
+    ax.invert_yaxis()
+    lo, hi = np.nanmin(runs.fid), np.nanmax(runs.fid)
+    pad = 0.15 * (hi - lo if hi > lo else 1.0)
+    ax.set_xlim(lo - pad, hi + 3 * pad)  # room for the "same model" notes
+    ax.set_xlabel("FID, ours (mean ± sd over fine-tune seeds; ticks: each seed)")
+    axp.set_xlabel("FID, paper (10K steps, 10K samples)")
+    ax.set_title(f"{title}: ours (lower is better)")
+    axp.set_title("paper")
+    fig.tight_layout()
+    return fig

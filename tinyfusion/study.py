@@ -10,6 +10,7 @@ the same name (``tinyfusion.launch``) when ``profile.nproc > 1``.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -323,25 +324,101 @@ class Study:
                  **{k: sc[k] for k in ("fid", "is", "sfid", "precision", "recall", "class_accuracy")}}
                 for seed, ft, sc in zip(seeds, fts, scores)]
 
-    def table4(self, schemes=("1:2", "2:4", "7:14"), updates=("lora", "full", "frozen"), seed=None):
-        """The nine cells of Table 4 (scheme x update): learnable pruning, then a short fine-tune and a score.
+    TABLE4_RANK8 = "1:2 LoRA rank 8"   # notebook 04's named ablation: the paper's LoRA rank instead of the profile's
+    PAPER_LORA_RANK = 8
 
-        One seed per cell (``prof.seeds[0]``), ``prof.ablation_finetune_steps`` of fine-tuning, as the paper's
-        10K-step ablation. Returns a DataFrame (one row per cell, with the paper's IS and FID beside ours), also
-        saved as ``tables/table4_runs.csv``; notebooks 03 and 04 read it by scheme and by update.
-        """
-        import pandas as pd
+    def table4_cells(self, schemes=("1:2", "2:4", "7:14"), updates=("lora", "full", "frozen"), seed=None):
+        """The models of Table 4 before recovery, one dict per row (method, kind, scheme, update, lora_rank, kept,
+        trainable_fraction): the learnable cells (scheme x update, one pruning seed: ``seed``, default
+        ``prof.seeds[0]``), the two 1:2 references inside learnable's own rule (``REFERENCES``, from
+        :meth:`mask_study`: kind "reference") and learnable 1:2 with LoRA rank 8 (``TABLE4_RANK8``, kind "ablation").
+        The learnable runs and the mask study are independent cached steps: they run ``prof.workers`` at a time."""
         seed = self.prof.seeds[0] if seed is None else seed
+        rank8 = None if self.prof.lora_rank == self.PAPER_LORA_RANK else self.PAPER_LORA_RANK
+        cells = [(f"{g} {u}", "learnable", g, u, None) for g in schemes for u in updates]
+        cells.append((self.TABLE4_RANK8, "ablation", "1:2", "lora", rank8))
+        runs = list(dict.fromkeys((g, u, r) for _, _, g, u, r in cells))  # one call per run: no folder written twice
+        calls = [("learnable", {"groups": g, "update": u, "seed": seed, "lora_rank": r}) for g, u, r in runs]
+        *learned, refs = self.parallel(calls + [("mask_study", {"groups": "1:2"})], desc="Table 4: learnable pruning")
+        learned = dict(zip(runs, learned))
+        rows = [{"method": m, "kind": kind, "scheme": g, "update": u, "lora_rank": learned[g, u, r]["lora_rank"],
+                 "kept": list(map(int, learned[g, u, r]["kept"])),
+                 "trainable_fraction": learned[g, u, r]["trainable_fraction"]} for m, kind, g, u, r in cells]
+        rows[-1:-1] = [{"method": m, "kind": "reference", "scheme": "1:2", "update": "", "lora_rank": None,
+                        "kept": list(map(int, refs["picks"][m]["kept"])), "trainable_fraction": math.nan}
+                       for m in REFERENCES]
+        return rows
+
+    def table4(self, schemes=("1:2", "2:4", "7:14"), updates=("lora", "full", "frozen"), seed=None):
+        """Table 4 with the 1:2 references and the rank-8 ablation (:meth:`table4_cells`), each pruned from the
+        teacher, fine-tuned ``prof.ablation_finetune_steps`` steps (the paper's 10K-step ablation) on every seed in
+        ``prof.seeds`` and scored.
+
+        The pruning run's update is dropped before recovery (as in the paper), so a row's model is the teacher's kept
+        layers: rows keeping the same layers are one model, fine-tuned and scored once per seed (the first such row
+        runs it; the others carry its numbers and name it in ``same_as``). The fine-tunes run ``prof.workers`` at a
+        time. Returns a DataFrame, one row per (row, seed), with the paper's IS and FID beside the nine cells, saved
+        as ``tables/table4_runs.csv``; notebooks 03 and 04 read it by scheme and by update."""
+        import pandas as pd
+        cells = self.table4_cells(schemes, updates, seed)
+        first = {}  # kept layers -> the first row keeping them: the one that is fine-tuned
+        for c in cells:
+            first.setdefault(tuple(c["kept"]), c["method"])
+        for c in cells:  # the pruned students first, so parallel runs never write one folder twice
+            if first[tuple(c["kept"])] == c["method"]:
+                self.pruned(c["kept"], name=c["method"])
+        jobs = [(k, s) for k in first for s in self.prof.seeds]
+        results = self.parallel([("recover", {"label": first[k], "kept": list(k), "seeds": [s],
+                                              "steps": self.prof.ablation_finetune_steps}) for k, s in jobs],
+                                desc="Table 4: fine-tuning and scoring")
+        done = {job: r[0] for job, r in zip(jobs, results)}
         rows = []
-        for g in schemes:
-            for u in updates:
-                r = self.learnable(g, u, seed=seed)
-                for row in self.recover(f"{g} {u}", r["kept"], seeds=[seed], steps=self.prof.ablation_finetune_steps):
-                    rows.append({**row, "scheme": g, "update": u, "trainable_fraction": r["trainable_fraction"],
-                                 "paper_IS": paper.TABLE4[(g, u)][0], "paper_FID": paper.TABLE4[(g, u)][1]})
+        for c in cells:
+            k = tuple(c["kept"])
+            paper_is, paper_fid = paper.TABLE4.get((c["scheme"], c["update"]), (math.nan, math.nan)) \
+                if c["kind"] == "learnable" else (math.nan, math.nan)
+            for s in self.prof.seeds:
+                rows.append({**done[(k, s)], **c, "seed": s, "kept": " ".join(map(str, k)),
+                             "same_as": "" if first[k] == c["method"] else first[k],
+                             "paper_IS": paper_is, "paper_FID": paper_fid})
         t4 = pd.DataFrame(rows)
         self.save_table(t4, "table4_runs")
         return t4
+
+    def table4_summary(self, t4):
+        """One row per Table 4 row of ``t4`` (:meth:`table4`): FID and IS mean ± sd over the fine-tune seeds, the
+        trainable share of the pruning run's update beside the paper's (LoRA rank 8: ~0.9%), the model it shares
+        ("same model as"), the paper's FID and IS beside the nine cells; saved as ``tables/table4.csv``."""
+        import pandas as pd
+        from tinyfusion.verdicts import fmt
+        agg = summarise(t4.to_dict("records"), by="method", metrics=("fid", "is"))
+        first = t4.groupby("method", sort=False).first()
+        table = pd.DataFrame({
+            "method": agg.method, "kind": first.kind.values, "scheme": first.scheme.values,
+            "update": first["update"].values,
+            "trainable % (pruning)": (100 * first.trainable_fraction.values).round(2),
+            "trainable % (paper)": [{"lora": 100 * paper.LORA_SHARE, "full": 100.0, "frozen": 0.0}.get(u, math.nan)
+                                    if k != "reference" else math.nan for k, u in zip(first.kind, first["update"])],
+            "FID (ours)": [fmt(m, s) for m, s in zip(agg.fid_mean, agg.fid_std)],
+            "IS (ours)": [fmt(m, s) for m, s in zip(agg.is_mean, agg.is_std)], "seeds": agg.fid_count.values,
+            "same model as": first.same_as.values, "kept": first.kept.values,
+            "FID (paper)": first.paper_FID.values, "IS (paper)": first.paper_IS.values})
+        self.save_table(table, "table4")
+        return table
+
+    def table4_evidence(self, t4):
+        """The numbers the Table 4 rules read, from ``t4`` (:meth:`table4`): ``fid`` {(scheme, update) or reference /
+        ablation name: FIDs over fine-tune seeds}, ``model`` {the same keys: the kept layers, one model's identity}
+        and the yardstick measured on this run: ``sd``, ``df``, the pooled fine-tune-seed FID spread over the
+        distinct models (each counted once, ``verdicts.pooled_sd``)."""
+        from tinyfusion import verdicts
+        key = lambda r: (r["scheme"], r["update"]) if r["kind"] == "learnable" else r["method"]  # noqa: E731
+        records = t4.fillna({"same_as": ""}).to_dict("records")  # a table read back from CSV has NaN for ""
+        fid = verdicts.distinct_models([key(r) for r in records], [r["fid"] for r in records])
+        model = {key(r): r["kept"] for r in records}
+        once = [r for r in records if not r["same_as"]]
+        sd, df = verdicts.pooled_sd(verdicts.distinct_models([r["kept"] for r in once], [r["fid"] for r in once]))
+        return {"fid": fid, "model": model, "sd": sd, "df": df}
 
     def table3_candidates(self):
         """The Table 3 candidates (28 -> 14): ``({method: kept}, {seed: learnable run})``: the min/median/max
@@ -757,7 +834,8 @@ class Study:
 
     def seed_noise(self):
         """FID seed-to-seed spread measured in notebook 01 (median over methods of the std over seeds), the
-        yardstick for one-seed comparisons; NaN when notebook 01 has not run."""
+        yardstick of the one-seed rules (claim 8; the replaced ``claim3_block_size`` and ``claim4_recoverability``,
+        which notebooks 03 and 04 still show); NaN when ``tables/01_table3_runs.csv`` is absent."""
         import pandas as pd
         t3 = self.root / "tables" / "01_table3_runs.csv"
         return float(pd.read_csv(t3).groupby("method").fid.std().median()) if t3.exists() else float("nan")

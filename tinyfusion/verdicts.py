@@ -6,7 +6,9 @@ Each ``claimN_...`` function takes numbers, arrays and dicts (never a Study or o
 moved here unchanged; where a rule has an oddity a comment says so (a later change revises the rules, with tests).
 
 The yardsticks: ``compare`` weighs two sets of seed results against their seed-to-seed spread; ``beyond_noise``
-weighs two one-seed FIDs against twice the seed spread measured in notebook 01 (``Study.seed_noise``).
+weighs two one-seed FIDs against twice the seed spread measured in notebook 01 (``Study.seed_noise``); ``called``
+(the noise model at the end) weighs two means over fine-tune seeds against 2 standard errors of their difference,
+from a pooled fine-tune-seed spread measured on the same run (the recovery curves, Table 4).
 """
 from __future__ import annotations
 
@@ -593,3 +595,150 @@ def describe(*rules) -> str:
     import inspect
     return "\n\n".join(f"**`{r.__name__}`**\n\n" + "\n".join("> " + line for line in inspect.getdoc(r).splitlines())
                        for r in rules)
+
+
+# ---------------------------------------------------------------------- Table 4 on fine-tune seeds (issue 15)
+# Written before Table 4 was run on several fine-tune seeds. Claims 3 and 4 were judged on one seed per cell against
+# notebook 01's Table 3 seed spread (``claim3_block_size``, ``claim4_recoverability``, kept above); these rules judge
+# every cell's mean over its fine-tune seeds with ``called`` against the pooled fine-tune-seed spread of Table 4's own
+# distinct models, measured on the same run. A cell is identified by its model (``model``: Table 4's kept layers; the
+# pruning run's update is dropped before recovery), and a comparison of the same two models is counted once: two
+# cells keeping the same layers give one model, whose comparison with itself is a tie by construction ("same model").
+SAME_MODEL = "same model"
+_WORD = {"a": "better", "b": "worse", WITHIN_NOISE: WITHIN_NOISE, SAME_MODEL: SAME_MODEL}
+
+
+def _compare_once(pairs, fid, model, sd):
+    """``pairs``: [(check, a, b)] of keys of ``fid``. Each distinct (check, model of a, model of b) is compared once
+    (``called``; "same model" when a and b are one model); returns [(check, a, b, outcome)] without the repeats and
+    the repeats as [(check, a, b, the (a, b) it repeats)]."""
+    model = model or {}
+    seen, out, repeats = {}, [], []
+    for check, a, b in pairs:
+        ident = (check, model.get(a, a), model.get(b, b))
+        if ident in seen:
+            repeats.append((check, a, b, seen[ident]))
+            continue
+        seen[ident] = (a, b)
+        same = model.get(a, a) == model.get(b, b)
+        out.append((check, a, b, SAME_MODEL if same else called(fid[a], fid[b], sd)))
+    return out, repeats
+
+
+def _cell(key):
+    return " ".join(key) if isinstance(key, tuple) else str(key)
+
+
+def _table4_yardstick(sd, df, fid, model):
+    n = len({(model or {}).get(k, k) for k in fid})
+    return {"pooled_finetune_seed_sd": sd, "df": df, "n_models": n, "k": CALL_K,
+            "measured_from": "FIDs of every distinct Table 4 model (the nine cells, the 1:2 references, LoRA rank 8; "
+                             "cells keeping the same layers counted once) over its fine-tune seeds, pooled, this run"}
+
+
+def _sd_text(sd, df):
+    if not np.isfinite(sd):
+        return " (no yardstick: no model has two fine-tune seeds, so no difference is called)"
+    return f" (2 SE, pooled fine-tune-seed sd {sd:.3f}, df {df})"
+
+
+def _repeats_text(repeats):
+    return ("; counted once: " + ", ".join(f"{_cell(a)} vs {_cell(b)} = {_cell(ra)} vs {_cell(rb)}"
+                                           for _, a, b, (ra, rb) in repeats)) if repeats else ""
+
+
+@_named
+def claim3_block_size_seeds(fid: Mapping, sd: float, df: int, model: Mapping = None,
+                            references: Sequence[str] = ()) -> Verdict:
+    """Claim 3 on fine-tune seeds: small blocks (1:2, 2:4) learn better decisions than 7:14.
+
+    ``fid``: {(scheme, update): FIDs over fine-tune seeds} for the learnable cells, plus {name: FIDs} for named rows
+    (the 1:2 references, the rank-8 ablation); ``sd``/``df``: the pooled fine-tune-seed FID spread of Table 4's
+    distinct models (``pooled_sd``); ``model``: {key of ``fid``: the model's identity} (missing: every key its own
+    model); ``references``: the names of the 1:2 references inside learnable's own rule (the study's
+    ``REFERENCES``: "best-calibration 1:2", "random 1:2").
+    For every update, 1:2 and 2:4 are each set against 7:14 with ``called`` (their means differ by more than
+    ``CALL_K`` standard errors). A comparison of the same two models is counted once, and a cell that is the same
+    model as its 7:14 cell is a tie ("same model"). Held: every distinct comparison a win for the small block.
+    Mixed: some wins, not all. Not held: no win and at least one loss. Within noise: no win and no loss (also when
+    there is no comparison). The references are reported, not deciding: every learnable 1:2 cell is set against
+    each of them with ``called``, inside the 1:2 rule.
+    """
+    cells = [k for k in fid if isinstance(k, tuple)]
+    updates = list(dict.fromkeys(u for _, u in cells))
+    pairs = [("small vs 7:14", (g, u), (LARGE_BLOCK, u)) for u in updates for g in SMALL_BLOCKS
+             if (g, u) in fid and (LARGE_BLOCK, u) in fid]
+    out, repeats = _compare_once(pairs, fid, model, sd)
+    res = [o for *_, o in out]
+    wins, losses, n = res.count("a"), res.count("b"), len(res)
+    status = HELD if n and wins == n else MIXED if wins else NOT_HELD if losses else WITHIN_NOISE
+    refs = [r for r in references if r in fid]
+    ref_out, _ = _compare_once([("reference", ("1:2", u), r) for r in refs for u in updates if ("1:2", u) in fid],
+                               fid, model, sd)
+    mean = {g: _nan_quiet(np.nanmean, [np.mean(fid[c]) for c in cells if c[0] == g])
+            for g in (*SMALL_BLOCKS, LARGE_BLOCK)}
+    evidence = (f"small block beats 7:14 in {wins} of {n} distinct comparisons, loses in {losses}, ties in "
+                f"{n - wins - losses} ({res.count(SAME_MODEL)} of them the same model): "
+                + "; ".join(f"{_cell(a)} {_mean_std(fid[a])} vs {_cell(b)} {_mean_std(fid[b])}: {_WORD[o]}"
+                            for _, a, b, o in out)
+                + _repeats_text(repeats)
+                + f". Mean FID 1:2 {mean['1:2']:.2f}, 2:4 {mean['2:4']:.2f}, 7:14 {mean['7:14']:.2f}"
+                + ("; inside the 1:2 rule (reported, not deciding): " + "; ".join(
+                    f"{_cell(a)} vs {b} {_mean_std(fid[b])}: {_WORD[o]}" for _, a, b, o in ref_out) if ref_out else "")
+                + _sd_text(sd, df))
+    return Verdict(status, evidence, {"outcomes": [(a, b, o) for _, a, b, o in out], "wins": wins, "losses": losses,
+                                      "comparisons": n, "repeats": len(repeats),
+                                      "references": [(a, b, o) for _, a, b, o in ref_out]},
+                   rule="claim3_block_size_seeds", yardstick=_table4_yardstick(sd, df, fid, model))
+
+
+@_named
+def claim4_recoverability_seeds(fid: Mapping, sd: float, df: int, model: Mapping = None,
+                                named: Sequence[str] = ()) -> Verdict:
+    """Claim 4 on fine-tune seeds: LoRA and full updates beat frozen weights; LoRA is at least as good as full.
+
+    ``fid``, ``sd``, ``df``, ``model``: as :func:`claim3_block_size_seeds`; ``named``: named rows of ``fid`` to report
+    beside the 1:2 LoRA and 1:2 full cells, not deciding (the study's ``TABLE4_RANK8``: "1:2 LoRA rank 8").
+    Per scheme, with ``called`` on the means over fine-tune seeds: LoRA vs frozen and full vs frozen ("beats frozen"
+    comparisons), and LoRA vs full. A comparison of the same two models is counted once; two cells that are one model
+    tie ("same model").
+    Held: every distinct "beats frozen" comparison is a win and full never beats LoRA. Not held: no "beats frozen"
+    win, and frozen beats an update or full beats LoRA somewhere. Within noise: no "beats frozen" win and no loss of
+    either kind (also when every update gave the same model). Mixed: anything else (some "beats frozen" wins but
+    not all, or all of them while full beats LoRA somewhere). Each ``named`` row is set against the 1:2 LoRA and
+    1:2 full cells with ``called`` and reported.
+    """
+    cells = [k for k in fid if isinstance(k, tuple)]
+    schemes = list(dict.fromkeys(g for g, _ in cells))
+    pairs = []
+    for g in schemes:
+        if (g, "frozen") in fid:
+            pairs += [(f"{u} beats frozen", (g, u), (g, "frozen")) for u in ("lora", "full") if (g, u) in fid]
+        if (g, "lora") in fid and (g, "full") in fid:
+            pairs.append(("lora at least as good as full", (g, "lora"), (g, "full")))
+    out, repeats = _compare_once(pairs, fid, model, sd)
+    beats = [o for c, *_, o in out if c.endswith("beats frozen")]
+    vs_full = [o for c, *_, o in out if c == "lora at least as good as full"]
+    wins, losses, full_wins = beats.count("a"), beats.count("b"), vs_full.count("b")
+    if beats and wins == len(beats) and not full_wins:
+        status = HELD
+    elif not wins:
+        status = NOT_HELD if losses or full_wins else WITHIN_NOISE
+    else:
+        status = MIXED
+    named = [r for r in named if r in fid]
+    extra, _ = _compare_once([("rank", r, ("1:2", u)) for r in named for u in ("lora", "full") if ("1:2", u) in fid],
+                             fid, model, sd)
+    evidence = (f"updates beat frozen in {wins} of {len(beats)} distinct comparisons, lose in {losses}, tie in "
+                f"{len(beats) - wins - losses}; full beats LoRA in {full_wins} of {len(vs_full)}: "
+                + "; ".join(f"{_cell(a)} {_mean_std(fid[a])} vs {_cell(b)} {_mean_std(fid[b])}: {_WORD[o]}"
+                            for _, a, b, o in out)
+                + _repeats_text(repeats)
+                + ("; reported, not deciding: " + "; ".join(
+                    f"{a} {_mean_std(fid[a])} vs {_cell(b)} {_mean_std(fid[b])}: {_WORD[o]}" for _, a, b, o in extra)
+                   if extra else "")
+                + _sd_text(sd, df))
+    return Verdict(status, evidence, {"outcomes": [(c, a, b, o) for c, a, b, o in out], "wins": wins,
+                                      "losses": losses, "full_beats_lora": full_wins, "repeats": len(repeats),
+                                      "named": [(a, b, o) for _, a, b, o in extra]},
+                   rule="claim4_recoverability_seeds", yardstick=_table4_yardstick(sd, df, fid, model))
