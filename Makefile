@@ -1,12 +1,15 @@
 # tinyfusion-replication: `make reproduce` runs the whole study, `make test` runs the tests.
+# Also: `make notebook NB=07` (one notebook), `make lab [LAB_ARGS="--port=8890 --ip=0.0.0.0 --no-browser"]`.
 PROFILE ?= cpu
+NB ?=
+LAB_ARGS ?=
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data reproduce test lab clean-results
+.PHONY: setup data reproduce notebook test lab clean-results
 
 setup: $(STAMP) data
 
@@ -29,13 +32,19 @@ data:
 reproduce: setup
 	$(PY) -m tinyfusion.cli.reproduce --profile $(PROFILE)
 
+# One notebook (or several: NB=00,06), run and saved as make reproduce does it.
+notebook: setup
+	@test -n "$(NB)" || { echo "usage: make notebook NB=07 [PROFILE=$(PROFILE)]   (NB: a notebook number, or a list: NB=00,06)"; exit 2; }
+	$(PY) -m tinyfusion.cli.reproduce --profile $(PROFILE) --only $(NB)
+
 # Unit and torchrun tests, then nbval over every notebook on the smoke profile; results go to a temp folder.
 test: setup
 	@export TINYFUSION_PROFILE=smoke TINYFUSION_RESULTS=$$(mktemp -d) OMP_NUM_THREADS=1; \
 	$(PY) -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider; rc=$$?; rm -rf "$$TINYFUSION_RESULTS"; exit $$rc
 
+# JupyterLab on notebooks/ (--allow-root when run as root, as in Docker); LAB_ARGS: more options, e.g. --port=8890.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/
 
 clean-results:
 	rm -rf results/$(PROFILE)

@@ -17,8 +17,7 @@ def results_env(tmp_path, monkeypatch):
 def calls(monkeypatch):
     """Replace the compute of learnable pruning, recovery and scoring by counters (no training here)."""
     from tinyfusion import recovery, sampling
-    from tinyfusion.cli import finetune as cli_finetune, prune_learn as cli_prune  # imported before patching
-    from tinyfusion.pruning import learnable
+    from tinyfusion.pruning import learnable  # the entry points import these names when they run
     seen = []
 
     def record(kind):
@@ -29,8 +28,7 @@ def calls(monkeypatch):
             made.write_bytes(b"artefact")
             return {"model": str(Path(out) / "model.pt"), "kept": [0, 1]}
         return fn
-    for module, name, kind in ((learnable, "run_learnable", "prune_learn"), (cli_prune, "run_learnable", "prune_learn"),
-                               (recovery, "run_recovery", "finetune"), (cli_finetune, "run_recovery", "finetune")):
+    for module, name, kind in ((learnable, "run_learnable", "prune_learn"), (recovery, "run_recovery", "finetune")):
         monkeypatch.setattr(module, name, record(kind))
     monkeypatch.setattr(sampling, "sample_checkpoint", record("sample"))
     monkeypatch.setattr(sampling, "score_samples", lambda config, path: {"fid": 1.0})

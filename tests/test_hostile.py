@@ -197,7 +197,7 @@ def test_sample_refuses_garbage_arguments(tmp_path, flags, match):
     from tinyfusion.cli import sample
     ckpt = save_tiny(tmp_path / "m.pt")
     with pytest.raises(ValueError, match=match):
-        sample.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "s.npz"), "--progress", "false", *flags])
+        sample.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "s.npz"), "--no-progress", *flags])
     assert not (tmp_path / "s.npz").exists()
 
 

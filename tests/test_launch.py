@@ -47,7 +47,7 @@ def fail_time(output):
 def test_launch_cmd():
     cmd = launch_cmd("tinyfusion.cli.finetune", 8, profile="gpu", steps=100, keep=[0, 3], ema=True, note="a b")
     assert cmd == ("torchrun --standalone --nproc_per_node=8 -m tinyfusion.cli.finetune --profile gpu "
-                   "--steps 100 --keep '[0, 3]' --ema true --note 'a b'")
+                   "--steps 100 --keep '[0, 3]' --ema --note 'a b'")
     assert shlex.split(cmd)[-1] == "a b"
     assert launch_cmd(ENTRY, 1, fail_rank=-1) == "python -m tinyfusion.cli.selftest --fail-rank -1"
 
@@ -154,3 +154,25 @@ def test_process_tree_without_and_with_psutil(monkeypatch, use_psutil):
     proc.wait(5)
     proc.stdout.close()
     assert tree.alive() == [] and L._identity(sleepers[0]) is None
+
+
+def test_in_a_notebook_a_redrawn_line_is_one_output_updated_in_place(capsys):
+    """What launch echoes into a notebook cell: finished lines as text, each progress bar as one display replaced on
+    every redraw (papermill would otherwise keep each redraw as an output of its own)."""
+    from tinyfusion.launch import _Echo
+    shown = []
+
+    def show(text):
+        shown.append(text)
+        k = len(shown) - 1
+        return lambda new: shown.__setitem__(k, new)
+
+    echo = _Echo(show)
+    for chunk in ("start\n", "bar  10%", "\rbar  50%", "\rbar 100%\nlog line\nsecond", "\rsecond bar 100%"):
+        echo.write(chunk)
+    echo.close()
+    assert capsys.readouterr().out == "start\nlog line\n"
+    assert shown == ["bar 100%", "second bar 100%"]
+    echo = _Echo()  # in a terminal: raw, so the terminal redraws
+    echo.write("bar 1\rbar 2")
+    assert capsys.readouterr().out == "bar 1\rbar 2"

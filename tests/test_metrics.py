@@ -174,7 +174,7 @@ def test_evaluate_cli_samples_a_checkpoint(evaluator_path, tmp_path, capsys):
     dit = DiT(input_size=28, patch_size=7, in_channels=1, hidden_size=32, depth=2, num_heads=2, num_classes=10)
     save_checkpoint({"ema": dit.state_dict(), "config": dit.config}, tmp_path / "dit.pt")
     evaluate.main(["--checkpoint", str(tmp_path / "dit.pt"), "--n", "20", "--steps", "2", "--batch", "10",
-                   "--reference-limit", "200", "--progress", "false", "--save-npz", str(tmp_path / "s.npz")])
+                   "--reference-limit", "200", "--no-progress", "--save-npz", str(tmp_path / "s.npz")])
     out = json.loads(capsys.readouterr().out)
     assert KEYS <= set(out) and out["n"] == 20 and out["steps"] == 2 and out["sampler"] == "ddim"
     assert out["fid"] > 10  # an untrained DiT draws noise, far from Fashion-MNIST

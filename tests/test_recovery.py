@@ -175,6 +175,29 @@ def test_finetune_modes_and_argument_checks():
         finetune(s, images, labels, "kd", tiny(4, hidden_size=64), steps=1, batch_size=8)
 
 
+def test_a_checkpoint_the_notebooks_prune_goes_to_the_kd_modes_of_the_entry_point(tmp_path, monkeypatch):
+    """``Study.pruned`` (what the notebooks write) stores ``kept``: ``cli.finetune``'s KD modes, RepKD's layer map
+    included, take it without ``--kept``."""
+    from tinyfusion.cli import finetune as cli
+    from tinyfusion.profiles import get_profile
+    from tinyfusion.study import Study
+
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path / "results"))
+    torch.manual_seed(0)
+    m = DiT(input_size=16, patch_size=4, in_channels=1, hidden_size=16, depth=4, num_heads=2, num_classes=10)
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint({"ema": m.state_dict(), "config": m.config}, teacher)
+    student = Study(get_profile("smoke", teacher=str(teacher))).pruned([0, 3])
+    assert load_checkpoint(student)["kept"] == [0, 3]
+    for mode, extra in (("kd", []), ("masked_kd", ["--k-sigma", "2"])):
+        res = cli.main(["--profile", "smoke", "--teacher", str(teacher), "--student", student, "--mode", mode,
+                        *extra, "--steps", "2", "--batch-size", "4", "--no-progress", "--out", str(tmp_path / mode)])
+        recovered = load_checkpoint(res["model"])
+        assert recovered["kept"] == [0, 3] and recovered["config"]["depth"] == 2
+        if mode == "masked_kd":
+            assert load_json(tmp_path / mode / "run.json")["config"]["layer_map"] == [1, 3]  # 1:2 blocks' ends
+
+
 def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path):
     teacher, images, labels = tiny(4, seed=1), *data()
     init = tiny(2)

@@ -109,7 +109,7 @@ def cli_flags(which, tmp_path):
     else:
         kept = [0, 3]
         student = save_dit(prune(random_dit(4), kept), tmp_path / "student.pt", kept=kept)
-        flags += ["--student", student, "--mode", "finetune", "--progress", "false"]
+        flags += ["--student", student, "--mode", "finetune", "--no-progress"]
     return module, flags
 
 
@@ -207,7 +207,7 @@ def test_pretrain_resume_keeps_the_count_of_skipped_steps(results_env, monkeypat
             return terms
         d.training_losses = training_losses
         return d
-    monkeypatch.setattr(pretrain, "objective_for", nan_on_second_call)
+    monkeypatch.setattr("tinyfusion.diffusion.objective_for", nan_on_second_call)  # what pretrain calls
     cfg = dict(profile="smoke", steps=4, batch_size=8, log_every=2)
     whole = pretrain.run(**cfg, out=str(results_env / "whole"))
     assert whole["skipped_steps"] == 1
@@ -396,7 +396,7 @@ def test_finetune_cli_negative_or_non_numeric_steps(results_env, capsys):
         finetune.main(["--profile", "smoke", "--student", "X", "--steps", "-5"])
     with pytest.raises(SystemExit):
         finetune.main(["--profile", "smoke", "--student", "X", "--steps", "abc"])
-    assert "argument --steps: invalid JSON value: 'abc'" in capsys.readouterr().err
+    assert "argument --steps: invalid int value: 'abc'" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="checkpoint X does not exist"):
         finetune.main(["--profile", "smoke", "--student", "X", "--steps", "5"])
 

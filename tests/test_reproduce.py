@@ -35,7 +35,9 @@ def _notebook(path, sources, parameters=False):
 def test_planted_notebooks_run_in_order_with_the_profile_and_record_timings(tmp_path, monkeypatch):
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()
-    _notebook(nbdir / "00_first.ipynb", ["profile = 'cpu'", "print(f'first ran with profile={profile}')"], True)
+    _notebook(nbdir / "00_first.ipynb", ["profile = 'cpu'", "print(f'first ran with profile={profile}')",
+                                         "from tqdm.auto import tqdm\nfor _ in tqdm(range(300), mininterval=0): pass"],
+              True)
     _notebook(nbdir / "01_second.ipynb", ["profile = 'cpu'", "import os, pathlib",
                                           "print('results root:', os.environ['TINYFUSION_RESULTS'])",
                                           "print('cwd:', pathlib.Path.cwd().name)"], True)
@@ -49,6 +51,9 @@ def test_planted_notebooks_run_in_order_with_the_profile_and_record_timings(tmp_
     assert sorted(p.name for p in (out / "notebooks").iterdir()) == ["00_first.ipynb", "01_second.ipynb"]
     first = (out / "notebooks" / "00_first.ipynb").read_text()
     assert "first ran with profile=smoke" in first  # papermill injected the profile after the parameters cell
+    bar = nbformat.reads(first, as_version=4).cells[-1].outputs  # ipywidgets is there: one widget, no warning
+    assert [o.output_type for o in bar] == ["display_data"], bar
+    assert "application/vnd.jupyter.widget-view+json" in bar[0].data and "IProgress not found" not in first
     second = (out / "notebooks" / "01_second.ipynb").read_text()
     assert f"results root: {(tmp_path / 'res').resolve()}" in second and "cwd: nbs" in second
     timings = json.loads((out / "timings.json").read_text())
@@ -90,14 +95,16 @@ def _nbval_session(tmp_path, planted, *args):
         shutil.copy(Path(rep.NOTEBOOKS) / f, nbdir / f)
     for name, sources in planted.items():
         _notebook(nbdir / name, sources)
-    env = {**os.environ, "TINYFUSION_RESULTS": str(tmp_path / "res"), "TINYFUSION_PROFILE": "smoke"}
+    env = {k: v for k, v in os.environ.items() if k != "TINYFUSION_PROFILE"}  # the conftest's default: smoke
+    env["TINYFUSION_RESULTS"] = str(tmp_path / "res")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *args, "notebooks"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     return r.returncode, r.stdout + r.stderr
 
 
 def test_artefact_check_runs_after_the_notebooks_and_skips_when_they_did_not_all_pass(tmp_path):
-    ok = {"00_fine.ipynb": ["x = 1"], "01_fine.ipynb": ["y = 2"]}
+    # TINYFUSION_PROFILE is not exported: notebooks/conftest.py makes the kernels run the smoke profile
+    ok = {"00_fine.ipynb": ["import os\nassert os.environ['TINYFUSION_PROFILE'] == 'smoke'"], "01_fine.ipynb": ["y = 2"]}
     # both ran in this session: the check runs (and fails here, as planted notebooks write no artefacts)
     rc, out = _nbval_session(tmp_path / "a", ok, "--nbval-lax")
     assert rc == 1 and "2 passed" in out and "1 failed" in out and "not written by the notebooks" in out, out

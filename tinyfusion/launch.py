@@ -11,9 +11,11 @@
 
 (with ``nproc == 1`` it runs ``python -m ENTRY ...`` directly: same code path in the entry point, since
 ``dist.init`` is a no-op for one process, and a few seconds less start-up), streams the child's output into
-the cell as it comes (stderr merged into stdout, raw chunks so tqdm's ``\\r`` updates redraw one line; rank 0
-prints alone because entry points use ``dist.print0`` and disable tqdm on other ranks) and returns the dict
-that rank 0 wrote to RES.
+the cell as it comes (stderr merged into stdout; in a terminal raw chunks, so tqdm's ``\\r`` updates redraw one
+line; in a notebook each progress bar is one output updated in place, so an executed notebook stores its last
+state, not every redraw; rank 0 prints alone because entry points use ``dist.print0`` and disable tqdm on
+other ranks) and returns the dict that rank 0 wrote to RES. Entry points started here show an error's traceback
+(``TINYFUSION_TRACEBACK=1``), which ``LaunchError`` cites.
 
 Failures raise ``LaunchError`` with the failing rank's traceback, torchrun's summary (rank, exit code,
 signal) and the last output lines. The child runs in its own session and dies with this process
@@ -112,13 +114,13 @@ def resolve_nproc(nproc=1):
     return n
 
 
-def _flag_value(v):
-    """A config value as ``tinyfusion.cli.common.parser_from_defaults`` parses it back."""
+def _flags(key, v):
+    """A config value as the flags ``tinyfusion.cli.common.parser_for`` parses back: a switch for a bool
+    (``--progress`` / ``--no-progress``), JSON for lists, dicts and None, else the value as text."""
+    flag = key.replace("_", "-")
     if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple, dict)) or v is None:
-        return json.dumps(v)
-    return str(v)
+        return ["--" + flag if v else "--no-" + flag]
+    return ["--" + flag, json.dumps(v) if isinstance(v, (list, tuple, dict)) or v is None else str(v)]
 
 
 def launch_cmd(entry_point, nproc=1, **config):
@@ -126,7 +128,7 @@ def launch_cmd(entry_point, nproc=1, **config):
     nproc = resolve_nproc(nproc) if nproc in (None, 0, "auto") else int(nproc)
     head = (["python", "-m", entry_point] if nproc == 1 else
             ["torchrun", "--standalone", f"--nproc_per_node={nproc}", "-m", entry_point])
-    flags = [x for k, v in config.items() for x in ("--" + k.replace("_", "-"), _flag_value(v))]
+    flags = [x for k, v in config.items() for x in _flags(k, v)]
     return " ".join(shlex.quote(x) for x in head + flags)
 
 
@@ -157,6 +159,7 @@ def _child_env(nproc, env):
     out = {**os.environ, **{k: str(v) for k, v in (env or {}).items()}}
     out.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     out["PYTHONUNBUFFERED"] = "1"
+    out.setdefault("TINYFUSION_TRACEBACK", "1")  # an entry point's error shows its traceback, which LaunchError cites
     out["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT)] + ([out["PYTHONPATH"]] if out.get("PYTHONPATH") else []))
     return out
 
@@ -291,8 +294,8 @@ def _failure_message(header, output, n_last=15):
     summary, used, exits = _torchrun_summary(lines)
     for _, _, _, idx in tbs:
         used |= set(idx)
-    # under torchrun, torch's excepthook prints every rank's uncaught exception with a "[rankN]: " prefix; those
-    # copies beat cli_main's unlabelled print, whose lines other ranks' progress bars may have broken into
+    # under torchrun a rank's traceback comes with a "[rankN]: " prefix (torch's excepthook, and cli_main's own
+    # report); labelled copies beat unlabelled ones, whose lines other ranks' progress bars may have broken into
     labelled = any(rank is not None for rank, _, _, _ in tbs)
     keep, seen = [], set()
     for rank, text, exc, _ in tbs:
@@ -318,6 +321,65 @@ def _failure_message(header, output, n_last=15):
     return "\n".join(parts)
 
 
+# ---- echoing the output ---------------------------------------------------------------------------------
+
+class _Echo:
+    """Echo a child's output as it comes. ``show=None``: raw to ``sys.stdout`` (a terminal redraws progress bars on
+    ``\r``). With ``show`` (in a Jupyter kernel, :func:`_kernel_show`): finished lines go to ``sys.stdout``, and a
+    line being redrawn (a progress bar) is shown by ``show(text)``, which returns a function that replaces what it
+    showed; so the saved notebook holds each bar once, in its last state, not one output per redraw (papermill
+    and nbclient keep every stream message as its own output)."""
+
+    def __init__(self, show=None):
+        self.show, self.line, self.replace = show, "", None
+
+    def write(self, text):
+        if self.show is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        *done, self.line = (self.line + text).split("\n")
+        for line in done:
+            self._put(_lines(line)[0], final=True)
+        if self.line:
+            self._put(_lines(self.line)[0], final=False)
+
+    def _put(self, text, final):
+        if self.replace is None and final:
+            sys.stdout.write(text + "\n")
+            return
+        if self.replace is None:
+            sys.stdout.flush()  # what came before stays above the bar
+            self.replace = self.show(text)
+        else:
+            self.replace(text)
+        if final:
+            self.replace = None
+
+    def close(self):
+        if self.show is not None and self.line:
+            self._put(_lines(self.line)[0], final=True)
+        self.line = ""
+        sys.stdout.flush()
+
+
+def _kernel_show():
+    """In a Jupyter kernel: a ``show`` for :class:`_Echo` (an IPython display, updated in place); else None."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return None
+    shell = get_ipython()
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return None
+
+    def show(text):
+        handle = display({"text/plain": text}, raw=True, display_id=True)
+        return lambda new: handle.update({"text/plain": new}, raw=True)
+    return show
+
+
 # ---- launch --------------------------------------------------------------------------------------------
 
 def _watch(proc, what, timeout, stream, torchrun):
@@ -326,6 +388,7 @@ def _watch(proc, what, timeout, stream, torchrun):
     Stops the whole tree on timeout (raising ``LaunchTimeout``), on KeyboardInterrupt, when torchrun has
     reported a failed rank but not exited ``GRACE_S`` later, or when an orphan outlives the launcher."""
     tree = _Tree(proc)
+    echo = _Echo(_kernel_show()) if stream else None
     out, decode = "", codecs.getincrementaldecoder("utf-8")(errors="replace").decode
     start = last_scan = time.monotonic()
     failed_at = exited_at = None
@@ -343,9 +406,8 @@ def _watch(proc, what, timeout, stream, torchrun):
                     break
                 text = decode(chunk)
                 out = (out + text)[-TAIL_CHARS:]
-                if stream:
-                    sys.stdout.write(text)
-                    sys.stdout.flush()
+                if echo is not None:
+                    echo.write(text)
                 if failed_at is None and torchrun and _TORCHRUN_FAILED.search(out[-len(text) - 200:]):
                     failed_at = time.monotonic()
             now = time.monotonic()
@@ -363,6 +425,8 @@ def _watch(proc, what, timeout, stream, torchrun):
                 break  # a rank failed and torchrun has not wound down
         stop = proc.poll() is None or bool(tree.alive())
     finally:
+        if echo is not None:
+            echo.close()
         if stop:
             tree.stop()
         proc.wait()

@@ -18,28 +18,37 @@ import json
 import sys
 import time
 
-from tinyfusion import dist, validate
 from tinyfusion.cli.common import cli_main
-from tinyfusion.profiles import get_profile
+from tinyfusion.profiles import PROFILES
 
+SAMPLERS = ("ddim", "ddpm", "euler", "heun", "sde")  # the objectives' SAMPLERS (a test checks), without torch
 DEFAULTS = dict(profile="cpu", npz="", checkpoint="", n=None, sampler="", steps=None, cfg_scale=None, seed=0,
                 batch=None, evaluator="", reference_limit=None, kid_subset_size=None, save_npz="", objective="", progress=True)
-HELP = dict(npz="samples to score (.npz with images, labels)", checkpoint="DiT checkpoint to sample from and score",
+TYPES = dict(n=int, steps=int, cfg_scale=float, batch=int, reference_limit=int, kid_subset_size=int)
+CHOICES = dict(profile=tuple(PROFILES), sampler=SAMPLERS, objective=("ddpm", "flow"))
+HELP = dict(profile="profile whose evaluator, sampling settings and reference set are used",
+            npz="samples to score (.npz with images, labels); give this or --checkpoint",
+            checkpoint="DiT checkpoint to sample from and score; give this or --npz",
+            seed="seed of the sampling noise and of the KID subsets",
+            batch="samples per batch (default: the profile's batch_eval)",
+            progress="show a progress bar (rank 0)",
             n="samples to draw (default: the profile's eval_samples)",
             sampler="ddim or ddpm (DDPM objective); euler, heun or sde (flow). Default: the profile's when it fits "
                     "the checkpoint's objective, else the objective's (ddim, heun)",
             steps="sampling steps (default: as --sampler)",
             objective="ddpm or flow (default: the one the checkpoint's config names, else the profile model's)",
-            cfg_scale="classifier-free guidance scale (default: profile)",
+            cfg_scale="classifier-free guidance scale (default: the profile's)",
             evaluator="evaluator checkpoint (default: the profile's, data/evaluator.pt)",
             reference_limit="real test images used as reference (default: the profile's eval_limit, else all 10k)",
             kid_subset_size="KID subset size (default: min(1000, n, n_ref))",
-            save_npz="also write the drawn samples to this .npz")
+            save_npz="also write the drawn samples to this .npz (default: not kept)")
 
 
 def run(**cfg):
+    from tinyfusion import dist, metrics, validate
+    from tinyfusion.profiles import get_profile
+
     cfg = {**DEFAULTS, **cfg}
-    from tinyfusion import metrics  # imported here: torch-fidelity is only needed when scoring
 
     prof = get_profile(cfg["profile"])
     if bool(cfg["npz"]) == bool(cfg["checkpoint"]):
@@ -94,9 +103,9 @@ def run(**cfg):
     return result
 
 
-def main(argv=None):
-    return cli_main(run, __doc__.splitlines()[0], DEFAULTS, HELP, argv=argv)
+def main(argv=None, console=False):
+    return cli_main(run, sys.modules[__name__], argv, console)
 
 
 if __name__ == "__main__":
-    main()
+    main(console=True)

@@ -14,28 +14,48 @@ Writes ``<out>/state.pt`` (resumable), ``<out>/model.pt`` (``{"ema": ..., "confi
 written last).
 The default ``<out>`` is keyed by the resolved config (``tinyfusion.cache``), the folder the notebooks use too.
 Killed and started again with the same flags, it resumes from ``state.pt``; a finished run is reused unless
-``--recompute true``. In-process: ``tinyfusion.recovery.recovery_config`` and ``run_recovery``.
+``--recompute``. In-process: ``tinyfusion.recovery.recovery_config`` and ``run_recovery``.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from tinyfusion import cache, dist, validate
 from tinyfusion.cli.common import cli_main
-from tinyfusion.profiles import get_profile
-from tinyfusion.recovery import MODES, recovery_config, run_recovery
+from tinyfusion.profiles import PROFILES
 
+MODES = ("finetune", "kd", "repkd", "masked_kd")  # tinyfusion.recovery.MODES (a test checks), without importing torch
 DEFAULTS = dict(profile="cpu", student="", teacher="", mode="finetune", k_sigma=0.0, kept=None, groups="1:2",
                 parent_map=None, steps=None, batch_size=None, lr=None, min_lr=None, a_kd=0.9, a_diff=0.1, beta0=None,
                 beta1=None, ema_decay=0.999, ema_warmup=10, grad_clip=1.0, seed=0, out="", ckpt_every=100,
                 log_every=1, stop_after=0, max_skipped=-1, recompute=False, progress=True, inject_nan_at=None,
                 objective="", lr_steps=0, snapshots=None)
-HELP = dict(student="pruned checkpoint to recover (required)", teacher="teacher checkpoint (default: profile's)",
-            mode="one of " + ", ".join(MODES), k_sigma="masked_kd: mask |x-mean| >= k*std (0 = no mask)",
-            kept="JSON list: the student's kept layer indices in the model it was pruned from",
+TYPES = dict(steps=int, batch_size=int, lr=float, min_lr=float, beta0=float, beta1=float)
+CHOICES = dict(profile=tuple(PROFILES), mode=MODES, objective=("ddpm", "flow"))
+HELP = dict(profile="profile whose budgets and teacher are used (tinyfusion/profiles.py)",
+            student="pruned checkpoint to recover (required)",
+            teacher="teacher checkpoint, for the KD modes (default: the profile's)",
+            mode="finetune (plain), kd (logits KD), repkd (logits + representation KD) or masked_kd (RepKD with "
+                 "massive activations masked)",
+            k_sigma="masked_kd: mask |x-mean| >= k*std (0 = no mask)",
+            kept="JSON list: the student's kept layer indices in the model it was pruned from (default: the "
+                 "'kept' stored in the student's checkpoint)",
             groups="local blocks of the prune: N:M, or a JSON list of [N, M]; 'none' = one block",
-            parent_map="JSON list: teacher layer matched to each layer of the intermediate model (D14 -> D7)",
-            min_lr="cosine floor (default lr / 2: 2e-4 -> 1e-4)", max_skipped="-1: 10%% of the steps (at least 5)",
+            parent_map="JSON list: teacher layer matched to each layer of the intermediate model (D14 -> D7; "
+                       "default: none, the student was pruned from the teacher)",
+            steps="training steps (default: the profile's finetune_steps)",
+            batch_size="global batch size (default: the profile's)",
+            lr="peak learning rate (default: the profile's, 2e-4 as the paper)",
+            min_lr="cosine floor (default lr / 2: 2e-4 -> 1e-4)",
+            a_kd="weight of the KD loss (the paper's alpha_KD)", a_diff="weight of the diffusion loss (alpha_Diff)",
+            ema_decay="EMA decay of the weights (the model written is the EMA)",
+            ema_warmup="steps before the EMA starts averaging", grad_clip="gradient norm clip (0: none)",
+            seed="seed of the batches, noise and timesteps", ckpt_every="write state.pt every this many steps",
+            log_every="log the losses every this many steps", stop_after="stop after this many steps and save "
+            "state.pt (0: run to the end; to test resuming)",
+            max_skipped="non-finite losses tolerated before the run stops; -1: 10% of the steps (at least 5)",
+            recompute="run again even when a finished run of the same config is cached",
+            progress="show a progress bar (rank 0)",
             out="output folder (default results/<profile>/finetune/<mode>-<key of the resolved config>)",
             beta0="weight of L_Rep at the first step (default: the profile's kd_beta; DiT 1e-2, SiT 2e-4)",
             beta1="weight of L_Rep at the last step, linear in between (default: the profile's, 0)",
@@ -46,6 +66,10 @@ HELP = dict(student="pruned checkpoint to recover (required)", teacher="teacher 
 
 
 def run(**cfg):
+    from tinyfusion import cache, dist, validate
+    from tinyfusion.profiles import get_profile
+    from tinyfusion.recovery import recovery_config, run_recovery
+
     cfg = {**DEFAULTS, **cfg}
     config = recovery_config(cfg["profile"], student=cfg["student"], mode=cfg["mode"], teacher=cfg["teacher"],
                              k_sigma=cfg["k_sigma"], kept=cfg["kept"], groups=cfg["groups"],
@@ -61,7 +85,7 @@ def run(**cfg):
     out = Path(cfg["out"]) if cfg["out"] else cache.folder(prof.results, "finetune", cfg["mode"], config)
     reused = not cfg["recompute"] and cache.done(out, config)
     if reused:
-        dist.print0(f"reusing {out / cache.RECORD} (pass --recompute true to run again)")
+        dist.print0(f"reusing {out / cache.RECORD} (pass --recompute to run again)")
     result = cache.cached(out, config, lambda folder: run_recovery(
         config, folder, log_every=cfg["log_every"], ckpt_every=cfg["ckpt_every"], stop_after=cfg["stop_after"],
         max_skipped=None if cfg["max_skipped"] < 0 else cfg["max_skipped"], progress=cfg["progress"]),
@@ -69,9 +93,9 @@ def run(**cfg):
     return {**result, "cached": reused}
 
 
-def main(argv=None):
-    return cli_main(run, __doc__.splitlines()[0], DEFAULTS, HELP, argv=argv)
+def main(argv=None, console=False):
+    return cli_main(run, sys.modules[__name__], argv, console)
 
 
 if __name__ == "__main__":
-    main()
+    main(console=True)

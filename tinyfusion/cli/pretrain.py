@@ -11,25 +11,37 @@ Killed and started again with the same flags, it resumes from ``state.pt`` and e
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
-import torch
-
-from tinyfusion import dist, validate
 from tinyfusion.cli.common import cli_main
-from tinyfusion.data import load_dataset
-from tinyfusion.diffusion import objective_for
-from tinyfusion.io import folder_lock, save_checkpoint, save_json
-from tinyfusion.models import build_model
-from tinyfusion.profiles import check_budget, get_profile
-from tinyfusion.training import LoopConfig, cosine_lr, make_ema, train
+from tinyfusion.profiles import PROFILES
 
 DEFAULTS = dict(profile="cpu", out="", model="", objective="", steps=None, batch_size=None, lr=None, min_lr_frac=0.1,
                 warmup=200, ema_decay=0.999, seed=0, ckpt_every=500, log_every=50, grad_clip=1.0, stop_after=0)
+TYPES = dict(steps=int, batch_size=int, lr=float)
+CHOICES = dict(profile=tuple(PROFILES), objective=("ddpm", "flow"))
+HELP = dict(profile="profile whose model, data and budgets are used (tinyfusion/profiles.py)",
+            out="output folder (default: results/<profile>/pretrain)",
+            model="registered model name, e.g. DiT-T28/4 (default: the profile's)",
+            objective="ddpm or flow (default: the one the model's registered config names: DiT ddpm, SiT flow)",
+            steps="training steps (default: the profile's pretrain_steps)",
+            batch_size="global batch size (default: the profile's pretrain_batch)",
+            lr="peak learning rate (default: the profile's pretrain_lr)",
+            min_lr_frac="cosine floor as a fraction of --lr", warmup="linear warm-up steps",
+            ema_decay="EMA decay of the weights (teacher.pt holds the EMA)",
+            seed="seed of the initialisation, batches, noise and timesteps",
+            ckpt_every="write state.pt every this many steps", log_every="log the loss every this many steps",
+            grad_clip="gradient norm clip (0: none)",
+            stop_after="stop after this many steps and save state.pt (0: run to the end; to test resuming)")
 
 
 def run(**cfg):
     """Pre-train into ``--out`` while holding its lock (``io.folder_lock``: one run per output folder)."""
+    from tinyfusion import dist
+    from tinyfusion.io import folder_lock
+    from tinyfusion.profiles import get_profile
+
     cfg = {**DEFAULTS, **cfg}
     out = Path(cfg["out"] or get_profile(cfg["profile"]).results / "pretrain")
     with folder_lock(out) if dist.is_main() else contextlib.nullcontext():
@@ -37,6 +49,15 @@ def run(**cfg):
 
 
 def _run(cfg):
+    import torch
+
+    from tinyfusion import diffusion, dist, validate
+    from tinyfusion.data import load_dataset
+    from tinyfusion.io import save_checkpoint, save_json
+    from tinyfusion.models import build_model
+    from tinyfusion.profiles import check_budget, get_profile
+    from tinyfusion.training import LoopConfig, cosine_lr, make_ema, train
+
     prof = get_profile(cfg["profile"])
     cfg["model"] = cfg["model"] or prof.model
     cfg["steps"] = check_budget("steps", validate.given_count("steps", cfg["steps"]) or prof.pretrain_steps)
@@ -53,7 +74,7 @@ def _run(cfg):
     cfg["objective"] = model.objective  # default: the one the registered config names (DiT: ddpm, SiT: flow)
     ema = make_ema(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0)
-    objective = objective_for(model)
+    objective = diffusion.objective_for(model)
     images, labels = load_dataset(prof).tensors()
     n_params = sum(p.numel() for p in model.parameters())
     dist.print0(f"pretrain {cfg['model']}: {n_params / 1e6:.2f}M params, {cfg['steps']} steps of batch "
@@ -88,9 +109,9 @@ def _run(cfg):
     return {**summary, "teacher": str(out / "teacher.pt")}
 
 
-def main(argv=None):
-    return cli_main(run, __doc__.splitlines()[0], DEFAULTS, argv=argv)
+def main(argv=None, console=False):
+    return cli_main(run, sys.modules[__name__], argv, console)
 
 
 if __name__ == "__main__":
-    main()
+    main(console=True)

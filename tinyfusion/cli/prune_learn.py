@@ -12,20 +12,32 @@ layers, renumbered; the weight update and the gates are dropped, as in the paper
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from tinyfusion import cache, validate
 from tinyfusion.cli.common import cli_main
-from tinyfusion.profiles import get_profile
-from tinyfusion.pruning.learnable import learnable_config, run_learnable
+from tinyfusion.profiles import PROFILES
 
+UPDATES = ("lora", "full", "frozen")  # tinyfusion.pruning.learnable.UPDATES (a test checks), without importing torch
 DEFAULTS = dict(profile="cpu", teacher="", groups="1:2", update="lora", steps=None, batch_size=None, lr=None, seed=0,
                 out="", stop_after=0, log_every=0, ckpt_every=50, logit_lr_mult=10.0, tau_start=4.0, tau_end=0.1,
                 lora_rank=None, lora_alpha=16.0, ema_decay=0.0, grad_clip=1.0, objective="", recompute=False)
-HELP = dict(teacher="teacher checkpoint (default: the profile's)",
+TYPES = dict(steps=int, batch_size=int, lr=float, lora_rank=int)
+CHOICES = dict(profile=tuple(PROFILES), update=UPDATES, objective=("ddpm", "flow"))
+HELP = dict(profile="profile whose budgets and teacher are used (tinyfusion/profiles.py)",
+            teacher="teacher checkpoint (default: the profile's)",
             groups="N:M block size, e.g. 1:2, 2:4, 7:14, or a JSON list of [N, M] blocks",
             update="weight update trained with the gates: lora, full or frozen",
             steps="training steps (default: the profile's prune_steps, standing for one epoch)",
+            batch_size="global batch size (default: the profile's prune_batch)",
+            lr="learning rate of the weight update (default: the profile's prune_lr)",
+            seed="seed of the batches, noise, timesteps and Gumbel draws",
+            logit_lr_mult="learning rate of the gate logits, as a multiple of --lr",
+            tau_start="Gumbel-softmax temperature at the first step", tau_end="temperature at the last step",
+            lora_alpha="LoRA scaling alpha", grad_clip="gradient norm clip (0: none)",
+            log_every="record the decisions every this many steps (default 0: steps // 50)",
+            ckpt_every="write state.pt every this many steps",
+            recompute="run again even when a finished run of the same config is cached",
             lora_rank="LoRA rank (default: the profile's, about the paper's 0.9% of the parameters trained)",
             ema_decay="EMA decay of the gate logits (default: the profile's prune_ema_decay; the paper: 0.999)",
             objective="training objective, ddpm or flow (default: the one the teacher's checkpoint names)",
@@ -34,6 +46,10 @@ HELP = dict(teacher="teacher checkpoint (default: the profile's)",
 
 
 def run(**cfg):
+    from tinyfusion import cache, validate
+    from tinyfusion.profiles import get_profile
+    from tinyfusion.pruning.learnable import learnable_config, run_learnable
+
     cfg = {**DEFAULTS, **cfg}
     config = learnable_config(cfg["profile"], source=cfg["teacher"], groups=cfg["groups"], update=cfg["update"],
                               steps=validate.given_count("steps", cfg["steps"]),
@@ -50,9 +66,9 @@ def run(**cfg):
         recompute=cfg["recompute"])
 
 
-def main(argv=None):
-    return cli_main(run, __doc__.splitlines()[0], DEFAULTS, HELP, argv=argv)
+def main(argv=None, console=False):
+    return cli_main(run, sys.modules[__name__], argv, console)
 
 
 if __name__ == "__main__":
-    main()
+    main(console=True)

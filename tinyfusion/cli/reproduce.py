@@ -1,6 +1,8 @@
 """Run every numbered notebook with papermill for one profile (what ``make reproduce`` calls).
 
     python -m tinyfusion.cli.reproduce --profile cpu [--only 01,06] [--out results]
+    make reproduce PROFILE=cpu          # every notebook
+    make notebook NB=07 PROFILE=smoke   # one notebook (--only 07)
 
 Executed copies go to ``results/<profile>/notebooks/``, figures and tables to ``results/<profile>/figures`` and
 ``tables``, the wall time of each notebook to ``results/<profile>/timings.json``; notebook 09 writes
@@ -12,7 +14,6 @@ the run was interrupted (Ctrl-C, SIGTERM). Finished steps are cached, so a rerun
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tinyfusion.io import load_json, save_json
+from tinyfusion.cli.common import add_switch, make_parser
 from tinyfusion.profiles import PROFILES, ROOT
 
 NOTEBOOKS = ROOT / "notebooks"
@@ -135,6 +136,7 @@ def _failing_cell(path):
 
 
 def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError):
+    from tinyfusion.io import load_json, save_json
     root = Path(os.environ.get("TINYFUSION_RESULTS", ROOT / "results")) / profile
     out_dir, partial_dir = root / "notebooks", root / "partial"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,16 +190,32 @@ def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError):
     return this_run["notebooks"]
 
 
+def _numbers(text):
+    """``--only``'s value: notebook numbers such as "7" or "00,06" as two-digit prefixes."""
+    only = [s.strip().zfill(2) for s in text.split(",") if s.strip()]
+    if not all(s.isdigit() and len(s) == 2 for s in only):
+        raise ValueError(text)
+    return only
+
+
+_numbers.__name__ = "notebook number list"  # argparse's error: "invalid notebook number list value: 'x'"
+
+
+def parser():
+    p = make_parser(__spec__.name, __doc__)
+    p.add_argument("--profile", default=os.environ.get("TINYFUSION_PROFILE", "cpu"), choices=tuple(PROFILES),
+                   help="profile every notebook runs with (default: $TINYFUSION_PROFILE, else cpu)")
+    p.add_argument("--only", type=_numbers, default=[], metavar="NN[,NN...]",
+                   help="run only these notebooks, by number, e.g. 07 or 00,06 (default: all, the summary last)")
+    p.add_argument("--out", default=None, help="results root (default: $TINYFUSION_RESULTS, else results/)")
+    add_switch(p, "--progress", True, "show papermill's progress bar (cells executed)")
+    return p
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--profile", default=os.environ.get("TINYFUSION_PROFILE", "cpu"))
-    p.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 00,06")
-    p.add_argument("--out", default=None, help="results root (default: results/)")
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
+    a = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # so a killed run rolls back like Ctrl-C
-    only = [s.strip().zfill(2) for s in a.only.split(",") if s.strip()] or None
-    reproduce(a.profile, only, a.out, progress=not a.no_progress)
+    reproduce(a.profile, a.only or None, a.out, progress=a.progress)
 
 
 if __name__ == "__main__":

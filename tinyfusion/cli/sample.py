@@ -12,16 +12,22 @@ Sample ``i`` has label ``i % num_classes``; batch ``b`` of ``--batch`` samples d
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from tinyfusion import dist, validate
 from tinyfusion.cli.common import cli_main
-from tinyfusion.profiles import check_budget
-from tinyfusion.sampling import sample_checkpoint
 
+SAMPLERS = ("ddim", "ddpm", "euler", "heun", "sde")  # the objectives' SAMPLERS (a test checks), without torch
 DEFAULTS = dict(checkpoint="", n=1000, sampler="", steps=None, cfg_scale=1.5, seed=0, batch=250, out="",
                 objective="", progress=True)
+TYPES = dict(steps=int)
+CHOICES = dict(sampler=SAMPLERS, objective=("ddpm", "flow"))
 HELP = dict(checkpoint="DiT checkpoint (teacher, pruned or recovered; required)",
+            n="number of samples (sample i has label i % num_classes)",
+            cfg_scale="classifier-free guidance scale (1: none; 1.5 as the paper)",
+            seed="seed of the noise (batch b draws from (seed, b))",
+            batch="samples per batch; batch b draws its noise from (seed, b), so keep it to reproduce a file",
+            progress="show a progress bar (rank 0)",
             sampler="ddim or ddpm (DDPM objective), euler, heun or sde (flow); default: the objective's (ddim, heun)",
             steps="sampling steps (default: the objective's: ddim 25, heun 13)",
             objective="ddpm or flow (default: the one the checkpoint's config names)",
@@ -29,6 +35,10 @@ HELP = dict(checkpoint="DiT checkpoint (teacher, pruned or recovered; required)"
 
 
 def run(**cfg):
+    from tinyfusion import dist, validate
+    from tinyfusion.profiles import check_budget
+    from tinyfusion.sampling import sample_checkpoint
+
     cfg = {**DEFAULTS, **cfg}
     if not cfg["checkpoint"]:
         raise ValueError("--checkpoint is required: the DiT checkpoint to sample from")
@@ -52,9 +62,9 @@ def run(**cfg):
                 world_size=dist.world_size())
 
 
-def main(argv=None):
-    return cli_main(run, __doc__.splitlines()[0], DEFAULTS, HELP, argv=argv)
+def main(argv=None, console=False):
+    return cli_main(run, sys.modules[__name__], argv, console)
 
 
 if __name__ == "__main__":
-    main()
+    main(console=True)

@@ -13,21 +13,24 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from tinyfusion import dist
 from tinyfusion.cli.common import cli_main
-from tinyfusion.io import save_json
 
 DEFAULTS = dict(out="", fail_rank=-1, fail_mode="raise", message="selftest", bar_steps=3)
 FAIL_MODES = ("raise", "kill", "hang", "exit0")
+CHOICES = dict(fail_mode=FAIL_MODES)
+HELP = dict(out="folder where each rank tries to write saved_by_rank<r>.json (default: none)",
+            fail_rank="rank that fails after the process group is up (-1: none)",
+            fail_mode="how that rank fails: raise, kill (SIGKILL), hang or exit0 (status 0, no result)",
+            message="text printed first (and in the failure)", bar_steps="steps of the progress bar on rank 0")
 
 
 def fail(mode, message):
     """Fail the way ``mode`` says (see the module docstring), after printing the time (to measure detection)."""
+    from tinyfusion import dist
     print(f"{message}: rank {dist.rank()} fails ({mode}) at unix time {time.time():.3f}", flush=True)
     if mode == "raise":
         raise RuntimeError(f"{message}: deliberate failure on rank {dist.rank()}")
@@ -42,6 +45,11 @@ def fail(mode, message):
 
 
 def run(**cfg):
+    from tqdm.auto import tqdm
+
+    from tinyfusion import dist
+    from tinyfusion.io import save_json
+
     cfg = {**DEFAULTS, **cfg}
     r, world = dist.rank(), dist.world_size()
     dist.print0(f"{cfg['message']}: world size {world}")
@@ -60,9 +68,9 @@ def run(**cfg):
     return {"world_size": world, "gathered": gathered, "reduced": reduced, "saved": saved}
 
 
-def main(argv=None):
-    return cli_main(run, __doc__.splitlines()[0], DEFAULTS, argv=argv)
+def main(argv=None, console=False):
+    return cli_main(run, sys.modules[__name__], argv, console)
 
 
 if __name__ == "__main__":
-    main()
+    main(console=True)
