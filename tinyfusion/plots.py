@@ -167,23 +167,32 @@ def massive_activations(stats, values, ratio_line=20, fontsize=11):
     return fig
 
 
-def loss_curves(logs):
+def loss_curves(logs, smooth=0.02):
     """Total loss and the RepKD component per step, one line per run (a run that diverges shows it here).
 
     ``logs``: {label: the run's training log, as records with ``step``, ``loss`` and optionally ``rep``, or the
-    path of its JSON file}.
+    path of its JSON file}. Lines are a running mean over ``smooth`` of the steps, each run with its own colour and
+    dash pattern, so runs whose losses coincide (logits KD and Masked KD 0.1σ) stay visible on top of each other.
     """
     import pandas as pd
     from tinyfusion.io import load_json
-    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
-    for label, log in logs.items():
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    dashes = ["-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1))]
+    for i, (label, log) in enumerate(logs.items()):
         log = pd.DataFrame(load_json(log) if isinstance(log, str) else log)
-        axes[0].plot(log.step, log["loss"], label=label)
+        window = max(1, int(len(log) * smooth))
+        style = dict(label=label, ls=dashes[i % len(dashes)], lw=1.8, color=f"C{i}")
+        axes[0].plot(log.step, log["loss"].rolling(window, min_periods=1).mean(), **style)
         if "rep" in log and log.rep.abs().sum() > 0:
-            axes[1].plot(log.step, log.rep, label=label)
-    axes[0].set_yscale("log"); axes[0].set_title("total loss"); axes[0].set_xlabel("step"); axes[0].legend(fontsize=7)
-    axes[1].set_yscale("log"); axes[1].set_title("RepKD component (before β)"); axes[1].set_xlabel("step")
-    axes[1].legend(fontsize=7)
+            axes[1].plot(log.step, log.rep.rolling(window, min_periods=1).mean(), **style)
+    for ax, title in zip(axes, ("total loss", "RepKD component (before β)")):
+        ax.set_yscale("log")
+        ax.set_title(f"{title}, running mean", fontsize=11)
+        ax.set_xlabel("step")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, -0.06))
+    fig.tight_layout()
     return fig
 
 
