@@ -1,15 +1,17 @@
 # tinyfusion-replication: `make reproduce` runs the whole study, `make test` runs the tests.
-# Also: `make notebook NB=07` (one notebook), `make lab [LAB_ARGS="--port=8890 --ip=0.0.0.0 --no-browser"]`.
+# Also: `make notebook NB=07` (one notebook), `make lab [LAB_ARGS="--port=8890 --ip=0.0.0.0 --no-browser"]`,
+# `make screenshots [SHOTS_ARGS="--all --height 16000 --split 2400"]` (the executed notebooks as JupyterLab shows them).
 PROFILE ?= cpu
 NB ?=
 LAB_ARGS ?=
+SHOTS_ARGS ?=
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data reproduce notebook test lab clean-results
+.PHONY: setup data reproduce notebook test lab screenshots clean-results
 
 setup: $(STAMP) data
 
@@ -45,6 +47,18 @@ test: setup
 # JupyterLab on notebooks/ (--allow-root when run as root, as in Docker); LAB_ARGS: more options, e.g. --port=8890.
 lab: setup
 	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/
+
+# Optional: PNGs of the executed notebooks and summary.md rendered by JupyterLab in headless chromium, in /tmp/lab_shots
+# (SHOTS_ARGS: options of tools/lab_screenshots.py, e.g. --all, --out DIR, --height 16000 --split 2400). Installs
+# Debian's chromium package with apt-get when no chromium is on PATH (root), else says what to install.
+screenshots: setup
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium (apt-get install -y chromium)"; \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
+	  || { echo "error: apt-get could not install chromium"; exit 1; }; \
+	else echo "error: chromium not found; install Debian's chromium package (apt-get install chromium) as root"; exit 1; fi
+	$(PY) tools/lab_screenshots.py $(SHOTS_ARGS)
 
 clean-results:
 	rm -rf results/$(PROFILE)
