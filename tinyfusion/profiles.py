@@ -92,7 +92,7 @@ PROFILES = {
         pretrain_steps=30, pretrain_batch=32,
         calib_batches=1, calib_batch=32, random_candidates=64, mask_study_limit=256,
         prune_steps=6, prune_batch=16,
-        finetune_steps=4, finetune_long=6, curve_points=(4, 6),  # two points keep nbval fast ablation_finetune_steps=4, finetune_batch=16,
+        finetune_steps=4, finetune_long=6, curve_points=(4, 6), ablation_finetune_steps=4, finetune_batch=16,
         eval_samples=64, sample_steps=4, seeds=(0,), batch_eval=64,
         extra={"speed": {"batch": 8, "steps": 2, "repeats": 5, "warmup": 0, "ratios": (0, 0.5)}},  # 5 rounds: an sd
         notes="tests and nbval only: numbers are meaningless, every notebook runs in seconds"),
