@@ -27,9 +27,12 @@ def image_grid(images, nrow=10, row_labels=None, title=None, scale=0.9):
     if row_labels is not None:
         for r, lab in enumerate(row_labels[:rows]):
             axes[r, 0].text(-3, x.shape[1] / 2, lab, ha="right", va="center", fontsize=9)
+    height = rows * scale  # inches of images: the title takes a fixed ~0.45 in above them, whatever the rows
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, top=1 - (0.45 / (height + 0.45) if title else 0.01), bottom=0.01,
+                        left=0.02, right=0.99)
     if title:
-        fig.suptitle(title)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+        fig.set_figheight(height + 0.45)
+        fig.suptitle(title, y=1 - 0.08 / (height + 0.45), va="top")
     return fig
 
 

@@ -93,7 +93,7 @@ def yardstick_text(yardstick):
     return ", ".join(nums) or ("see evidence" if yardstick else "")
 
 
-def _md_table(df, digits=3):
+def markdown_table(df, digits=3):
     cols = list(df.columns)
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
@@ -118,6 +118,15 @@ KEY_FIGURES = (  # (figure, caption) embedded in summary.md when the notebook wr
 )
 
 
+def display_key_figures(study):
+    """Show the figures of ``KEY_FIGURES`` that the notebooks wrote, each under its caption (in a notebook)."""
+    from IPython.display import Image, Markdown, display
+    for name, caption in KEY_FIGURES:
+        path = study.root / "figures" / f"{name}.png"
+        if path.exists():
+            display(Markdown(f"**{caption}**"), Image(filename=str(path)))
+
+
 def write_summary(study, table, verdicts):
     """Write ``results/<profile>/summary.md``: verdicts first, then the main table and the run's timings."""
     p = study.prof
@@ -133,9 +142,9 @@ def write_summary(study, table, verdicts):
              f"(paper 100,000). Every row is scored on {p.eval_samples} samples, {p.sampler} {p.sample_steps} steps, "
              f"CFG {p.cfg_scale}, against the Fashion-MNIST test set with the project's own evaluator; "
              f"seeds {list(p.seeds)} for the key comparisons.", "",
-             "## Verdicts on the paper's claims", "", _md_table(v), "",
+             "## Verdicts on the paper's claims", "", markdown_table(v), "",
              "## Table 1 analogue (ours beside the paper's ImageNet numbers; absolute values do not compare)", "",
-             _md_table(table[keep]) if len(table) else "(no runs found)", ""]
+             markdown_table(table[keep]) if len(table) else "(no runs found)", ""]
     shown = [(f, caption) for f, caption in KEY_FIGURES if (study.root / "figures" / f"{f}.png").exists()]
     if shown:
         lines += ["## Key figures", ""]
@@ -146,7 +155,7 @@ def write_summary(study, table, verdicts):
     table2 = sit.results / "tables" / "10_table2.csv" if sit else None
     if table2 is not None and table2.exists():  # notebook 10, written into the profile's SiT variant
         lines += [f"## Table 2 analogue: TinySiT, the flow-objective teacher ({sit.model}; notebook 10, "
-                  f"{sit.sampler} {sit.sample_steps} steps)", "", _md_table(pd.read_csv(table2)), ""]
+                  f"{sit.sampler} {sit.sample_steps} steps)", "", markdown_table(pd.read_csv(table2)), ""]
     if timings.exists():  # every finished `make reproduce` run: the first computes, reruns reuse the cache
         # whole runs only (they start with notebook 00; `--only` reruns of a few notebooks are left out)
         all_runs = [r for r in load_json(timings).get("runs", []) if any(k.startswith("00_") for k in r["notebooks"])]
@@ -162,7 +171,7 @@ def write_summary(study, table, verdicts):
                                for r in runs[-3:]}).reset_index().rename(columns={"index": "notebook"})
             total = {"notebook": "total (min)", **{f"{r['started']} (s)": r["total_seconds"] / 60 for r in runs[-3:]}}
             lines += ["## Wall time per notebook (`make reproduce` runs on this machine)", "",
-                      _md_table(pd.concat([df, pd.DataFrame([total])], ignore_index=True), 1), ""]
+                      markdown_table(pd.concat([df, pd.DataFrame([total])], ignore_index=True), 1), ""]
     path = study.root / "summary.md"
     from tinyfusion.io import _atomic_write
     _atomic_write(path, lambda f: f.write("\n".join(lines)), mode="w")
