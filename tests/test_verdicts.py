@@ -253,7 +253,7 @@ def test_claim6_held_when_all_three_parts_hold():
 def test_claim6_loss_tie_mixed():
     worse = fid6([8.0, 8.1], [6.0, 6.1], [3.0, 3.1])
     v = V.claim6_masked_kd(worse, 5.0, 0, None)
-    assert v.status == "not held" and "RepKD did not diverge (FID 5.00, 0 skipped steps, initial rep loss None)" in v.evidence
+    assert v.status == "not held" and "RepKD did not diverge (FID 5.00, 0 skipped steps, initial rep loss n/a)" in v.evidence
     tie = fid6([5.0, 5.2], [5.1, 5.2], [5.0, 5.3])
     assert V.claim6_masked_kd(tie, 5.0, 0).status == "within noise"
     assert V.claim6_masked_kd(worse | {"masked_kd_2": [6.0, 6.2]}, 5.0, 0).status == "within noise"

@@ -266,7 +266,7 @@ def claim6_masked_kd(fid: Mapping[str, Sequence[float]], repkd_fid: float, repkd
                 f"{np.mean(fid['kd']):.2f}); logits KD vs fine-tune: {word[c_kd_ft]} ({np.mean(fid['kd']):.2f} vs "
                 f"{np.mean(fid['finetune']):.2f}); RepKD {'diverged' if rep_diverged else 'did not diverge'} "
                 f"(FID {repkd_fid:.2f}, {int(repkd_skipped_steps)} skipped steps, initial rep loss "
-                f"{'n/a' if repkd_initial_loss is None else f'{float(repkd_initial_loss):.4g}'})")
+                f"{'n/a' if repkd_initial_loss is None else f'{float(repkd_initial_loss):.5g}'})")
     return Verdict(status, evidence, {"masked_kd_vs_kd": c_masked_kd, "kd_vs_finetune": c_kd_ft,
                                       "repkd_diverged": rep_diverged})
 
