@@ -58,6 +58,13 @@ def main(argv=None):
                          f"first (it writes the wall time of every notebook there), or pass --timings")
     res = summarise(json.loads(path.read_text()), a.profile)
     res["timings"] = str(path)
+    clock = path.parent / "reproduce_clock.json"  # tinyfusion.cli.reproduce's kill-proof wall clock
+    if clock.exists():
+        from tinyfusion.cli.reproduce import from_empty_seconds
+        seconds, attempts = from_empty_seconds(json.loads(clock.read_text()))
+        res.update(from_empty_seconds=seconds, from_empty_attempts=attempts,
+                   from_empty_within_budget=None if seconds is None or a.profile not in BUDGET_MIN
+                   else seconds <= 60 * BUDGET_MIN[a.profile])
     if a.out:
         from tinyfusion.io import save_json
         save_json(res, a.out)

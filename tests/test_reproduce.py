@@ -195,3 +195,28 @@ def test_summary_times_finished_runs_and_the_run_it_is_part_of(tmp_path):
     (tmp_path / "timings.json").write_text(json.dumps({"runs": runs}))
     text = summary.write_summary(study, *summary.collect(study)).read_text()
     assert "this run" not in text and "| total (min) | 3.0 |" in text
+
+
+def test_the_reproduce_clock_adds_up_killed_attempts_of_a_run_from_empty(tmp_path):
+    import time as _time
+    from tinyfusion.cli.reproduce import Clock, from_empty_seconds
+    (tmp_path / "finetune").mkdir()
+    c = Clock(tmp_path, "smoke", every=0.05)  # empty cache: the finetune folder holds nothing yet
+    _time.sleep(0.3)
+    c.done("00_a.ipynb")
+    c._stop.set()  # killed: no stop() call, only the heartbeats survive
+    c._thread.join()
+    saved = json.loads((tmp_path / "reproduce_clock.json").read_text())
+    assert saved["attempts"][0]["from_empty"] and saved["attempts"][0]["elapsed_s"] >= 0.2
+    (tmp_path / "finetune" / "run-abc").mkdir()  # the resumed attempt finds a cache
+    c2 = Clock(tmp_path, "smoke", every=0.05)
+    _time.sleep(0.1)
+    c2.stop(finished=True)
+    clock = json.loads((tmp_path / "reproduce_clock.json").read_text())
+    assert [a["from_empty"] for a in clock["attempts"]] == [True, False]
+    seconds, attempts = from_empty_seconds(clock)
+    assert attempts == 2 and seconds == pytest.approx(sum(a["elapsed_s"] for a in clock["attempts"]))
+    # a later cached rerun does not start a new from-empty chain: the last finished chain is still reported
+    clock["attempts"].append({"from_empty": False, "finished": True, "elapsed_s": 5.0})
+    assert from_empty_seconds(clock) == (seconds, attempts)
+    assert from_empty_seconds({"attempts": [{"from_empty": False, "finished": True, "elapsed_s": 1}]}) == (None, 0)

@@ -156,6 +156,14 @@ def write_summary(study, table, verdicts):
     if table2 is not None and table2.exists():  # notebook 10, written into the profile's SiT variant
         lines += [f"## Table 2 analogue: TinySiT, the flow-objective teacher ({sit.model}; notebook 10, "
                   f"{sit.sampler} {sit.sample_steps} steps)", "", markdown_table(pd.read_csv(table2)), ""]
+    clock = study.root / "reproduce_clock.json"
+    if clock.exists():
+        from tinyfusion.cli.reproduce import from_empty_seconds
+        seconds, attempts = from_empty_seconds(load_json(clock))
+        lines += ["## Reproduction from an empty cache", "",
+                  (f"{seconds / 3600:.2f} hours of wall time over {attempts} attempt(s) of `make reproduce` "
+                   f"(reproduce_clock.json; a killed attempt counts up to its last heartbeat)." if seconds else
+                   "No reproduction from an empty cache has finished yet (reproduce_clock.json)."), ""]
     if timings.exists():  # every finished `make reproduce` run: the first computes, reruns reuse the cache
         # whole runs only (they start with notebook 00; `--only` reruns of a few notebooks are left out)
         all_runs = [r for r in load_json(timings).get("runs", []) if any(k.startswith("00_") for k in r["notebooks"])]

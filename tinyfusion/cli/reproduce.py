@@ -118,6 +118,66 @@ class Snapshot:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+CACHE_KINDS = ("random_study", "mask_study", "baselines", "prune_learn", "pruned", "finetune", "scores")
+CLOCK = "reproduce_clock.json"
+
+
+class Clock:
+    """The wall time of a reproduction that survives a kill: a thread rewrites ``results/<profile>/reproduce_clock.json``
+    every ``every`` seconds with this attempt's elapsed time, so a run cut off (a machine's session ending, SIGKILL)
+    and resumed later still adds up. Each attempt records whether the cache was empty when it started
+    (``from_empty``) and whether it finished every notebook; :func:`from_empty_seconds` sums the attempts of the last
+    reproduction that started from an empty cache up to the one that finished it."""
+
+    def __init__(self, root, profile, every=30.0):
+        import threading
+        from tinyfusion.io import load_json
+        self.path = Path(root) / CLOCK
+        self.clock = load_json(self.path) if self.path.exists() else {"attempts": []}
+        empty = not any((Path(root) / k).is_dir() and any((Path(root) / k).iterdir()) for k in CACHE_KINDS)
+        self.attempt = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "profile": profile, "from_empty": empty,
+                        "elapsed_s": 0.0, "finished": False, "notebooks_done": []}
+        self.clock["attempts"].append(self.attempt)
+        self.t0, self.every, self._stop = time.time(), every, threading.Event()
+        self.save()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+
+    def save(self):
+        from tinyfusion.io import save_json
+        self.attempt["elapsed_s"] = round(time.time() - self.t0, 1)
+        save_json(self.clock, self.path)
+
+    def _beat(self):
+        while not self._stop.wait(self.every):
+            self.save()
+
+    def done(self, notebook):
+        self.attempt["notebooks_done"].append(notebook)
+        self.save()
+
+    def stop(self, finished):
+        self._stop.set()
+        self._thread.join()
+        self.attempt["finished"] = bool(finished)
+        self.save()
+
+
+def from_empty_seconds(clock):
+    """Seconds of the last reproduction that started from an empty cache and finished, summed over its attempts
+    (a killed attempt counts up to its last heartbeat), and the attempts counted; (None, 0) when there is none."""
+    attempts = clock.get("attempts", [])
+    for end in range(len(attempts) - 1, -1, -1):
+        if not attempts[end].get("finished"):
+            continue
+        start = end
+        while start > 0 and not attempts[start].get("from_empty") and not attempts[start - 1].get("finished"):
+            start -= 1
+        if attempts[start].get("from_empty"):
+            return round(sum(a.get("elapsed_s", 0.0) for a in attempts[start:end + 1]), 1), end - start + 1
+    return None, 0
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
@@ -150,6 +210,23 @@ def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError):
     todo = notebooks(only)
     if not todo:
         raise SystemExit(f"no notebooks matched {only!r} in {NOTEBOOKS}")
+    clock = Clock(root, profile)
+    try:
+        _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError, root, out_dir, partial_dir,
+                       timings, timings_path, this_run, clock)
+    finally:
+        clock.stop(finished=only is None and len(this_run["notebooks"]) == len(todo)
+                   and not any(v.get("failed") for v in this_run["notebooks"].values()))
+    this_run["total_seconds"] = round(time.time() - total0, 1)
+    save_json(timings, timings_path)
+    print(f"[reproduce] all {len(todo)} notebooks done in {this_run['total_seconds'] / 60:.1f} min; "
+          f"results in {root}", flush=True)
+    return this_run["notebooks"]
+
+
+def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError, root, out_dir, partial_dir, timings,
+                   timings_path, this_run, clock):
+    from tinyfusion.io import save_json
     for nb in todo:
         out, partial = out_dir / nb.name, partial_dir / nb.name
         print(f"[reproduce] {nb.name} (profile={profile})", flush=True)
@@ -182,12 +259,8 @@ def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError):
         this_run["notebooks"][nb.name] = {"seconds": dt}
         timings["latest"] = {**timings.get("latest", {}), nb.name: dt}
         save_json(timings, timings_path)
+        clock.done(nb.name)
         print(f"[reproduce] {nb.name} done in {dt:.0f} s", flush=True)
-    this_run["total_seconds"] = round(time.time() - total0, 1)
-    save_json(timings, timings_path)
-    print(f"[reproduce] all {len(todo)} notebooks done in {this_run['total_seconds'] / 60:.1f} min; "
-          f"results in {root}", flush=True)
-    return this_run["notebooks"]
 
 
 def _numbers(text):
