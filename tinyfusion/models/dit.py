@@ -309,6 +309,10 @@ DiT_models = {
     "DiT-T28/7": DiT_T28_7,   # 28x28 input, width 64, 16 tokens of 49 values (too narrow; see above)
     "DiT-W28/4": DiT_W28_4,   # gpu profile teacher: width 256, 49 tokens
     "DiT-W28/2": DiT_W28_2,   # gpu profile, full resolution tokens: width 384, 196 tokens
+    # DiT-XL/2's input and layout (32x32x4 latents in 2x2 patches, 256 tokens, learned sigma) at toy width: the
+    # end-to-end test of the imagenet path (tests/test_imagenet_path.py) trains, prunes, samples and exports it on CPU
+    "DiT-Mini/2": partial(DiT, input_size=32, patch_size=2, in_channels=4, hidden_size=32, depth=4, num_heads=2,
+                          num_classes=10),
 }
 
 # SiT (Ma et al., 2024) is the DiT network trained with the flow objective (``tinyfusion.diffusion.flow``): the
