@@ -131,6 +131,13 @@ def test_paper_setting_end_to_end(files, monkeypatch):
         assert isinstance(m[k], float) and np.isfinite(m[k]), (k, m[k])
     assert m["n"] == 6 and m["n_ref"] == 8 and m["reference_stats"] == "computed"
     assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+    # ... and straight from a raw official-layout checkpoint (--model), sampled in-process first
+    m2 = evaluate.main(["--profile", "imagenet", "--checkpoint", str(f["teacher"]), "--model", MODEL, "--n", "4",
+                        "--batch", "2", "--sampler", "ddim", "--steps", "2", "--evaluator", str(f["inception"]),
+                        "--reference", str(f["reference"]), "--save-npz", str(f["root"] / "teacher.npz"),
+                        "--no-progress"])
+    assert m2["depth"] == 4 and m2["model"] == MODEL and m2["cfg_channels"] == 3 and np.isfinite(m2["fid"])
+    assert load_npz(f["root"] / "teacher.npz")["arr_0"].shape == (4, 64, 64, 3)
 
     # 6. export to a diffusers DiTPipeline folder that loads offline
     ex = export_cli.main(["--checkpoint", ft["model"], "--out", str(f["root"] / "pipeline"), "--vae", str(f["vae"])])

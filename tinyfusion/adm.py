@@ -184,6 +184,9 @@ def inception_score(logits_unbiased, split_size=IS_SPLIT):
 
 def _radii(feats, k=K_NEIGHBOURS, batch=10000):
     """Distance of each feature to its k-th nearest other feature (the self-distance 0 is the 0-th)."""
+    if len(feats) <= k:
+        raise ValueError(f"precision and recall use each set's {k}-th nearest neighbours: need more than {k} images "
+                         f"per set, got {len(feats)}")
     return torch.cat([torch.cdist(b.double(), feats.double()).kthvalue(k + 1, dim=1).values
                       for b in feats.split(batch)])
 
