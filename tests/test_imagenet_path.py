@@ -138,6 +138,13 @@ def test_paper_setting_end_to_end(files, monkeypatch):
                         "--no-progress"])
     assert m2["depth"] == 4 and m2["model"] == MODEL and m2["cfg_channels"] == 3 and np.isfinite(m2["fid"])
     assert load_npz(f["root"] / "teacher.npz")["arr_0"].shape == (4, 64, 64, 3)
+    # ... and as the notebooks' Study scores a checkpoint (sampling.score_config / score_samples)
+    from tinyfusion import sampling
+    sc = sampling.score_config("imagenet", checkpoint=f["teacher"], evaluator=f["inception"], reference=f["reference"])
+    assert sc["model"] == "DiT-XL/2" and sc["cfg_channels"] == 3 and sc["vae"] == f["vae"]  # the profile's model
+    assert (sc["sampler"], sc["steps"], sc["cfg_scale"], sc["n"]) == ("ddpm", 250, 1.5, 50000)
+    scores = sampling.score_samples(sc, f["root"] / "teacher.npz")
+    assert scores["fid"] == m2["fid"] and scores["class_accuracy"] is None
 
     # 6. export to a diffusers DiTPipeline folder that loads offline
     ex = export_cli.main(["--checkpoint", ft["model"], "--out", str(f["root"] / "pipeline"), "--vae", str(f["vae"])])

@@ -166,7 +166,8 @@ def score_samples(config, path):
     reference; with an ADM reference batch, ``adm.evaluate_npz``: Inception FID, sFID, IS, precision, recall)."""
     if config.get("reference"):
         from tinyfusion.adm import evaluate_npz as adm_evaluate_npz
-        return {**adm_evaluate_npz(path, config["reference"], config["evaluator"]), "samples": str(path)}
+        return {**adm_evaluate_npz(path, config["reference"], config["evaluator"], device=dist.device()),
+                "class_accuracy": None, "samples": str(path)}  # no class accuracy in the ADM suite
     from tinyfusion.metrics import evaluate_npz
     return {**evaluate_npz(path, seed=0, evaluator_path=config["evaluator"],
                            reference_limit=config["reference_limit"]), "samples": str(path)}

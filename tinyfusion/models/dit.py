@@ -367,7 +367,16 @@ def model_name_for(paths, name, default):
         if name not in DiT_models:
             raise ValueError(f"--model {name!r} is not a registered config; choose one of {', '.join(DiT_models)}")
         return name
-    return default if any(p and stored_config(p) is None for p in paths) else None
+    return default if any(p and _is_raw(p) for p in paths) else None
+
+
+def _is_raw(path):
+    """Whether ``path`` holds a raw state dict (an unreadable or missing file: not known to be one; loading it later
+    raises the error that names it)."""
+    try:
+        return stored_config(path) is None
+    except Exception:
+        return False
 
 
 def objective_of(path, name=None):
