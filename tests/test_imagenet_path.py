@@ -131,6 +131,10 @@ def test_paper_setting_end_to_end(files, monkeypatch):
         assert isinstance(m[k], float) and np.isfinite(m[k]), (k, m[k])
     assert m["n"] == 6 and m["n_ref"] == 8 and m["reference_stats"] == "computed"
     assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+    from tinyfusion import adm
+    feats = adm.features(z["arr_0"][:1], f["inception"])  # pool_3, the bias-free logits, 7 x 17 x 17 of mixed_6/conv
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {"pool": (1, 2048), "logits_unbiased": (1, 1008),
+                                                              "spatial": (1, 2023)}
     # ... and straight from a raw official-layout checkpoint (--model), sampled in-process first
     m2 = evaluate.main(["--profile", "imagenet", "--checkpoint", str(f["teacher"]), "--model", MODEL, "--n", "4",
                         "--batch", "2", "--sampler", "ddim", "--steps", "2", "--evaluator", str(f["inception"]),
