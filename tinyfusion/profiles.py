@@ -118,7 +118,7 @@ PROFILES = {
         evaluator="data/local/weights-inception-2015-12-05-6726825d.pth", vae="data/local/sd-vae-ft-ema",
         reference="data/local/VIRTUAL_imagenet256_labeled.npz", cfg_channels=3, pretrain_steps=0,
         calib_batches=32, calib_batch=256, random_candidates=100000,
-        prune_steps=5000, prune_batch=256, prune_lr=1e-4, prune_ema_decay=0.999,
+        prune_steps=10010, prune_batch=128, prune_lr=1e-4, prune_ema_decay=0.999,  # one epoch at the official batch
         lora_rank=8, finetune_steps=100_000, finetune_long=500_000, curve_points=(100_000, 500_000),
         ablation_finetune_steps=10_000, finetune_batch=256,
         eval_samples=50000, sampler="ddpm", sample_steps=250, cfg_scale=1.5, nproc=8, batch_eval=125,
