@@ -13,7 +13,8 @@ import pytest
 from tinyfusion.cli import common
 
 ROOT = Path(__file__).resolve().parent.parent
-ENTRY_POINTS = ("evaluate", "finetune", "pretrain", "prune_learn", "sample", "selftest", "train_evaluator")
+ENTRY_POINTS = ("evaluate", "export", "extract_features", "finetune", "pretrain", "prune_learn", "sample", "selftest",
+                "train_evaluator")
 
 
 @pytest.fixture

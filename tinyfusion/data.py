@@ -178,6 +178,47 @@ class LatentFolder(Dataset):
             x = x.squeeze(0)
         return x, torch.as_tensor(y).long().reshape(-1)[0]
 
+    def labels(self):
+        """Every label as an int64 tensor (N,) (read once: one small file per image)."""
+        if getattr(self, "_labels", None) is None:
+            self._labels = torch.tensor([int(np.load(self.labels_dir / n).reshape(-1)[0]) for n in self.files],
+                                        dtype=torch.long)
+        return self._labels
+
+    def tensors(self):
+        """(features, labels) for the training loop: the features as a :class:`LatentArray`, read on demand per batch
+        (ImageNet's 1.28M latents are 21 GB as float32), the labels as a tensor."""
+        return LatentArray(self), self.labels()
+
+
+class LatentArray:
+    """The features of a :class:`LatentFolder` indexed like a tensor: ``len``, ``shape``, ``arr[indices]`` (a tensor or
+    list of indices, an int or a slice) loads those files and stacks them. ``identity()`` (what resumable runs hash
+    instead of the bytes) is a digest of the file names and sizes."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        first = folder[0][0]
+        self.shape = (len(folder), *first.shape)
+        self.dtype = first.dtype
+
+    def __len__(self):
+        return len(self.folder)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            idx = range(*idx.indices(len(self)))
+        elif torch.is_tensor(idx) and idx.dim() == 0 or isinstance(idx, (int, np.integer)):
+            return self.folder[int(idx)][0]
+        return torch.stack([self.folder[int(i)][0] for i in (idx.tolist() if torch.is_tensor(idx) else idx)])
+
+    def identity(self):
+        import hashlib
+        h = hashlib.sha256(str(self.shape).encode())
+        for name in self.folder.files:
+            h.update(f"{name}:{(self.folder.features_dir / name).stat().st_size};".encode())
+        return h.hexdigest()[:16]
+
 
 def load_dataset(profile, split="train"):
     """The training set a profile names (Fashion-MNIST with the profile's limit, or ImageNet latents)."""

@@ -28,7 +28,11 @@ class Profile:
     # models
     model: str = "DiT-T28/4"               # registry name of the teacher's config
     teacher: str = "data/teacher_cpu.pt"
-    evaluator: str = "data/evaluator.pt"
+    evaluator: str = "data/evaluator.pt"   # imagenet: torch-fidelity's Inception weights file (the ADM suite)
+    # the paper's own setting (imagenet): images <-> latents through the SD-VAE, ADM-style metrics
+    vae: str = ""                          # SD-VAE folder or file ($TINYFUSION_VAE overrides); "": pixel-space models
+    reference: str = ""                    # ADM reference batch (.npz, arr_0 uint8 NHWC); "": the Fashion-MNIST test set
+    cfg_channels: int = 0                  # output channels CFG guides (0: all in_channels; official DiT/SiT: 3)
     # teacher pre-training (cli.pretrain)
     pretrain_steps: int = 12000             # the shipped cpu teacher: 25.6 epochs of 60k images
     pretrain_batch: int = 128
@@ -111,9 +115,10 @@ PROFILES = {
         notes="one or more GPUs, about an hour on one H100; a wider teacher trained by cli.pretrain"),
     "imagenet": Profile(
         name="imagenet", dataset="imagenet-latents", model="DiT-XL/2", teacher="data/local/DiT-XL-2-256x256.pt",
-        evaluator="data/local/adm_evaluator", pretrain_steps=0,
+        evaluator="data/local/weights-inception-2015-12-05-6726825d.pth", vae="data/local/sd-vae-ft-ema",
+        reference="data/local/VIRTUAL_imagenet256_labeled.npz", cfg_channels=3, pretrain_steps=0,
         calib_batches=32, calib_batch=256, random_candidates=100000,
-        prune_steps=5000, prune_batch=256, prune_lr=1e-4, prune_ema_decay=0.999,
+        prune_steps=10010, prune_batch=128, prune_lr=1e-4, prune_ema_decay=0.999,  # one epoch at the official batch
         lora_rank=8, finetune_steps=100_000, finetune_long=500_000, curve_points=(100_000, 500_000),
         ablation_finetune_steps=10_000, finetune_batch=256,
         eval_samples=50000, sampler="ddpm", sample_steps=250, cfg_scale=1.5, nproc=8, batch_eval=125,

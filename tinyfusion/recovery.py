@@ -298,7 +298,7 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
 def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_sigma=0.0, kept=None, groups="1:2",
                     parent_map=None, steps=0, batch_size=0, lr=0.0, min_lr=0.0, a_kd=0.9, a_diff=0.1,
                     beta=None, ema_decay=0.999, ema_warmup=10, grad_clip=1.0, seed=0, inject_nan_at=None,
-                    objective="", lr_steps=0, snapshots=()):
+                    objective="", lr_steps=0, snapshots=(), model=""):
     """The resolved settings of one recovery run: every value :func:`run_recovery` reads, profile defaults filled
     in (0 / None / "" mean "the profile's"), input files as ``Path`` (the cache hashes them), the layer map derived.
 
@@ -307,11 +307,14 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
     ``beta`` (L_Rep's weight, a float or its (start, end), either end None) to the profile's ``kd_beta``; ``objective`` to the one the
     student's checkpoint names (a name given here replaces it and enters the config). ``lr_steps``: the cosine's
     length (default: ``steps``); ``snapshots``: step counts below ``steps`` at which the EMA is also saved
-    (``ema_<step>.pt``, for recovery curves).
+    (``ema_<step>.pt``, for recovery curves). ``model``: the registered config (e.g. "DiT-XL/2") that builds a raw
+    state dict (the official DiT-XL-2-256x256.pt, TinyDiT-D14/D7) given as student or teacher, its depth read from its
+    keys (default: the profile's model; recorded only when a raw state dict is involved).
     """
     from pathlib import Path
 
     from tinyfusion.data import data_identity
+    from tinyfusion.models.dit import model_name_for
     from tinyfusion.io import load_checkpoint
     from tinyfusion.models.dit import depth_of_state_dict, state_dict_of
     from tinyfusion.diffusion import check_objective
@@ -356,6 +359,7 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
                              f"student's kept layer indices); {student} stores none")
         teacher_depth = depth_of_state_dict(state_dict_of(load_checkpoint(teacher_path, weights_only=True)))
         lmap = layer_map(kept, groups, teacher_depth, parent_map)
+    model = model_name_for((student, teacher_path), model, prof.model)
     return dict(profile=prof.name, data=data_identity(prof), student=student, teacher=teacher_path, mode=mode,
                 k_sigma=float(k_sigma) if k_sigma else None, kept=None if kept is None else [int(k) for k in kept],
                 layer_map=lmap, steps=steps, batch_size=batch_size, lr=lr, min_lr=float(min_lr or lr / 2),
@@ -365,7 +369,8 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
                 **({"lr_steps": lr_steps} if lr_steps != steps else {}),
                 **({"losses": KD_LOSSES} if mode in TEACHER_MODES else {}),
                 **({"snapshots": [v for v in snapshots if v < steps]} if snapshots else {}),
-                **({"objective": check_objective(objective)} if objective else {}))
+                **({"objective": check_objective(objective)} if objective else {}),
+                **({"model": model} if model else {}))
 
 
 def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_skipped=None, progress=True):
@@ -387,8 +392,8 @@ def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_
             save_checkpoint({"ema": ema.state_dict(), "config": ema.config, "kept": c["kept"], "step": done},
                             snaps[done])
 
-    student = load_dit(c["student"], objective=c.get("objective"))
-    teacher = load_dit(c["teacher"], objective=c.get("objective")) if c["teacher"] else None
+    student = load_dit(c["student"], name=c.get("model"), objective=c.get("objective"))
+    teacher = load_dit(c["teacher"], name=c.get("model"), objective=c.get("objective")) if c["teacher"] else None
     images, labels = load_data(c["data"]).tensors()
     dist.print0(f"recovery {c['mode']}: student {student.depth} layers from {c['student']}"
                 + (f", teacher {teacher.depth} layers, layer_map {c['layer_map']}" if teacher is not None else "")

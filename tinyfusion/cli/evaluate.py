@@ -11,6 +11,14 @@ and scored against the Fashion-MNIST test set. Unset sampling flags take the pro
 ``--save-npz`` keeps the drawn samples. Progress bars go to stderr, the JSON to stdout (rank 0).
 Under torchrun put ``--`` before the flags (torchrun's parser would take ``--n`` for one of its own).
 In-process: ``tinyfusion.metrics.evaluate_samples`` / ``evaluate_npz``.
+
+With the imagenet profile (or ``--reference``) the samples are scored as the paper scores them, by the ADM evaluator's
+statistics (``tinyfusion.adm``: FID, sFID, IS, precision, recall) through torch-fidelity's TF-compatible Inception
+(``--evaluator``: its weights file) against the ADM reference batch (``--reference``), both local files:
+
+    python -m tinyfusion.cli.evaluate --profile imagenet --npz samples.npz
+    torchrun --standalone --nproc_per_node=8 -m tinyfusion.cli.evaluate -- --profile imagenet \
+        --checkpoint model.pt --model DiT-XL/2 --n 50000 --save-npz samples.npz
 """
 from __future__ import annotations
 
@@ -23,7 +31,8 @@ from tinyfusion.profiles import PROFILES
 
 SAMPLERS = ("ddim", "ddpm", "euler", "heun", "sde")  # the objectives' SAMPLERS (a test checks), without torch
 DEFAULTS = dict(profile="cpu", npz="", checkpoint="", n=None, sampler="", steps=None, cfg_scale=None, seed=0,
-                batch=None, evaluator="", reference_limit=None, kid_subset_size=None, save_npz="", objective="", progress=True)
+                batch=None, evaluator="", reference_limit=None, kid_subset_size=None, save_npz="", objective="", progress=True,
+                model="", vae="", reference="")
 TYPES = dict(n=int, steps=int, cfg_scale=float, batch=int, reference_limit=int, kid_subset_size=int)
 CHOICES = dict(profile=tuple(PROFILES), sampler=SAMPLERS, objective=("ddpm", "flow"))
 HELP = dict(profile="profile whose evaluator, sampling settings and reference set are used",
@@ -41,7 +50,13 @@ HELP = dict(profile="profile whose evaluator, sampling settings and reference se
             evaluator="evaluator checkpoint (default: the profile's, data/evaluator.pt)",
             reference_limit="real test images used as reference (default: the profile's eval_limit, else all 10k)",
             kid_subset_size="KID subset size (default: min(1000, n, n_ref))",
-            save_npz="also write the drawn samples to this .npz (default: not kept)")
+            save_npz="also write the drawn samples to this .npz (default: not kept; ADM scoring: "
+                     "<profile results>/samples/<checkpoint name>-<key>.npz)",
+            model="registered config that builds a raw state dict (--model DiT-XL/2 for the official "
+                  "DiT-XL-2-256x256.pt, TinyDiT-D14/D7; depth read from its keys; default: the profile's model)",
+            vae="SD-VAE folder or file for latent models (default: $TINYFUSION_VAE, else the profile's)",
+            reference="ADM reference batch .npz: score with the ADM statistics and Inception (default: the "
+                      "profile's; imagenet: data/local/VIRTUAL_imagenet256_labeled.npz)")
 
 
 def run(**cfg):
@@ -53,6 +68,8 @@ def run(**cfg):
     prof = get_profile(cfg["profile"])
     if bool(cfg["npz"]) == bool(cfg["checkpoint"]):
         raise ValueError("give exactly one of --npz (samples to score) or --checkpoint (a DiT to sample from)")
+    if cfg["reference"] or prof.reference:
+        return run_adm(prof, cfg)
     if prof.dataset != "fashion-mnist":
         raise ValueError(f"profile {prof.name!r} uses {prof.dataset}: its samples are scored with the official ADM "
                          f"evaluator suite on 50K samples, not with this Fashion-MNIST evaluator")
@@ -73,7 +90,7 @@ def run(**cfg):
         from tinyfusion.models import load_dit
         from tinyfusion.sampling import sample_to_npz, sampling_defaults
         n = validate.given_count("n", cfg["n"]) or prof.eval_samples
-        model = load_dit(cfg["checkpoint"], name=prof.model, objective=cfg["objective"] or None)
+        model = load_dit(cfg["checkpoint"], name=cfg["model"] or prof.model, objective=cfg["objective"] or None)
         model = model.to(dist.device()).eval()
         default_sampler, default_steps = sampling_defaults(prof, objective_for(model))
         sampler, steps, cfg_scale = validate.sampling(
@@ -99,6 +116,41 @@ def run(**cfg):
                   wall_s=round(time.time() - t0, 2))
     print(json.dumps(result))
     sys.stdout.flush()
+    dist.barrier()
+    return result
+
+
+def run_adm(prof, cfg):
+    """Score with the ADM statistics (``tinyfusion.adm``): the ``--npz`` given, or ``--n`` samples of ``--checkpoint``
+    drawn as ``tinyfusion.cli.sample`` draws them (every rank its share; VAE-decoded; ADM layout)."""
+    from pathlib import Path
+
+    from tinyfusion import adm, dist, validate
+    from tinyfusion.io import config_key
+    from tinyfusion.sampling import sample_checkpoint, score_config
+
+    evaluator = adm.inception_path(prof.path(cfg["evaluator"] or prof.evaluator))
+    reference = adm.reference_path(prof.path(cfg["reference"] or prof.reference))
+    result, t0 = dict(profile=prof.name, evaluator=str(evaluator), reference=str(reference)), time.time()
+    npz = cfg["npz"]
+    if cfg["checkpoint"]:
+        config = score_config(prof, checkpoint=cfg["checkpoint"], n=validate.given_count("n", cfg["n"]),
+                              sampler=cfg["sampler"], steps=validate.given_count("steps", cfg["steps"]),
+                              cfg_scale=cfg["cfg_scale"], seed=cfg["seed"],
+                              batch=validate.given_count("batch", cfg["batch"]), evaluator=evaluator,
+                              model=cfg["model"], vae=cfg["vae"] or None, reference=reference)
+        if cfg["objective"]:
+            config["objective"] = cfg["objective"]
+        npz = cfg["save_npz"] or prof.results / "samples" / f"{Path(cfg['checkpoint']).stem}-{config_key(config)}.npz"
+        result.update(sample_checkpoint(config, npz, progress=cfg["progress"]),
+                      **{k: str(v) if isinstance(v, Path) else v for k, v in config.items()})
+    result["npz"] = str(npz)
+    if dist.is_main():
+        t1 = time.time()
+        result.update(adm.evaluate_npz(npz, reference, evaluator, device=dist.device()),
+                      eval_wall_s=round(time.time() - t1, 2), wall_s=round(time.time() - t0, 2))
+        print(json.dumps(result))
+        sys.stdout.flush()
     dist.barrier()
     return result
 

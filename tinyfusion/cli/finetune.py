@@ -5,7 +5,8 @@
         --kept '[1, 3, 4, ...]' --groups 1:2
 
 ``--student``: a pruned checkpoint ``{"ema": state_dict, "config": config}`` (as the pruning entry points
-write; a ``kept`` entry in it is used when ``--kept`` is not given). ``--teacher`` (default: the profile's
+write; a ``kept`` entry in it is used when ``--kept`` is not given), or a raw official state dict (TinyDiT-D14)
+with ``--model DiT-XL/2``. ``--teacher`` (default: the profile's
 teacher) is needed by the KD modes; RepKD modes also need ``--kept`` and ``--groups`` (and ``--parent-map``
 when the student was pruned from an already pruned model but is distilled from the original).
 
@@ -29,7 +30,7 @@ DEFAULTS = dict(profile="cpu", student="", teacher="", mode="finetune", k_sigma=
                 parent_map=None, steps=None, batch_size=None, lr=None, min_lr=None, a_kd=0.9, a_diff=0.1, beta0=None,
                 beta1=None, ema_decay=0.999, ema_warmup=10, grad_clip=1.0, seed=0, out="", ckpt_every=100,
                 log_every=1, stop_after=0, max_skipped=-1, recompute=False, progress=True, inject_nan_at=None,
-                objective="", lr_steps=0, snapshots=None)
+                objective="", lr_steps=0, snapshots=None, model="")
 TYPES = dict(steps=int, batch_size=int, lr=float, min_lr=float, beta0=float, beta1=float)
 CHOICES = dict(profile=tuple(PROFILES), mode=MODES, objective=("ddpm", "flow"))
 HELP = dict(profile="profile whose budgets and teacher are used (tinyfusion/profiles.py)",
@@ -62,6 +63,9 @@ HELP = dict(profile="profile whose budgets and teacher are used (tinyfusion/prof
             objective="training objective, ddpm or flow (default: the one the student's checkpoint names)",
             lr_steps="length of the cosine schedule (default: steps; recovery curves share their longest run's)",
             snapshots="JSON list of step counts at which the EMA is also saved (ema_<step>.pt; recovery curves)",
+            model="registered config that builds a raw state dict given as --student or --teacher (the official "
+                  "DiT-XL-2-256x256.pt, TinyDiT-D14/D7: --model DiT-XL/2; depth read from its keys; default: the "
+                  "profile's model; our checkpoints carry their config)",
             inject_nan_at="JSON list of steps whose loss is replaced by NaN (tests of the skip guard)")
 
 
@@ -80,7 +84,7 @@ def run(**cfg):
                              beta=(cfg["beta0"], cfg["beta1"]), ema_decay=cfg["ema_decay"],
                              ema_warmup=cfg["ema_warmup"], grad_clip=cfg["grad_clip"], seed=cfg["seed"],
                              inject_nan_at=cfg["inject_nan_at"], objective=cfg["objective"],
-                             lr_steps=cfg["lr_steps"], snapshots=cfg["snapshots"] or ())
+                             lr_steps=cfg["lr_steps"], snapshots=cfg["snapshots"] or (), model=cfg["model"])
     prof = get_profile(cfg["profile"])
     out = Path(cfg["out"]) if cfg["out"] else cache.folder(prof.results, "finetune", cfg["mode"], config)
     reused = not cfg["recompute"] and cache.done(out, config)

@@ -21,7 +21,8 @@ from tinyfusion.profiles import PROFILES
 UPDATES = ("lora", "full", "frozen")  # tinyfusion.pruning.learnable.UPDATES (a test checks), without importing torch
 DEFAULTS = dict(profile="cpu", teacher="", groups="1:2", update="lora", steps=None, batch_size=None, lr=None, seed=0,
                 out="", stop_after=0, log_every=0, ckpt_every=50, logit_lr_mult=10.0, tau_start=4.0, tau_end=0.1,
-                lora_rank=None, lora_alpha=16.0, ema_decay=0.0, grad_clip=1.0, objective="", recompute=False)
+                lora_rank=None, lora_alpha=16.0, ema_decay=0.0, grad_clip=1.0, objective="", recompute=False,
+                model="")
 TYPES = dict(steps=int, batch_size=int, lr=float, lora_rank=int)
 CHOICES = dict(profile=tuple(PROFILES), update=UPDATES, objective=("ddpm", "flow"))
 HELP = dict(profile="profile whose budgets and teacher are used (tinyfusion/profiles.py)",
@@ -41,6 +42,8 @@ HELP = dict(profile="profile whose budgets and teacher are used (tinyfusion/prof
             lora_rank="LoRA rank (default: the profile's, about the paper's 0.9% of the parameters trained)",
             ema_decay="EMA decay of the gate logits (default: the profile's prune_ema_decay; the paper: 0.999)",
             objective="training objective, ddpm or flow (default: the one the teacher's checkpoint names)",
+            model="registered config that builds a raw state dict given as --teacher (the official "
+                  "DiT-XL-2-256x256.pt: DiT-XL/2; depth read from its keys; default: the profile's model)",
             stop_after="stop after this many steps (and save state.pt) to test resuming",
             out="output folder (default results/<profile>/prune_learn/<groups>_<update>_s<seed>-<key>)")
 
@@ -57,7 +60,8 @@ def run(**cfg):
                               lr=validate.given_rate("lr", cfg["lr"]), seed=cfg["seed"],
                               logit_lr_mult=cfg["logit_lr_mult"], tau=(cfg["tau_start"], cfg["tau_end"]),
                               lora_rank=cfg["lora_rank"], lora_alpha=cfg["lora_alpha"], ema_decay=cfg["ema_decay"],
-                              grad_clip=cfg["grad_clip"], objective=cfg["objective"])
+                              grad_clip=cfg["grad_clip"], objective=cfg["objective"],
+                              model=cfg["model"])
     label = f"{str(config['groups']).replace(':', 'of')}_{config['update']}_s{config['seed']}"
     out = Path(cfg["out"]) if cfg["out"] else cache.folder(get_profile(cfg["profile"]).results, "prune_learn",
                                                           label, config)

@@ -89,8 +89,9 @@ class FlowMatching:
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample(self, model, labels, sampler="heun", steps=13, cfg_scale=1.5, generator=None, progress=False,
-               **model_kwargs):
-        """Class-conditional samples in [-1, 1] for ``labels``: ``steps`` steps of ``sampler`` from t=0 to 1."""
+               clip=True, **model_kwargs):
+        """Class-conditional samples in [-1, 1] for ``labels``: ``steps`` steps of ``sampler`` from t=0 to 1
+        (``clip=False``: not clamped, for latent-space models such as the official SiT-XL/2)."""
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)} for the flow objective, got {sampler!r}")
         steps = int(steps)
@@ -100,7 +101,8 @@ class FlowMatching:
         with eval_mode(model):
             x = self.integrate(lambda x, t: self.velocity(model, x, t, y, cfg_scale, **model_kwargs), z,
                                sampler, steps, generator=generator, progress=progress)
-        return conditional_half(x, cfg_scale).clamp(-1, 1)
+        x = conditional_half(x, cfg_scale)
+        return x.clamp(-1, 1) if clip else x
 
     def velocity(self, model, x, t, y, cfg_scale=None, **model_kwargs):
         """The network's (guided) velocity at ``x`` and the scalar time ``t``."""

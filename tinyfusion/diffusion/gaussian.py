@@ -215,10 +215,13 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def sample(self, model, labels, sampler="ddim", steps=25, cfg_scale=1.5, generator=None, progress=False,
-               **model_kwargs):
+               clip=True, **model_kwargs):
         """Class-conditional samples in [-1, 1] for ``labels`` (a LongTensor), ``steps`` respaced steps.
 
         With ``cfg_scale > 1`` the batch is doubled with the null label and guided as in the official code.
+        ``clip``: clamp the predicted x0 to [-1, 1] at each step (pixel-space models); latent-space models (the
+        official DiT-XL/2 on SD-VAE latents) sample with ``clip=False``, as the official sample.py
+        (``clip_denoised=False``).
         """
         if sampler not in self.SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(self.SAMPLERS)} for the ddpm objective, got {sampler!r}")
@@ -228,7 +231,8 @@ class GaussianDiffusion:
         loop = diffusion.ddim_sample_loop if sampler == "ddim" else diffusion.p_sample_loop
         with eval_mode(model):
             x = loop(model, z.shape, dict(model_kwargs, y=labels), noise=z,
-                     cfg_scale=cfg_scale if guided(cfg_scale) else None, progress=progress, generator=generator)
+                     cfg_scale=cfg_scale if guided(cfg_scale) else None, progress=progress, generator=generator,
+                     clip_denoised=clip)
         return conditional_half(x, cfg_scale)
 
     @torch.no_grad()

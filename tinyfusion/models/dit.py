@@ -153,6 +153,9 @@ class DiT(nn.Module):
         self.patch_size = patch_size
         self.num_heads = num_heads
         self.num_classes = num_classes
+        # output channels classifier-free guidance acts on (None: all ``in_channels``); not part of ``config``, so the
+        # state-dict layout and checkpoints are unchanged. The imagenet profile sets OFFICIAL_CFG_CHANNELS (3).
+        self.cfg_channels = None
 
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size, bias=True)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -231,19 +234,29 @@ class DiT(nn.Module):
         out = self.unpatchify(self.final_layer(h, c))
         return (out, hidden) if return_hidden else out
 
-    def forward_with_cfg(self, x, t, y, cfg_scale, **kwargs):
+    def forward_with_cfg(self, x, t, y, cfg_scale, cfg_channels=None, **kwargs):
         """Classifier-free guidance: the first half of the batch is conditional, the second uses the null label.
 
-        As in the official code, guidance is applied to the first ``in_channels`` output channels only.
+        Guidance acts on the first ``cfg_channels`` output channels (default: ``self.cfg_channels``, else all
+        ``in_channels``); the other channels of each half keep their own (conditional or unconditional) values.
+        The official DiT ``forward_with_cfg`` guides only the first **3** of the 4 noise channels ("for exact
+        reproducibility" of the published FIDs): the imagenet profile sets ``cfg_channels = OFFICIAL_CFG_CHANNELS``
+        to reproduce it; our own Fashion-MNIST models guide all of their ``in_channels``.
         """
+        n = int(cfg_channels or self.cfg_channels or self.in_channels)
+        if not 1 <= n <= self.in_channels:
+            raise ValueError(f"cfg_channels={n}: guidance acts on 1..{self.in_channels} of the noise channels")
         half = x[: len(x) // 2]
         combined = torch.cat([half, half], dim=0)
         model_out = self.forward(combined, t, y, **kwargs)
-        eps, rest = model_out[:, : self.in_channels], model_out[:, self.in_channels:]
+        eps, rest = model_out[:, :n], model_out[:, n:]
         cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
         half_eps = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
         eps = torch.cat([half_eps, half_eps], dim=0)
         return torch.cat([eps, rest], dim=1)
+
+
+OFFICIAL_CFG_CHANNELS = 3  # facebookresearch/DiT models.py forward_with_cfg: ``model_out[:, :3]``
 
 
 def get_2d_sincos_pos_embed(embed_dim, grid_size):
@@ -296,6 +309,10 @@ DiT_models = {
     "DiT-T28/7": DiT_T28_7,   # 28x28 input, width 64, 16 tokens of 49 values (too narrow; see above)
     "DiT-W28/4": DiT_W28_4,   # gpu profile teacher: width 256, 49 tokens
     "DiT-W28/2": DiT_W28_2,   # gpu profile, full resolution tokens: width 384, 196 tokens
+    # DiT-XL/2's input and layout (32x32x4 latents in 2x2 patches, 256 tokens, learned sigma) at toy width: the
+    # end-to-end test of the imagenet path (tests/test_imagenet_path.py) trains, prunes, samples and exports it on CPU
+    "DiT-Mini/2": partial(DiT, input_size=32, patch_size=2, in_channels=4, hidden_size=32, depth=4, num_heads=2,
+                          num_classes=10),
 }
 
 # SiT (Ma et al., 2024) is the DiT network trained with the flow objective (``tinyfusion.diffusion.flow``): the
@@ -330,6 +347,36 @@ def state_dict_of(ckpt):
     if isinstance(ckpt, dict) and ("ema" in ckpt or "model" in ckpt):
         return ckpt.get("ema") or ckpt["model"]
     return ckpt
+
+
+def stored_config(path):
+    """The config a checkpoint of ours stores, or None for a raw state dict (the official DiT/SiT/TinyDiT files),
+    which needs a registered name (``--model DiT-XL/2``) to be built; its depth is read from its keys."""
+    from tinyfusion.io import load_checkpoint
+    ckpt = load_checkpoint(path, weights_only=True)
+    if isinstance(ckpt, dict) and state_dict_of(ckpt) is not ckpt and isinstance(ckpt.get("config"), dict):
+        return ckpt["config"]
+    return None
+
+
+def model_name_for(paths, name, default):
+    """The registry name to record for loading ``paths``: ``name`` when given, else ``default`` (the profile's model)
+    when one of them is a raw state dict, else None (our checkpoints carry their config; a config key is added only
+    where it is needed, so the cache keys of runs on our own checkpoints stay as they were)."""
+    if name:
+        if name not in DiT_models:
+            raise ValueError(f"--model {name!r} is not a registered config; choose one of {', '.join(DiT_models)}")
+        return name
+    return default if any(p and _is_raw(p) for p in paths) else None
+
+
+def _is_raw(path):
+    """Whether ``path`` holds a raw state dict (an unreadable or missing file: not known to be one; loading it later
+    raises the error that names it)."""
+    try:
+        return stored_config(path) is None
+    except Exception:
+        return False
 
 
 def objective_of(path, name=None):
@@ -370,7 +417,9 @@ def load_dit(path_or_state, name=None, config=None, strict=True, objective=None)
     elif name is not None:
         model = build_model(name, depth=depth, **override)
     else:
-        raise ValueError(f"{label}: no config stored in the checkpoint; pass name= (one of {', '.join(DiT_models)})")
+        raise ValueError(f"{label} is a raw state dict with no config stored; name its registered config (--model "
+                         f"DiT-XL/2 on the command line, name= in Python; one of {', '.join(DiT_models)}): the "
+                         f"depth is read from its keys")
     own = model.state_dict()
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in state.items() if k in own and own[k].shape != v.shape]

@@ -198,15 +198,17 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
 # --------------------------------------------------------------------------- one learnable-pruning run
 def learnable_config(profile=None, *, source=None, groups="1:2", update="lora", steps=0, batch_size=0, lr=0.0,
                      seed=0, logit_lr_mult=10.0, tau=(4.0, 0.1), lora_rank=None, lora_alpha=16.0, ema_decay=0.0,
-                     grad_clip=1.0, objective=""):
+                     grad_clip=1.0, objective="", model=""):
     """The resolved settings of one learnable-pruning run (what :func:`run_learnable` reads): profile defaults
     filled in for 0 / None (``source``: the profile's teacher; ``ema_decay``: the profile's gate-EMA decay;
     ``lora_rank``: the profile's, chosen so LoRA trains about the paper's 0.9%; ``objective``: the one the teacher's
-    checkpoint names; a name given here replaces it and enters the config)."""
+    checkpoint names; a name given here replaces it and enters the config; ``model``: the registered config that
+    builds a raw state dict such as the official DiT-XL-2-256x256.pt, default the profile's)."""
     from pathlib import Path
 
     from tinyfusion.data import data_identity
     from tinyfusion.diffusion import check_objective
+    from tinyfusion.models.dit import DiT_models
     from tinyfusion.profiles import get_profile
 
     from tinyfusion import validate
@@ -220,7 +222,9 @@ def learnable_config(profile=None, *, source=None, groups="1:2", update="lora", 
     if not source.exists():
         raise FileNotFoundError(f"teacher checkpoint {source} does not exist; train it first "
                                 f"(python -m tinyfusion.cli.pretrain --profile {prof.name}) or pass --teacher")
-    return dict(profile=prof.name, data=data_identity(prof), source=source, model=prof.model, groups=groups,
+    if model and model not in DiT_models:
+        raise ValueError(f"--model {model!r} is not a registered config; choose one of {', '.join(DiT_models)}")
+    return dict(profile=prof.name, data=data_identity(prof), source=source, model=model or prof.model, groups=groups,
                 update=update,
                 steps=check_budget("steps", steps or prof.prune_steps),
                 batch_size=check_budget("batch_size", batch_size or prof.prune_batch),
