@@ -258,7 +258,8 @@ class Study:
             path = folder / "samples.npz"
             if self.prof.nproc > 1:
                 from tinyfusion.launch import launch
-                keys = ("checkpoint", "n", "sampler", "steps", "cfg_scale", "seed", "batch")
+                keys = ("profile", "checkpoint", "n", "sampler", "steps", "cfg_scale", "seed", "batch")  # the profile
+                # brings the imagenet setting: VAE decode, the official 3-channel guidance, the ADM .npz layout
                 launch("tinyfusion.cli.sample", nproc=self.prof.nproc,
                        **cache.jsonable({k: config[k] for k in keys}), out=str(path))
             else:
