@@ -662,3 +662,10 @@ def test_table4_evidence_pools_each_distinct_model_once(tmp_path, monkeypatch):
     assert ev["df"] == 3 and ev["sd"] == pytest.approx(math.sqrt((0.02 + 0.08) / 3))  # 1:2 frozen not counted again
     assert ev["fid"][("1:2", "frozen")] == [1.0, 1.2] and ev["fid"]["random 1:2"] == [3.0, 3.0]
     assert ev["model"][("1:2", "frozen")] == ev["model"][("1:2", "lora")] != ev["model"][("2:4", "lora")]
+
+
+def test_the_imagenet_profile_has_a_nan_floor_with_the_reason(tmp_path, monkeypatch):
+    from tinyfusion.study import Study
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path))
+    floor = Study("imagenet").fid_floor(n=100)
+    assert math.isnan(floor["fid"]) and "imagenet-latents" in floor["note"]

@@ -265,7 +265,8 @@ class Study:
             else:
                 sampling.sample_checkpoint(config, path)
             return sampling.score_samples(config, path)
-        return self.cached("scores", name if not seed else f"{name}_sampling{seed}", config, compute)
+        result = self.cached("scores", name if not seed else f"{name}_sampling{seed}", config, compute)
+        return {k: float("nan") if v is None else v for k, v in result.items()}  # ADM scores: no class accuracy
 
     SAMPLING_SEEDS = (0, 1, 2, 3)
 
@@ -279,8 +280,14 @@ class Study:
     def fid_floor(self, n=None):
         """Real-vs-real metrics at the profile's resolution: the floor every FID sits above. ``n``: None gives
         ``metrics.fid_floor`` on ``min(5000, n_test // 2)`` images a side; a number gives ``n`` real test images
-        against the rest of the test set, as a model's ``n`` samples are scored against the whole set."""
+        against the rest of the test set, as a model's ``n`` samples are scored against the whole set. On a profile
+        without the Fashion-MNIST test set (imagenet: the ADM reference batch holds statistics, not a second real
+        sample) every number is NaN and ``note`` says why."""
         from tinyfusion.metrics import fid_floor
+        if self.prof.dataset != "fashion-mnist":
+            return {k: float("nan") for k in ("fid", "sfid", "is", "precision", "recall", "kid", "class_accuracy")} | {
+                "note": f"no real-vs-real floor on the {self.prof.dataset} profile: the reference batch is not a second "
+                        f"real sample"}
         half = min(5000, (self.prof.eval_limit or 10000) // 2)
         evaluator = self.prof.path(self.prof.evaluator)
         if n is None:
