@@ -34,7 +34,9 @@ def test_torch_pin_is_the_installed_one():
 
 def _make(*args):
     """``make -o setup ARGS``: the target without building .venv."""
-    return subprocess.run(["make", "-o", "setup", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under `make test`
+    return subprocess.run(["make", "--no-print-directory", "-o", "setup", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env=env)
 
 
 def test_make_lab_works_for_root_and_takes_lab_args_and_make_notebook_runs_one():
