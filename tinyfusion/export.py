@@ -104,7 +104,8 @@ def to_transformer(dit):
 def load_transformer(folder):
     """``DiTTransformer2DModel.from_pretrained(folder)`` (local only) with DiT's timestep spacing."""
     from diffusers import DiTTransformer2DModel
-    return match_dit_timesteps(DiTTransformer2DModel.from_pretrained(str(folder), local_files_only=True).eval())
+    model = DiTTransformer2DModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)  # no pickle
+    return match_dit_timesteps(model.eval())
 
 
 def scheduler_for(dit):

@@ -5,7 +5,8 @@ an image in [-1, 1] is encoded to ``latent_dist.sample() * 0.18215`` and a laten
 (``LATENT_SCALE``, as the official ``extract_features.py`` / ``sample.py``). Nothing is downloaded at run time: the VAE
 is read from ``--vae`` or ``$TINYFUSION_VAE`` (or the profile's default, ``data/local/sd-vae-ft-ema``), either
 
-* a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors`` or ``.bin``), as the Hugging Face hub
+* a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``; a folder with only the pickled ``.bin``
+  is refused, the hub holds both), as the Hugging Face hub
   repository ``stabilityai/sd-vae-ft-ema`` holds it (``huggingface-cli download stabilityai/sd-vae-ft-ema
   --local-dir data/local/sd-vae-ft-ema`` on a machine with internet), or
 * a single weights file (``.safetensors``, ``.pt``, ``.ckpt``, ``.bin``) in the diffusers layout or the original
@@ -76,7 +77,7 @@ def load_vae(path=None, default=None, device="cpu"):
         if not (path / "config.json").is_file():
             raise VAENotFoundError(f"{path} is a folder without config.json: not a diffusers AutoencoderKL folder; "
                                    + HOW_TO_GET)
-        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True)  # never a pickle
     else:
         beside = path.parent / "config.json"
         config = json.loads(beside.read_text()) if beside.is_file() else dict(SD_VAE_CONFIG)
