@@ -48,9 +48,16 @@ class Verdict:
 
 
 
-def _named(rule):
-    """Stamp the rule's function name (and, for the one-seed rules, their ``noise`` argument as the yardstick) on the
-    Verdict it returns, so every verdict JSON says which rule decided and against what noise."""
+SEED_SPREAD = {"measured_from": "each side's own sd over its fine-tune seeds (compare: a gap beyond the sum of the two "
+                                "sds, each at least 1% of its mean)"}
+
+
+def _named(rule=None, *, yardstick=None):
+    """Stamp the rule's function name on the Verdict it returns, and a yardstick when the rule sets none: the given
+    ``yardstick``, or for the one-seed rules their ``noise`` argument; so every verdict JSON says which rule decided
+    and against what noise. Use as ``@_named`` or ``@_named(yardstick=SEED_SPREAD)``."""
+    if rule is None:
+        return lambda r: _named(r, yardstick=yardstick)
     import functools
     import inspect
     from dataclasses import replace
@@ -59,21 +66,15 @@ def _named(rule):
     @functools.wraps(rule)
     def wrapper(*args, **kwargs):
         v = rule(*args, **kwargs)
-        yard = v.yardstick
+        yard = v.yardstick or yardstick or {}
         if not yard:
             bound = sig.bind(*args, **kwargs).arguments
             if "noise" in bound:
                 yard = {"seed_sd": float(bound["noise"]), "k": 2.0, "measured_from": (
                     "median over the Table 3 methods of the FID sd over fine-tune seeds (Study.seed_noise); a "
                     "one-seed difference counts beyond 2 x seed_sd")}
-            elif rule.__name__ in _SEED_SPREAD_RULES:
-                yard = {"measured_from": "each side's own sd over its fine-tune seeds (compare: a gap beyond the sum "
-                                         "of the two sds, each at least 1% of its mean)"}
         return replace(v, rule=v.rule or rule.__name__, yardstick=yard)
     return wrapper
-
-
-_SEED_SPREAD_RULES = ("claim1_calibration_loss", "claim2_learnable_vs_baselines", "claim6_masked_kd", "claim9_sit")
 
 # ---------------------------------------------------------------------- yardsticks
 def compare(a, b, lower_is_better=True):
@@ -134,7 +135,7 @@ def _mean_std(values):
 
 
 # ---------------------------------------------------------------------- the claims
-@_named
+@_named(yardstick=SEED_SPREAD)
 def claim1_calibration_loss(fid: Mapping[str, Sequence[float]], rho: float, pval: float) -> Verdict:
     """Claim 1: the lowest calibration loss does not give the best model after fine-tuning.
 
@@ -161,7 +162,7 @@ def claim1_calibration_loss(fid: Mapping[str, Sequence[float]], rho: float, pval
     return Verdict(status, evidence, {"best_other": best, "compare": c})
 
 
-@_named
+@_named(yardstick=SEED_SPREAD)
 def claim2_learnable_vs_baselines(fid: Mapping[str, Sequence[float]], baselines: Sequence[str]) -> Verdict:
     """Claim 2: learnable pruning beats every metric-based and hand-made baseline after the same fine-tuning.
 
@@ -242,7 +243,7 @@ def claim5_massive_activations(max_abs_over_std: Sequence[float], share_beyond_1
     return Verdict(status, evidence, {"ratio": ratio})
 
 
-@_named
+@_named(yardstick=SEED_SPREAD)
 def claim6_masked_kd(fid: Mapping[str, Sequence[float]], repkd_fid: float, repkd_skipped_steps: int,
                      repkd_initial_loss=None) -> Verdict:
     """Claim 6: Masked KD beats logits KD, which beats plain fine-tuning; unmasked RepKD diverges.
@@ -316,7 +317,7 @@ def claim8_iterative_pruning(fid: Mapping[tuple, float], noise: float) -> Verdic
     return Verdict(status, evidence, {"wins": wins})
 
 
-@_named
+@_named(yardstick=SEED_SPREAD)
 def claim9_sit(fid: Mapping[str, Sequence[float]], baselines: Sequence[str], teacher: Verdict,
                masked_kd: Sequence[float], teacher_fid: float) -> Verdict:
     """Claim 9: learnable pruning carries over to SiT (the flow objective; paper Table 2, TinySiT-D14 3.02 vs 2.06).
