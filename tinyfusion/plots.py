@@ -238,8 +238,9 @@ def speedup(rows, title, fontsize=11):
 
 
 def recovery_curves(curves, marks=None, highlight="learnable"):
-    """FID against fine-tuning steps (log x), one line per method at the mean over its distinct runs with a band of
-    ± one sd, and beside it each method's FID minus ``highlight``'s at the same step (below 0: better than it).
+    """FID against fine-tuning steps (log-log), one line per method at the mean over its distinct runs with a band of
+    ± one sd, and beside it each method's FID relative to ``highlight``'s at the same step, in percent (below 0:
+    better than it; relative, so that the small late gaps stay as visible as the large early ones).
 
     ``curves``: rows with method, kept, seed, steps, fid (``Study.recovery_curves``); identical models (same kept
     and seed) count once. ``marks``: {label: steps} drawn as vertical lines (the paper's 100K and 500K points).
@@ -262,10 +263,14 @@ def recovery_curves(curves, marks=None, highlight="learnable"):
             continue
         a = agg[agg.method == m].set_index("steps")["mean"]
         common = a.index.intersection(ref.index)
-        dx.plot(common, a[common] - ref[common], marker="o", ms=4, lw=1.5, color=palette[m], label=m)
+        dx.plot(common, 100 * (a[common] / ref[common] - 1), marker="o", ms=4, lw=1.5, color=palette[m], label=m)
     dx.axhline(0, color=palette.get(highlight, "k"), lw=2.8, label=highlight)
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
     steps = sorted(df.steps.unique())
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}".lstrip("0.")[:1] in "25" else ""))
+    ax.tick_params(axis="y", which="minor", labelsize=8)
     for axis in (ax, dx):
         axis.set_xscale("log")
         axis.set_xticks(steps)
@@ -276,9 +281,9 @@ def recovery_curves(curves, marks=None, highlight="learnable"):
             axis.axvline(step, ls="--", lw=1, color="0.35")
             axis.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -14 - 12 * i),
                           textcoords="offset points", fontsize=9, color="0.25")
-    ax.set_ylabel("FID (lower is better)")
+    ax.set_ylabel("FID (log scale; lower is better)")
     ax.set_title("Recovery curves: mean ± sd over runs")
-    dx.set_ylabel(f"FID − {highlight} FID")
+    dx.set_ylabel(f"FID relative to {highlight} (%)")
     dx.set_title(f"Gap to {highlight} (above 0: {highlight} is better)")
     handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=9, frameon=False,
