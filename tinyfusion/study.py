@@ -564,8 +564,9 @@ class Study:
         """Per curve point of ``recovery_curves``' DataFrame, what the rules take: {steps: {"fid": {method: FIDs of
         its distinct runs}, "groups": {kept: FIDs over fine-tune seeds} (one group per distinct model), "sd", "df"
         (``pooled_sd`` of the groups), "calib_loss": {method: mean over its distinct models}, "rho", "pval",
-        "n_models" (Spearman of calibration loss and mean FID over the distinct models)}}. Identical models (same
-        kept layers and fine-tune seed, e.g. two pruning seeds that chose one mask) count once."""
+        "n_models" (Spearman of calibration loss and mean FID over the distinct models; ``pval`` exact for few
+        models, "pval_t" the t approximation used before that)}}. Identical models (same kept layers and fine-tune
+        seed, e.g. two pruning seeds that chose one mask) count once."""
         from tinyfusion.verdicts import pooled_sd, spearman_finite
         out = {}
         for steps, at in curves.groupby("steps"):
@@ -575,10 +576,11 @@ class Study:
             sd, df = pooled_sd(groups)
             per_model = models.groupby("kept", sort=False).agg(fid=("fid", "mean"), loss=("calib_loss", "first"))
             rho, pval, n = spearman_finite(per_model.loss, per_model.fid)
+            pval_t = spearman_finite(per_model.loss, per_model.fid, exact=False)[1]
             out[int(steps)] = {
                 "fid": runs.groupby("method", sort=False).fid.apply(list).to_dict(), "groups": groups, "sd": sd,
                 "df": df, "calib_loss": runs.drop_duplicates(["method", "kept"]).groupby("method", sort=False)
-                .calib_loss.mean().to_dict(), "rho": rho, "pval": pval, "n_models": n}
+                .calib_loss.mean().to_dict(), "rho": rho, "pval": pval, "pval_t": pval_t, "n_models": n}
         return out
 
     def curve_summary(self, curves, name="01_recovery_curves_summary"):
@@ -605,11 +607,13 @@ class Study:
         self.save_table(table, "01_curve_noise")
         return table
 
-    def curve_verdicts(self, curves, sampling_sd):
+    def curve_verdicts(self, curves, sampling_sd, spearman_p="pval"):
         """Claims 1 and 2 on the recovery curves: each rule (``claim1_recovery``, ``claim2_recovery``) applied at every
         point, the status recorded at the paper's 100K point (``verdicts.VERDICT_POINT``: ``prof.finetune_steps``). Beyond
         the 500K point only the methods run that long (``LONG_CURVES``) have FIDs: claim 2 is judged there against the
         baselines among them (ShortGPT, Oracle), claim 1 among the models there.
+        ``spearman_p``: "pval" (exact for few models) or "pval_t" (the t approximation of the first cpu run, shown in
+        notebook 01 for the record; nothing is saved then).
         Returns ``(claim 1 verdict, claim 2 verdict, DataFrame of the status per claim and point)``."""
         import pandas as pd
         from tinyfusion import verdicts as V
@@ -618,13 +622,14 @@ class Study:
         steps = list(pts)
         v1, rows1 = V.curve_verdicts(V.claim1_recovery, steps, self.prof.finetune_steps, fid=at("fid"),
                                      calib_loss=at("calib_loss"), sd=at("sd"), df=at("df"), sampling_sd=sampling_sd,
-                                     rho=at("rho"), pval=at("pval"), n_models=at("n_models"))
+                                     rho=at("rho"), pval=at(spearman_p), n_models=at("n_models"))
         v2, rows2 = V.curve_verdicts(V.claim2_recovery, steps, self.prof.finetune_steps, fid=at("fid"),
                                      baselines={s: [b for b in BASELINES if b in p["fid"]] for s, p in pts.items()},
                                      sd=at("sd"), df=at("df"), sampling_sd=sampling_sd,
                                      references=REFERENCES)
         table = pd.DataFrame([{"claim": c, **r} for c, rows in ((1, rows1), (2, rows2)) for r in rows])
-        self.save_table(table, "01_verdicts_by_point")
+        if spearman_p == "pval":
+            self.save_table(table, "01_verdicts_by_point")
         return v1, v2, table
 
     def curve_samples(self, curves, steps):
