@@ -269,7 +269,7 @@ def recovery_curves(curves, marks=None, highlight="learnable"):
     steps = sorted(df.steps.unique())
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}".lstrip("0.")[:1] in "25" else ""))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}".lstrip("0.")[:1] in "235" else ""))
     ax.tick_params(axis="y", which="minor", labelsize=8)
     for axis in (ax, dx):
         axis.set_xscale("log")
@@ -279,8 +279,10 @@ def recovery_curves(curves, marks=None, highlight="learnable"):
         axis.set_xlabel("fine-tuning steps (log scale)")
         for i, (label, step) in enumerate((marks or {}).items()):
             axis.axvline(step, ls="--", lw=1, color="0.35")
-            axis.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -14 - 12 * i),
-                          textcoords="offset points", fontsize=9, color="0.25")
+            top = axis is ax  # the gap panel's labels go at the bottom, clear of its zero line at the top
+            axis.annotate(label, (step, 1.0 if top else 0.0), xycoords=("data", "axes fraction"),
+                          xytext=(3, -14 - 12 * i if top else 4 + 12 * i), textcoords="offset points", fontsize=9,
+                          color="0.25")
     ax.set_ylabel("FID (log scale; lower is better)")
     ax.set_title("Recovery curves: mean ± sd over runs")
     dx.set_ylabel(f"FID relative to {highlight} (%)")
