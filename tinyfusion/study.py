@@ -405,7 +405,7 @@ class Study:
             "method": agg.method, "kind": first.kind.values, "scheme": first.scheme.values,
             "update": first["update"].values,
             "trainable % (pruning)": (100 * first.trainable_fraction.values).round(2),
-            "trainable % (paper)": [{"lora": 100 * paper.LORA_SHARE, "full": 100.0, "frozen": 0.0}.get(u, math.nan)
+            "trainable % (paper)": [{"lora": round(100 * paper.LORA_SHARE, 2), "full": 100.0, "frozen": 0.0}.get(u, math.nan)
                                     if k != "reference" else math.nan for k, u in zip(first.kind, first["update"])],
             "FID (ours)": [fmt(m, s) for m, s in zip(agg.fid_mean, agg.fid_std)],
             "IS (ours)": [fmt(m, s) for m, s in zip(agg.is_mean, agg.is_std)], "seeds": agg.fid_count.values,
