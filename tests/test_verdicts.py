@@ -83,7 +83,7 @@ def test_spearman_finite_drops_pairs_with_a_nan():
 
 def test_spearman_p_is_exact_for_few_models():
     """4 models ranked perfectly: 2 of the 24 orderings reach |rho| = 1, so p = 1/12 (the t approximation says 0)."""
-    rho, p, n = V.spearman_finite([0.1, 0.2, 0.3, 0.4], [1.0, 1.1, 1.3, 1.2 + 0.2])
+    rho, p, n = V.spearman_finite([0.1, 0.2, 0.3, 0.4], [1.0, 1.1, 1.3, 1.4])
     assert rho == pytest.approx(1.0) and p == pytest.approx(2 / 24) and n == 4
     assert V.spearman_finite([0.1, 0.2, 0.3, 0.4], [1.0, 1.1, 1.3, 1.4], exact=False)[1] < 1e-6
     # 5 models, one swap: rho = 0.9; |rho| >= 0.9 in 10 of the 120 orderings (5 with rho >= 0.9, 5 with <= -0.9)
