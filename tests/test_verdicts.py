@@ -568,6 +568,31 @@ def test_curve_points_count_identical_models_once_and_pool_the_seed_spread(tmp_p
     assert p["sd"] == pytest.approx(want)
 
 
+
+def test_recovery_curves_carry_every_metric_of_each_scoring_into_table3_runs(tmp_path, monkeypatch):
+    """The curve rows keep sFID, precision and recall from each scoring, so Table 3 and the summary's Table 1
+    analogue read them at the paper-100K point instead of showing NaN."""
+    import pandas as pd
+    from tinyfusion.study import Study
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path))
+    study = Study("smoke")
+    (study.root / "tables").mkdir(parents=True, exist_ok=True)
+    jobs = [("shortgpt", None, [0, 1], s) for s in (0, 1)]
+    monkeypatch.setattr(Study, "curve_runs", lambda self, c=None: (jobs, [{"snapshots": {10: f"ck{s}_10",
+                                                                                          20: f"ck{s}_20"}}
+                                                                          for s in (0, 1)]))
+    monkeypatch.setattr(Study, "calibration_loss", lambda self, kept: 0.25)
+    metric = {"fid": 2.0, "is": 5.0, "class_accuracy": 0.8, "sfid": 20.0, "precision": 0.6, "recall": 0.4}
+    monkeypatch.setattr(Study, "parallel", lambda self, calls, desc="": [
+        {**{k: v + i for k, v in metric.items()}, "samples": f"s{i}.npz"} for i, _ in enumerate(calls)])
+    curves = study.recovery_curves()
+    assert len(curves) == 4 and curves.sfid.notna().all() and set(curves.precision) == {0.6, 1.6, 2.6, 3.6}
+    saved = pd.read_csv(study.root / "tables" / "01_recovery_curves.csv")
+    assert {"sfid", "precision", "recall"} <= set(saved.columns) and "checkpoint" not in saved
+    study.table3_at(curves, 10)
+    runs = pd.read_csv(study.root / "tables" / "01_table3_runs.csv")
+    assert list(runs.seed) == [0, 1] and runs.sfid.tolist() == [20.0, 22.0] and runs.recall.notna().all()
+
 # ---------------------------------------------------------------------- Table 4 on fine-tune seeds (issue 15)
 REFS = ("best-calibration 1:2", "random 1:2")
 

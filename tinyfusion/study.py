@@ -534,12 +534,12 @@ class Study:
         return jobs, [done[(tuple(k), s)] for _, _, k, s in jobs]
 
     def recovery_curves(self, candidates=None, name="01_recovery_curves"):
-        """FID (IS, class accuracy) against fine-tuning steps for every Table 3 model and the 1:2 references, on every
-        fine-tune seed (learnable: every pruning seed too); the fine-tunes and the scoring run ``prof.workers`` at a
-        time, each distinct checkpoint scored once. Returns a DataFrame (method, prune_seed, seed, steps, fid, is,
-        class_accuracy, calib_loss, kept; samples and checkpoint: their paths), saved without the paths as
-        ``tables/<name>.csv``; ``candidates`` as for :meth:`curve_runs`. Rows of identical models
-        (same ``kept`` and seed) carry the same numbers and are counted once by the verdicts."""
+        """FID (IS, class accuracy; sFID, precision, recall) against fine-tuning steps for every Table 3 model and
+        the 1:2 references, on every fine-tune seed (learnable: every pruning seed too); the fine-tunes and the scoring
+        run ``prof.workers`` at a time, each distinct checkpoint scored once. Returns a DataFrame (method, prune_seed,
+        seed, steps, fid, is, class_accuracy, sfid, precision, recall, calib_loss, kept; samples and checkpoint: their
+        paths), saved without the paths as ``tables/<name>.csv``; ``candidates`` as for :meth:`curve_runs`. Rows of
+        identical models (same ``kept`` and seed) carry the same numbers and are counted once by the verdicts."""
         import pandas as pd
         jobs, runs = self.curve_runs(candidates)
         points = [(j, int(step), path) for j, r in zip(jobs, runs) for step, path in sorted(
@@ -552,9 +552,10 @@ class Study:
                                desc="recovery curves: scoring")
         score = dict(zip(paths, scored))
         loss = {tuple(k): self.calibration_loss(k) for _, _, k, _ in jobs}
-        rows = [{"method": m, "prune_seed": ps, "seed": s, "steps": step, "fid": score[path]["fid"],
-                 "is": score[path]["is"], "class_accuracy": score[path]["class_accuracy"], "calib_loss": loss[tuple(k)],
-                 "kept": " ".join(map(str, k)), "samples": score[path]["samples"], "checkpoint": path}
+        rows = [{"method": m, "prune_seed": ps, "seed": s, "steps": step,
+                 **{c: score[path][c] for c in ("fid", "is", "class_accuracy", "sfid", "precision", "recall")},
+                 "calib_loss": loss[tuple(k)], "kept": " ".join(map(str, k)), "samples": score[path]["samples"],
+                 "checkpoint": path}
                 for (m, ps, k, s), step, path in points]
         curves = pd.DataFrame(rows)
         self.save_table(curves.drop(columns=["samples", "checkpoint"]), name)
