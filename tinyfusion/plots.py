@@ -279,10 +279,9 @@ def recovery_curves(curves, marks=None, highlight="learnable"):
         axis.set_xlabel("fine-tuning steps (log scale)")
         for i, (label, step) in enumerate((marks or {}).items()):
             axis.axvline(step, ls="--", lw=1, color="0.35")
-            top = axis is ax  # the gap panel's labels go at the bottom, clear of its zero line at the top
-            axis.annotate(label, (step, 1.0 if top else 0.0), xycoords=("data", "axes fraction"),
-                          xytext=(3, -14 - 12 * i if top else 4 + 12 * i), textcoords="offset points", fontsize=9,
-                          color="0.25")
+            # at the bottom of both panels: clear of the worst curve's start (FID) and of the zero line (gap)
+            axis.annotate(label, (step, 0.0), xycoords=("data", "axes fraction"), xytext=(3, 4 + 12 * i),
+                          textcoords="offset points", fontsize=9, color="0.25")
     ax.set_ylabel("FID (log scale; lower is better)")
     ax.set_title("Recovery curves: mean ± sd over runs")
     dx.set_ylabel(f"FID relative to {highlight} (%)")
