@@ -26,6 +26,7 @@ RANDOM_PICKS = ("min-loss random", "median-loss random", "max-loss random")
 RANDOM_STUDY_SAMPLES = 32  # calibration samples each random candidate is scored on (the picks are rescored on all)
 PICK_POOL = 64             # candidates around each pick rescored on the whole calibration set
 REFERENCES = ("best-calibration 1:2", "random 1:2")  # references inside learnable's own rule
+SCORE_METRICS = ("fid", "is", "sfid", "precision", "recall", "class_accuracy")  # what a run's row keeps of its score
 
 
 class Study:
@@ -329,7 +330,7 @@ class Study:
         scores = self.parallel([("score", {"checkpoint": ft["model"]}) for ft in fts], desc=f"{label}: scoring")
         return [{"method": label, "seed": seed, "mode": mode, "k_sigma": k_sigma,
                  "skipped_steps": ft.get("skipped_steps", 0), "final_loss": ft.get("final_loss"),
-                 **{k: sc[k] for k in ("fid", "is", "sfid", "precision", "recall", "class_accuracy")}}
+                 **{k: sc[k] for k in SCORE_METRICS}}
                 for seed, ft, sc in zip(seeds, fts, scores)]
 
     TABLE4_RANK8 = "1:2 LoRA rank 8"   # notebook 04's named ablation: the paper's LoRA rank instead of the profile's
@@ -405,8 +406,8 @@ class Study:
             "method": agg.method, "kind": first.kind.values, "scheme": first.scheme.values,
             "update": first["update"].values,
             "trainable % (pruning)": (100 * first.trainable_fraction.values).round(2),
-            "trainable % (paper)": [{"lora": round(100 * paper.LORA_SHARE, 2), "full": 100.0, "frozen": 0.0}.get(u, math.nan)
-                                    if k != "reference" else math.nan for k, u in zip(first.kind, first["update"])],
+            "trainable % (paper)": [{"lora": round(100 * paper.LORA_SHARE, 2), "full": 100.0, "frozen": 0.0}.get(
+                u, math.nan) if k != "reference" else math.nan for k, u in zip(first.kind, first["update"])],
             "FID (ours)": [fmt(m, s) for m, s in zip(agg.fid_mean, agg.fid_std)],
             "IS (ours)": [fmt(m, s) for m, s in zip(agg.is_mean, agg.is_std)], "seeds": agg.fid_count.values,
             "same model as": first.same_as.values, "kept": first.kept.values,
@@ -553,7 +554,7 @@ class Study:
         score = dict(zip(paths, scored))
         loss = {tuple(k): self.calibration_loss(k) for _, _, k, _ in jobs}
         rows = [{"method": m, "prune_seed": ps, "seed": s, "steps": step,
-                 **{c: score[path][c] for c in ("fid", "is", "class_accuracy", "sfid", "precision", "recall")},
+                 **{c: score[path][c] for c in SCORE_METRICS},
                  "calib_loss": loss[tuple(k)], "kept": " ".join(map(str, k)), "samples": score[path]["samples"],
                  "checkpoint": path}
                 for (m, ps, k, s), step, path in points]
@@ -798,9 +799,8 @@ class Study:
         for (label, _, _, s), ft, sc in zip(jobs, fts, scores):
             logs[(label, s)] = ft
             first = ft.get("first_step") or {}
-            rows.append({"variant": label, "seed": s, "fid": sc["fid"], "is": sc["is"], "sfid": sc["sfid"],
-                         "precision": sc["precision"], "recall": sc["recall"],
-                         "class_accuracy": sc["class_accuracy"], "skipped_steps": ft.get("skipped_steps", 0),
+            rows.append({"variant": label, "seed": s, **{k: sc[k] for k in SCORE_METRICS},
+                         "skipped_steps": ft.get("skipped_steps", 0),
                          "initial_rep_loss": first.get("rep"), "initial_total_loss": first.get("loss"),
                          "final_loss": ft.get("final_loss")})
         runs = pd.DataFrame(rows)
@@ -838,7 +838,7 @@ class Study:
         scores = self.parallel([("score", {"checkpoint": ft["model"]}) for ft in fts], desc="Table 7: scoring")
         rows = [{"method": f"D7 from {src}", "seed": seed, "mode": "kd", "k_sigma": 0.0,
                  "skipped_steps": ft.get("skipped_steps", 0), "final_loss": ft.get("final_loss"),
-                 **{k: sc[k] for k in ("fid", "is", "sfid", "precision", "recall", "class_accuracy")},
+                 **{k: sc[k] for k in SCORE_METRICS},
                  "pruned_from": src, "teacher": tname, "kept": learned[src]["kept"],
                  "paper_FID": paper.TABLE7[(tname, src)], "samples": sc["samples"]}
                 for (src, tname), ft, sc in zip(jobs, fts, scores)]
@@ -905,7 +905,7 @@ def _study_call(profile, recompute, name, kwargs):
 
 
 # ---------------------------------------------------------------------- statistics over seeds
-def summarise(rows, by="method", metrics=("fid", "is", "sfid", "precision", "recall", "class_accuracy")):
+def summarise(rows, by="method", metrics=SCORE_METRICS):
     """Mean and standard deviation over seeds of each metric, one row per ``by`` value (pandas DataFrame)."""
     import pandas as pd
     df = pd.DataFrame(rows)
