@@ -76,3 +76,13 @@ def test_latent_folder(tmp_path):
     (l / "2.npy").unlink()
     with pytest.raises(ValueError, match="3 feature files but .* 2 label files"):
         LatentFolder(f, l)
+
+
+def test_repeated_reads_come_from_memory_and_a_replaced_file_is_read_again(tmp_path):
+    _fake_fmnist(tmp_path / "e", n=20)
+    first, _ = load_fashion_mnist("train", root=tmp_path / "e")
+    again, _ = load_fashion_mnist("train", root=tmp_path / "e", limit=5)
+    assert np.shares_memory(first, again) and not first.flags.writeable  # one decompression, nobody can edit it
+    _write_idx(tmp_path / "e" / "train-images-idx3-ubyte.gz", np.full((20, 28, 28), 7))
+    fresh, _ = load_fashion_mnist("train", root=tmp_path / "e")
+    assert (fresh == 7).all() and not np.array_equal(fresh, first)

@@ -26,9 +26,17 @@ class DatasetNotFoundError(FileNotFoundError):
     pass
 
 
+_IDX_MEMO: dict = {}  # (path, size, mtime) -> read-only array: a notebook reads the same four files dozens of times
+
+
 def _read_idx(path: Path) -> np.ndarray:
+    """The array in an IDX file (gzipped or not), read-only; a file changed on disk is read again."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key in _IDX_MEMO:
+            return _IDX_MEMO[key]
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as e:
@@ -40,7 +48,10 @@ def _read_idx(path: Path) -> np.ndarray:
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise ValueError(f"{path} is truncated: header says {dims} but holds {body.size} values")
-    return body.reshape(dims)
+    if len(_IDX_MEMO) >= 8:
+        _IDX_MEMO.pop(next(iter(_IDX_MEMO)))
+    _IDX_MEMO[key] = body.reshape(dims)
+    return _IDX_MEMO[key]
 
 
 def _find_file(folder: Path, stem: str):
