@@ -478,11 +478,66 @@ def test_claim9_is_not_testable_without_a_working_sit_teacher():
 def test_pooled_sd_and_called_weigh_the_mean_difference_by_its_standard_error():
     sd, df = V.pooled_sd({"a": [1.0, 1.2], "b": [2.0, 2.2], "one": [5.0]})
     assert df == 2 and sd == pytest.approx(math.sqrt(0.04 / 2), rel=1e-9)
-    assert V.called([1.0, 1.1], [1.5, 1.6], 0.05) == "a"
-    assert V.called([1.5, 1.6], [1.0, 1.1], 0.05) == "b"
-    assert V.called([1.0, 1.1], [1.2, 1.3], 0.2) == "within noise"      # 0.2 < 2 * 0.2
-    assert V.called([1.0, 4.0], [4.0, 4.1], 0.05) == "within noise"      # a side's own spread counts when larger
-    assert V.called([1.0], [float("nan")], 0.1) == "a" and V.called([1.0], [2.0], float("nan")) == "within noise"
+    assert V.called([1.0, 1.1], [1.5, 1.6], 0.05, k=2) == "a"
+    assert V.called([1.5, 1.6], [1.0, 1.1], 0.05, k=2) == "b"
+    assert V.called([1.0, 1.1], [1.2, 1.3], 0.2, k=2) == "within noise"      # 0.2 < 2 * 0.2
+    assert V.called([1.0, 4.0], [4.0, 4.1], 0.05, k=2) == "within noise"      # a side's own spread counts when larger
+    assert V.called([1.0], [float("nan")], 0.1, k=2) == "a" and V.called([1.0], [2.0], float("nan"), 4) == "within noise"
+
+
+def test_called_uses_the_t_critical_value_at_the_pooled_df():
+    assert V.t_critical(4) == pytest.approx(2.776, abs=1e-3) and V.t_critical(10) == pytest.approx(2.228, abs=1e-3)
+    assert V.t_critical(0) == math.inf
+    # a gap of 2.5 SE (sd 0.1, two runs a side: SE 0.1): called at 2 SE and at df 30 (2.04), not at df 4 (2.78)
+    a, b = [1.0, 1.0], [1.25, 1.25]
+    assert V.called(a, b, 0.1, k=2) == "a" and V.called(a, b, 0.1, 30) == "a"
+    assert V.called(a, b, 0.1, 4) == "within noise"
+    assert V.called(a, b, 0.1, 0) == "within noise"   # no degrees of freedom: nothing is called
+    with pytest.raises(ValueError, match="df="):
+        V.called(a, b, 0.1)                            # neither df nor k: refused, not a silent default
+    # a stricter level calls less: Bonferroni over many comparisons
+    assert V.called(a, b, 0.1, 30, level=1 - 0.05 / 20) == "within noise"
+
+
+def test_multiplicity_states_the_comparisons_and_what_bonferroni_would_drop():
+    a, b, c = [1.0, 1.0], [1.22, 1.22], [3.0, 3.0]   # 2.2 SE: called at t(30) = 2.04, not at Bonferroni's 2.36
+    calls = {"vs x": (a, b, V.called(a, b, 0.1, 30)), "vs y": (a, c, V.called(a, c, 0.1, 30))}
+    text = V.multiplicity(calls, 0.1, 30)
+    assert "2 at 95% each" in text and "1 of the 2 calls would fall back to within noise (vs x)" in text
+    assert V.multiplicity({"vs y": calls["vs y"]}, 0.1, 30) == ""   # one comparison: nothing to state
+    assert V.multiplicity(calls, 0.1, 30, k=2) == ""                 # a fixed-k rule has no level to adjust
+
+
+def test_spearman_p_is_exact_for_ten_models_and_monte_carlo_beyond():
+    import numpy as np
+    x = np.arange(10.0)
+    y = np.array([1, 0, 3, 2, 4, 6, 5, 8, 7, 9], dtype=float)
+    rho, p, n = V.spearman_finite(x, y)
+    # the exact p by brute force over all 10! orderings would take minutes; check against the t approximation's
+    # neighbourhood and against a Monte-Carlo estimate with many draws
+    assert n == 10 and rho == pytest.approx(0.9515, abs=1e-4)
+    assert 0 < p < 0.001 and p != V.spearman_finite(x, y, exact=False)[1]
+    assert p * math.factorial(10) == pytest.approx(round(p * math.factorial(10)))   # a count over 10! orderings
+    x12, y12 = np.arange(12.0), np.r_[np.arange(11.0)[::-1], 11.0]
+    rho, p, n = V.spearman_finite(x12, y12)
+    assert n == 12 and 0.05 < p < 0.10 and p == V.spearman_finite(x12, y12)[1]   # seeded: the same p each time
+    # the exact p agrees with a plain enumeration (scipy's rho for every ordering), ties included
+    import itertools
+    from scipy.stats import spearmanr
+    x7, y7 = [0.3, 0.1, 0.4, 0.1, 0.5, 0.9, 0.2], [2.0, 1.0, 3.5, 1.2, 3.0, 4.0, 2.5]
+    rho, p, _ = V.spearman_finite(x7, y7)
+    every = [spearmanr(np.array(x7)[list(o)], y7)[0] for o in itertools.permutations(range(7))]
+    assert p == pytest.approx(np.mean(np.abs(every) >= abs(rho) - 1e-12))
+
+
+def test_mask_groups_link_masks_sharing_all_but_two_layers():
+    base = list(range(14))
+    one_off, two_off = base[:13] + [20], base[:12] + [20, 21]
+    far = list(range(14, 28))
+    assert V.mask_groups([base, one_off, two_off, far]) == [0, 0, 0, 1]
+    assert V.mask_groups([base, two_off], min_shared=13) == [0, 1]
+    chain = [base, base[:12] + [20, 21], base[:10] + [20, 21, 22, 23]]   # linked through the middle mask
+    assert V.mask_groups(chain) == [0, 0, 0]
 
 
 def test_claim1_recovery_reads_the_lowest_calibration_loss_method():
@@ -605,7 +660,8 @@ def test_claim3_seeds_held_not_held_within_noise_and_mixed():
     v = V.claim3_block_size_seeds(seeds(table4(better, better, better)), 0.05, 9)
     assert v.status == V.HELD and v.rule == "claim3_block_size_seeds" and v.details["comparisons"] == 6
     assert v.evidence.startswith("small block beats 7:14 in 6 of 6 distinct comparisons, loses in 0, ties in 0")
-    assert v.yardstick["pooled_finetune_seed_sd"] == 0.05 and v.yardstick["df"] == 9 and v.yardstick["k"] == 2.0
+    assert v.yardstick["pooled_finetune_seed_sd"] == 0.05 and v.yardstick["df"] == 9 \
+        and v.yardstick["k"] == pytest.approx(V.t_critical(9))
     worse = {"1:2": 3.0, "2:4": 3.0, "7:14": 2.0}
     assert V.claim3_block_size_seeds(seeds(table4(worse, worse, worse)), 0.05, 9).status == V.NOT_HELD
     close = {"1:2": 2.0, "2:4": 2.04, "7:14": 2.02}  # 0.04 apart: within 2 SE = 2 * sqrt(2 * 0.05**2 / 2)
@@ -702,3 +758,53 @@ def test_the_imagenet_profile_has_a_nan_floor_with_the_reason(tmp_path, monkeypa
     monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path))
     floor = Study("imagenet").fid_floor(n=100)
     assert math.isnan(floor["fid"]) and "imagenet-latents" in floor["note"]
+
+
+# ---------------------------------------------------------------------- one calling function (issue 25)
+def test_claim4_seeds_counts_one_model_pair_once_whatever_check_asks():
+    """The 7:14 LoRA and full cells keep the same layers: their comparisons with 7:14 frozen are one, not two."""
+    fid = seeds(table4(lora=1.0, full=1.0, frozen=3.0))
+    model = {k: " ".join(k) for k in fid}
+    model[("7:14", "full")] = model[("7:14", "lora")]
+    v = V.claim4_recoverability_seeds(fid, 0.05, 9, model)
+    assert v.status == V.HELD and v.details["wins"] == 5 and v.details["repeats"] == 1
+    assert v.evidence.startswith("updates beat frozen in 5 of 5 distinct comparisons")
+    assert "counted once: 7:14 full vs 7:14 frozen = 7:14 lora vs 7:14 frozen" in v.evidence
+
+
+def test_claim6_called_weighs_both_steps_against_the_pooled_spread():
+    fid = {"finetune": [4.0, 4.2], "kd": [3.0, 3.1], "masked_kd_2": [2.0, 2.1]}
+    v = V.claim6_masked_kd_called(fid, NAN, 0)
+    assert v.status == V.HELD and v.rule == "claim6_masked_kd_called" and v.yardstick["df"] == 3
+    close = {"finetune": [3.6, 4.0], "kd": [3.4, 3.7], "masked_kd_2": [3.3, 3.55]}
+    v = V.claim6_masked_kd_called(close, 3.4, 0)   # compare would call nothing either; RepKD did not diverge
+    assert v.status == V.WITHIN_NOISE and "t(0.975, df 3)" in v.evidence
+    assert V.claim6_masked_kd_called(close, NAN, 0).status == V.MIXED   # RepKD diverged, no step called
+
+
+def test_claim8_called_weighs_one_seed_fids_by_the_pooled_sd():
+    fid = {("XL", "D14"): [4.8], ("XL", "XL"): [6.5], ("D14", "D14"): [5.3], ("D14", "XL"): [6.8]}
+    v = V.claim8_iterative_called(fid, 0.1, 10)
+    assert v.status == V.HELD and v.details["wins"] == ["yes", "yes"]
+    assert V.claim8_iterative_called(fid, 0.6, 10).status == V.WITHIN_NOISE   # 1.5 < 2.23 x sqrt(2) x 0.6
+    assert V.claim8_iterative_called(fid, NAN, 0).status == V.WITHIN_NOISE    # no yardstick: nothing called
+
+
+def test_claim9_sit_recovery_takes_claim2s_status_on_sit():
+    fid = _sit_fid([3.0, 3.1])
+    v2 = V.claim2_recovery(fid, ("shortgpt", "oracle"), 0.05, 4, NAN, 336)
+    ok, bad = V.teacher_check(0.9, 3.0, 1.0), V.teacher_check(0.4, 30.0, 1.0)
+    v = V.claim9_sit_recovery(v2, ok)
+    assert v.status == v2.status == V.HELD and v.evidence.startswith("SiT, claim 2's rule: at 336 steps")
+    assert V.claim9_sit_recovery(v2, bad).status == V.NOT_TESTABLE
+
+
+def test_status_change_and_robustness_sentences():
+    a, b = V.Verdict(V.MIXED, "", rule="old_rule"), V.Verdict(V.WITHIN_NOISE, "", rule="new_rule")
+    assert V.status_change(a, b, "why") == "old_rule: **mixed** → new_rule: **within noise** (moved; why)"
+    assert "(unchanged; why)" in V.status_change(a, a, "why")
+    table = {1: {"ref": V.NOT_HELD, "long gates": V.NOT_HELD, "teacher 1": ""},
+             2: {"ref": V.NOT_HELD, "long gates": V.HELD, "teacher 1": V.NOT_HELD}}
+    s = V.robustness_sentences(table, "ref")
+    assert s[1] == "Claim 1: 'not held' in all 2 settings with a status — the verdict survives (not run: teacher 1)."
+    assert s[2].startswith("Claim 2: 'not held' in ref, but 'held' in long gates — the verdict does not survive")

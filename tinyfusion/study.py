@@ -566,10 +566,12 @@ class Study:
         """Per curve point of ``recovery_curves``' DataFrame, what the rules take: {steps: {"fid": {method: FIDs of
         its distinct runs}, "groups": {kept: FIDs over fine-tune seeds} (one group per distinct model), "sd", "df"
         (``pooled_sd`` of the groups), "calib_loss": {method: mean over its distinct models}, "rho", "pval",
-        "n_models" (Spearman of calibration loss and mean FID over the distinct models; ``pval`` exact for few
-        models, "pval_t" the t approximation used before that)}}. Identical models (same kept layers and fine-tune
-        seed, e.g. two pruning seeds that chose one mask) count once."""
-        from tinyfusion.verdicts import pooled_sd, spearman_finite
+        "n_models" (Spearman of calibration loss and mean FID over the distinct models; ``pval`` a permutation p:
+        exact up to 10 models, "pval_t" the t approximation used before that), "groups_rho", "groups_pval", "n_groups"
+        (the same over groups of near-identical masks, ``verdicts.mask_groups``: sharing all but two kept layers)}}.
+        Identical models (same kept layers and fine-tune seed, e.g. two pruning seeds that chose one mask) count
+        once."""
+        from tinyfusion.verdicts import mask_groups, pooled_sd, spearman_finite
         out = {}
         for steps, at in curves.groupby("steps"):
             runs = at.drop_duplicates(["method", "kept", "seed"])
@@ -579,10 +581,14 @@ class Study:
             per_model = models.groupby("kept", sort=False).agg(fid=("fid", "mean"), loss=("calib_loss", "first"))
             rho, pval, n = spearman_finite(per_model.loss, per_model.fid)
             pval_t = spearman_finite(per_model.loss, per_model.fid, exact=False)[1]
+            group = mask_groups([k.split() for k in per_model.index])
+            by_group = per_model.groupby(group).mean()
+            g_rho, g_pval, g_n = spearman_finite(by_group.loss, by_group.fid)
             out[int(steps)] = {
                 "fid": runs.groupby("method", sort=False).fid.apply(list).to_dict(), "groups": groups, "sd": sd,
                 "df": df, "calib_loss": runs.drop_duplicates(["method", "kept"]).groupby("method", sort=False)
-                .calib_loss.mean().to_dict(), "rho": rho, "pval": pval, "pval_t": pval_t, "n_models": n}
+                .calib_loss.mean().to_dict(), "rho": rho, "pval": pval, "pval_t": pval_t, "n_models": n,
+                "groups_rho": g_rho, "groups_pval": g_pval, "n_groups": g_n}
         return out
 
     def curve_summary(self, curves, name="01_recovery_curves_summary"):
@@ -609,13 +615,15 @@ class Study:
         self.save_table(table, "01_curve_noise")
         return table
 
-    def curve_verdicts(self, curves, sampling_sd, spearman_p="pval"):
+    def curve_verdicts(self, curves, sampling_sd, spearman_p="pval", k=None, save=True):
         """Claims 1 and 2 on the recovery curves: each rule (``claim1_recovery``, ``claim2_recovery``) applied at every
         point, the status recorded at the paper's 100K point (``verdicts.VERDICT_POINT``: ``prof.finetune_steps``). Beyond
         the 500K point only the methods run that long (``LONG_CURVES``) have FIDs: claim 2 is judged there against the
         baselines among them (ShortGPT, Oracle), claim 1 among the models there.
-        ``spearman_p``: "pval" (exact for few models) or "pval_t" (the t approximation of the first cpu run, shown in
-        notebook 01 for the record; nothing is saved then).
+        ``spearman_p``: "pval" (a permutation p) or "pval_t" (the t approximation of the first cpu run, shown in
+        notebook 01 for the record; nothing is saved then). ``k``: None calls differences at the t critical value of
+        the pooled df (issue 25); 2.0 is the rule before it, shown for the record (nothing is saved then either).
+        ``save``: False keeps the table out of ``tables/`` (other teachers' curves in notebook 11).
         Returns ``(claim 1 verdict, claim 2 verdict, DataFrame of the status per claim and point)``."""
         import pandas as pd
         from tinyfusion import verdicts as V
@@ -624,13 +632,15 @@ class Study:
         steps = list(pts)
         v1, rows1 = V.curve_verdicts(V.claim1_recovery, steps, self.prof.finetune_steps, fid=at("fid"),
                                      calib_loss=at("calib_loss"), sd=at("sd"), df=at("df"), sampling_sd=sampling_sd,
-                                     rho=at("rho"), pval=at(spearman_p), n_models=at("n_models"))
+                                     rho=at("rho"), pval=at(spearman_p), n_models=at("n_models"), k=k,
+                                     groups={s: (p["groups_rho"], p["groups_pval"], p["n_groups"])
+                                             for s, p in pts.items()})
         v2, rows2 = V.curve_verdicts(V.claim2_recovery, steps, self.prof.finetune_steps, fid=at("fid"),
                                      baselines={s: [b for b in BASELINES if b in p["fid"]] for s, p in pts.items()},
                                      sd=at("sd"), df=at("df"), sampling_sd=sampling_sd,
-                                     references=REFERENCES)
+                                     references=REFERENCES, k=k)
         table = pd.DataFrame([{"claim": c, **r} for c, rows in ((1, rows1), (2, rows2)) for r in rows])
-        if spearman_p == "pval":
+        if spearman_p == "pval" and k is None and save:
             self.save_table(table, "01_verdicts_by_point")
         return v1, v2, table
 
@@ -689,6 +699,14 @@ class Study:
                                                       summary.fid_count)])
         self.save_table(table, "10_table2")
         return runs, table
+
+    def table2_yardstick(self, runs):
+        """``(sd, df)``: the pooled fine-tune-seed FID spread of :meth:`table2`'s ``runs`` over the models whose mask does
+        not depend on the seed (every candidate but learnable, whose seed also chose its layers, and its Masked KD
+        row): claim 9's yardstick under ``verdicts.called``."""
+        from tinyfusion.verdicts import pooled_sd
+        fixed = runs[~runs.method.isin(["learnable", self.TABLE2_KD])]
+        return pooled_sd(fixed.groupby("method", sort=False).fid.apply(list).to_dict())
 
     def block_confidence(self, runs):
         """Per scheme and block of learnable-pruning ``runs`` ({scheme: run}): the final confidence of the decision
@@ -770,12 +788,13 @@ class Study:
             if len(names) < 2:
                 continue
             a, b = p["fid"][names[1]], p["fid"][names[0]]
-            c = called(a, b, p["sd"])
+            c = called(a, b, p["sd"], p["df"])
             word = {"a": "better", "b": "worse"}.get(c, "within noise")
             parts.append(f"{steps} steps: {fmt(np.mean(a), np.std(a, ddof=1) if len(a) > 1 else None, 2)} vs "
                          f"{fmt(np.mean(b), np.std(b, ddof=1) if len(b) > 1 else None, 2)} ({word})")
-        return (f"Correcting block {block}: corrected FID vs learnable FID at each point, called beyond 2 standard "
-                f"errors of the two models' pooled fine-tune-seed sd: " + "; ".join(parts) + ".")
+        return (f"Correcting block {block}: corrected FID vs learnable FID at each point, called beyond the t critical "
+                f"value (95%, two-sided, at the pooled df) of standard errors of the two models' pooled fine-tune-seed "
+                f"sd: " + "; ".join(parts) + ".")
 
     KD_VARIANTS = (("finetune", "finetune", 0.0, "all"), ("kd", "kd", 0.0, "all"), ("repkd", "repkd", 0.0, "first"),
                    ("masked_kd_0.1", "masked_kd", 0.1, "first"), ("masked_kd_2", "masked_kd", 2.0, "all"),
@@ -853,6 +872,19 @@ class Study:
         import pandas as pd
         t3 = self.root / "tables" / "01_table3_runs.csv"
         return float(pd.read_csv(t3).groupby("method").fid.std().median()) if t3.exists() else float("nan")
+
+    def seed_noise_df(self):
+        """The yardstick of ``verdicts.claim8_iterative_called``: ``(sd, df)``, the pooled fine-tune-seed FID spread of
+        notebook 01's recovery curves at the paper's 100K point (``tables/01_recovery_curves.csv``: every distinct
+        model over its fine-tune seeds); (NaN, 0) when that table is absent."""
+        import pandas as pd
+        from tinyfusion.verdicts import pooled_sd
+        path = self.root / "tables" / "01_recovery_curves.csv"
+        if not path.exists():
+            return float("nan"), 0
+        at = pd.read_csv(path)
+        at = at[at.steps == self.prof.finetune_steps].drop_duplicates(["kept", "seed"])
+        return pooled_sd(at.groupby("kept", sort=False).fid.apply(list).to_dict())
 
     # ------------------------------------------------------------------ outputs
     def save_fig(self, fig, name):

@@ -12,6 +12,7 @@ from a pooled fine-tune-seed spread measured on the same run (the recovery curve
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -114,29 +115,84 @@ def fmt(mean, std=None, digits=3):
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-EXACT_SPEARMAN_MAX_N = 9  # up to 9! = 362,880 orderings: enumerated in well under a second
+EXACT_SPEARMAN_MAX_N = 10   # up to 10! = 3,628,800 orderings: enumerated in about a second
+PERMUTATION_DRAWS = 200_000  # beyond that, a Monte-Carlo permutation p from this many seeded random orderings
+
+
+@functools.lru_cache(maxsize=4)
+def _orderings(n):
+    """Every ordering of ``range(n)`` as an int8 array (n! rows; built once per n)."""
+    import itertools
+    return np.array(list(itertools.permutations(range(n))), dtype=np.int8)
+
+
+def _permutation_p(rx, ry, rho, exact, seed=0):
+    """Two-sided permutation p of the rank correlation ``rho`` of centred ranks ``rx``, ``ry``: over every ordering
+    (``exact``; the orderings of n are taken as each first element followed by every ordering of the other n - 1,
+    so n = 10 needs 9! rows in memory at a time) or over ``PERMUTATION_DRAWS`` seeded random orderings (the
+    observed ordering counted in, so p is never 0)."""
+    n, norm, tol = len(rx), math.sqrt((rx @ rx) * (ry @ ry)), 1e-12
+    if exact:
+        rest = _orderings(n - 1)
+        hits = 0
+        for first in range(n):
+            others = np.delete(rx, first)
+            rhos = (rx[first] * ry[0] + others[rest] @ ry[1:]) / norm
+            hits += int(np.sum(np.abs(rhos) >= abs(rho) - tol))
+        return hits / math.factorial(n)
+    rng = np.random.default_rng(seed)
+    hits, left = 0, PERMUTATION_DRAWS
+    while left:
+        m = min(left, 20_000)
+        perms = np.argsort(rng.random((m, n)), axis=1)
+        hits += int(np.sum(np.abs((rx[perms] @ ry) / norm) >= abs(rho) - tol))
+        left -= m
+    return (hits + 1) / (PERMUTATION_DRAWS + 1)
 
 
 def spearman_finite(x, y, exact=None):
     """Spearman rank correlation of ``x`` and ``y`` over the pairs where both are finite: (rho, p, pairs used).
 
-    ``p`` is two-sided. ``exact`` (default: when at most ``EXACT_SPEARMAN_MAX_N`` pairs) takes it from every
-    ordering of the pairs, the permutation distribution of rho; otherwise scipy's t approximation, which is poor for a
-    handful of models (4 models ranked perfectly: t gives p = 0, the exact p is 2/24 = 0.083)."""
+    ``p`` is two-sided, from the permutation distribution of rho: over every ordering of the pairs for up to
+    ``EXACT_SPEARMAN_MAX_N`` pairs, a seeded Monte-Carlo over ``PERMUTATION_DRAWS`` orderings beyond that
+    (``exact=None``); ``exact=False`` gives scipy's t approximation instead, which is poor for a handful of models (4
+    models ranked perfectly: t gives p = 0, the exact p is 2/24 = 0.083; 10 models: 0.0029 where the exact p is
+    0.0047)."""
     from scipy.stats import rankdata, spearmanr
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y, n = x[ok], y[ok], int(ok.sum())
+    if n < 2:
+        return math.nan, math.nan, n
     rho, pval = spearmanr(x, y)
-    if exact is None:
-        exact = 2 < n <= EXACT_SPEARMAN_MAX_N
-    if exact and np.isfinite(rho):
-        import itertools
-        rx, ry = rankdata(x) - (n + 1) / 2, rankdata(y) - (n + 1) / 2
-        perms = np.array(list(itertools.permutations(range(n))), dtype=np.int8)
-        rhos = (rx[perms] @ ry) / math.sqrt((rx @ rx) * (ry @ ry))  # Pearson of the ranks, every ordering of x
-        pval = float(np.mean(np.abs(rhos) >= abs(rho) - 1e-12))
+    if exact is False or not np.isfinite(rho) or n <= 2:
+        return float(rho), float(pval), n
+    rx, ry = rankdata(x) - (n + 1) / 2, rankdata(y) - (n + 1) / 2
+    pval = _permutation_p(rx, ry, rho, exact=n <= EXACT_SPEARMAN_MAX_N)
     return float(rho), float(pval), n
+
+
+def mask_groups(kept: Sequence[Sequence[int]], min_shared: int = None) -> list:
+    """Group near-identical masks: ``kept`` lists of kept layers; two masks are linked when they share at least
+    ``min_shared`` layers (default: all but two of the kept, 12 of 14), and a group is a connected set of links.
+    Returns one group index per mask, numbered in first-seen order, so Spearman can be read over distinct masks
+    rather than over models that differ in a layer or two (issue 25: four near-identical low-loss masks)."""
+    sets = [frozenset(map(int, k)) for k in kept]
+    if min_shared is None:
+        min_shared = max(len(s) for s in sets) - 2 if sets else 0
+    parent = list(range(len(sets)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+    for i in range(len(sets)):
+        for j in range(i):
+            if len(sets[i] & sets[j]) >= min_shared:
+                parent[root(i)] = root(j)
+    labels = {}
+    return [labels.setdefault(root(i), len(labels)) for i in range(len(sets))]
 
 
 def _nan_quiet(f, x):
@@ -378,7 +434,8 @@ def teacher_check(class_accuracy: float, fid: float, fid_floor: float, smoke: bo
 # noise and times of the recovery) and, for learnable pruning, the pruning seed (which layers it keeps). The
 # fine-tune seeds' spread of one model already contains its sampling noise; learnable's spread over
 # (pruning seed, fine-tune seed) contains all three.
-CALL_K = 2.0   # a difference is called when it exceeds CALL_K standard errors of the difference of the two means
+CALL_K = 2.0      # the rule before issue 25: a fixed 2 standard errors of the difference (kept to show old statuses)
+CALL_LEVEL = 0.95  # now: two-sided 95%, against the t critical value at the pooled sd's degrees of freedom
 
 
 def pooled_sd(groups: Mapping[str, Sequence[float]]):
@@ -394,19 +451,37 @@ def pooled_sd(groups: Mapping[str, Sequence[float]]):
     return (math.sqrt(ss / df), df) if df else (math.nan, 0)
 
 
-def called(a: Sequence[float], b: Sequence[float], sd: float, k: float = CALL_K):
-    """Which mean FID is lower beyond the noise: "a", "b" or "within noise".
+def t_critical(df, level: float = CALL_LEVEL) -> float:
+    """The two-sided ``level`` critical value of Student's t at ``df`` degrees of freedom (df 4: 2.776, df 8: 2.306);
+    infinite when there are no degrees of freedom (no spread was measured, so nothing can be called)."""
+    if df is None or not np.isfinite(df) or df <= 0:
+        return math.inf
+    from scipy.stats import t
+    return float(t.ppf(1 - (1 - level) / 2, df))
+
+
+def called(a: Sequence[float], b: Sequence[float], sd: float, df=None, *, k: float = None,
+           level: float = CALL_LEVEL):
+    """Which mean FID is lower beyond the noise: "a", "b" or "within noise". The one calling function of claims 1-4,
+    6, 8 and 9.
 
     The standard error of each side's mean uses the larger of the pooled fine-tune-seed ``sd`` and the side's own
     spread (so learnable, whose runs also differ in pruning seed, is weighed by its own larger spread), divided by
-    its number of runs; a difference counts when it exceeds ``k`` standard errors of the difference. A side whose
-    FIDs are not all finite loses to a finite one. With no yardstick (``sd`` NaN) nothing is called.
+    its number of runs; a difference counts when it exceeds the two-sided ``level`` critical value of t at the pooled
+    ``df`` (:func:`t_critical`; df 4: 2.78) standard errors of the difference. ``k``: a fixed multiple instead (the
+    rule before issue 25 used ``k=2``, kept to show old statuses). A side whose FIDs are not all finite loses to a
+    finite one. With no yardstick (``sd`` NaN, or no df) nothing is called.
     """
+    if k is None:
+        if df is None:
+            raise ValueError("called() needs the pooled sd's degrees of freedom (df=) for its t critical value, "
+                             "or a fixed multiple k=")
+        k = t_critical(df, level)
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     fa, fb = np.isfinite(a).all(), np.isfinite(b).all()
     if not (fa and fb):
         return "a" if fa and not fb else "b" if fb and not fa else "within noise"
-    if not np.isfinite(sd):
+    if not np.isfinite(sd) or not np.isfinite(k):
         return "within noise"
     var = lambda x: max(sd ** 2, x.var(ddof=1) if len(x) > 1 else 0.0)  # noqa: E731
     se = math.sqrt(var(a) / len(a) + var(b) / len(b))
@@ -414,62 +489,96 @@ def called(a: Sequence[float], b: Sequence[float], sd: float, k: float = CALL_K)
     return "within noise" if abs(diff) <= k * se else ("a" if diff < 0 else "b")
 
 
-def _yardstick(sd, df, sampling_sd, point):
-    return {"pooled_finetune_seed_sd": sd, "df": df, "sampling_sd": sampling_sd, "k": CALL_K,
+def _k_text(df, k):
+    """How a rule called its differences, for the evidence: "t(0.975, df 8) = 2.31 SE" or "2 SE" (a fixed k)."""
+    if k is not None:
+        return f"{k:g} SE"
+    return f"t(0.975, df {df}) = {t_critical(df):.2f} SE"
+
+
+def multiplicity(calls: Mapping[str, tuple], sd: float, df, k: float = None) -> str:
+    """A sentence on the multiple comparisons a claim makes: ``calls`` {label: (a FIDs, b FIDs, outcome at the 95%
+    level)}. With m comparisons each at 95% (two-sided), the chance of at least one false call is up to
+    1 - 0.95^m; the sentence says which calls would fall back to "within noise" under Bonferroni (each at
+    1 - 0.05 / m). Reported beside the status, not deciding (``k``: a rule on a fixed multiple has no level to adjust)."""
+    m = len(calls)
+    if m < 2 or k is not None:
+        return ""
+    level = 1 - (1 - CALL_LEVEL) / m
+    lost = [lab for lab, (a, b, o) in calls.items() if o in ("a", "b") and called(a, b, sd, df, level=level) != o]
+    made = sum(o in ("a", "b") for _, _, o in calls.values())
+    return (f". Multiple comparisons: {m} at 95% each (up to {1 - CALL_LEVEL ** m:.0%} chance of one false call); "
+            f"under Bonferroni (each at {level:.2%}) " + (
+                f"{len(lost)} of the {made} calls would fall back to within noise ({', '.join(lost)})" if lost else
+                ("the one call stands" if made == 1 else f"all {made} calls stand") if made else
+                "there is still nothing called"))
+
+
+def _yardstick(sd, df, sampling_sd, point, k=None):
+    return {"pooled_finetune_seed_sd": sd, "df": df, "sampling_sd": sampling_sd,
+            "k": k if k is not None else t_critical(df), "call": _k_text(df, k),
             "measured_from": f"FIDs of every distinct model over its fine-tune seeds at {point} steps (pooled); "
                              f"sampling sd from one model scored with several sampling seeds"}
 
 
 @_named
 def claim1_recovery(fid: Mapping[str, Sequence[float]], calib_loss: Mapping[str, float], sd: float, df: int,
-                    sampling_sd: float, rho: float, pval: float, n_models: int, point: int) -> Verdict:
+                    sampling_sd: float, rho: float, pval: float, n_models: int, point: int, k: float = None,
+                    groups: tuple = None) -> Verdict:
     """Claim 1 read on the recovery curves at ``point`` fine-tuning steps: the lowest calibration loss does not give
     the best model after fine-tuning.
 
     ``fid``: {method: FIDs of its runs at the point} for every distinct Table 3 model; ``calib_loss``: {method: its
     calibration loss on the whole set}; ``sd``/``df``: the pooled fine-tune-seed FID spread; ``rho``/``pval``:
     Spearman(calibration loss, mean FID) over the ``n_models`` distinct models.
-    The method with the lowest calibration loss is set against the best other method by mean FID (``called``).
-    Held: it is worse beyond the noise. Not held: it is the best beyond the noise, or no difference is called and
-    calibration loss ranks the models as FID does (rho > 0, p < 0.05). Otherwise within noise.
+    The method with the lowest calibration loss is set against the best other method by mean FID (``called``: the t
+    critical value at ``df``; ``k``: a fixed multiple, the rule before issue 25 used 2). Held: it is worse beyond the
+    noise. Not held: it is the best beyond the noise, or no difference is called and calibration loss ranks the
+    models as FID does (rho > 0, p < 0.05). Otherwise within noise. ``groups``: (rho, p, n) of the same Spearman
+    over groups of near-identical masks (:func:`mask_groups`), reported in the evidence, not deciding.
     """
     lowest = min(calib_loss, key=calib_loss.get)
     others = [m for m in fid if m != lowest]
     best = min(others, key=lambda m: _nan_quiet(np.nanmean, fid[m]))
-    c = called(fid[lowest], fid[best], sd)
+    c = called(fid[lowest], fid[best], sd, df, k=k)
     status = (HELD if c == "b" else NOT_HELD if c == "a" or (rho > 0 and pval < 0.05) else WITHIN_NOISE)
+    grouped = (f"; over {groups[2]} groups of near-identical masks: {groups[0]:.2f} (p={groups[1]:.2g})"
+               if groups and groups[2] else "")
     evidence = (f"at {point} steps: lowest calibration loss ({lowest}, {calib_loss[lowest]:.4f}) FID "
                 f"{_mean_std(fid[lowest])} vs best other ({best}) {_mean_std(fid[best])}: "
-                f"{ {'a': 'lowest-loss better', 'b': 'lowest-loss worse'}.get(c, 'within noise')} (2 SE, pooled seed sd "
-                f"{sd:.3f}, df {df}); Spearman(calib loss, FID) = {rho:.2f} (p={pval:.2g}, n={n_models} distinct models)")
+                f"{ {'a': 'lowest-loss better', 'b': 'lowest-loss worse'}.get(c, 'within noise')} ({_k_text(df, k)}, "
+                f"pooled seed sd {sd:.3f}, df {df}); Spearman(calib loss, FID) = {rho:.2f} (p={pval:.2g}, n={n_models} "
+                f"distinct models){grouped}")
     return Verdict(status, evidence, {"lowest": lowest, "best_other": best, "called": c}, rule="claim1_recovery",
-                   yardstick=_yardstick(sd, df, sampling_sd, point))
+                   yardstick=_yardstick(sd, df, sampling_sd, point, k))
 
 
 @_named
 def claim2_recovery(fid: Mapping[str, Sequence[float]], baselines: Sequence[str], sd: float, df: int,
-                    sampling_sd: float, point: int, references: Sequence[str] = ()) -> Verdict:
+                    sampling_sd: float, point: int, references: Sequence[str] = (), k: float = None) -> Verdict:
     """Claim 2 read on the recovery curves at ``point`` steps: learnable pruning beats every metric-based and
     hand-made baseline after the same fine-tuning.
 
     ``fid``: {method: FIDs of its runs} with ``"learnable"`` (every pruning seed x fine-tune seed), every name in
     ``baselines`` and ``references`` (inside the 1:2 rule: reported, not part of the status). Learnable is set
-    against each baseline with ``called``. Held: better than every baseline; mixed: better than some but not all;
-    not held: no win and at least one loss; within noise: no win and no loss.
+    against each baseline with ``called`` (t critical value at ``df``; ``k``: a fixed multiple, the rule before issue
+    25 used 2). Held: better than every baseline; mixed: better than some but not all; not held: no win and at least
+    one loss; within noise: no win and no loss. The evidence states the multiple comparisons (:func:`multiplicity`).
     """
-    outcomes = {m: called(fid["learnable"], fid[m], sd) for m in baselines}
+    outcomes = {m: called(fid["learnable"], fid[m], sd, df, k=k) for m in baselines}
     wins = [m for m, o in outcomes.items() if o == "a"]
     losses = [m for m, o in outcomes.items() if o == "b"]
     status = (HELD if len(wins) == len(outcomes) else MIXED if wins else NOT_HELD if losses else WITHIN_NOISE)
     word = {"a": "better", "b": "worse", "within noise": "within noise"}
-    refs = {m: called(fid["learnable"], fid[m], sd) for m in references if m in fid}
+    refs = {m: called(fid["learnable"], fid[m], sd, df, k=k) for m in references if m in fid}
     evidence = (f"at {point} steps: learnable FID {_mean_std(fid['learnable'])}; "
                 + "; ".join(f"vs {m} {_mean_std(fid[m])}: {word[o]}" for m, o in outcomes.items())
                 + ("; inside the 1:2 rule: " + "; ".join(f"vs {m} {_mean_std(fid[m])}: {word[o]}"
                                                          for m, o in refs.items()) if refs else "")
-                + f" (2 SE, pooled seed sd {sd:.3f}, df {df})")
+                + f" ({_k_text(df, k)}, pooled seed sd {sd:.3f}, df {df})"
+                + multiplicity({f"vs {m}": (fid["learnable"], fid[m], o) for m, o in outcomes.items()}, sd, df, k))
     return Verdict(status, evidence, {"outcomes": outcomes, "references": refs}, rule="claim2_recovery",
-                   yardstick=_yardstick(sd, df, sampling_sd, point))
+                   yardstick=_yardstick(sd, df, sampling_sd, point, k))
 
 
 @_named
@@ -626,20 +735,21 @@ SAME_MODEL = "same model"
 _WORD = {"a": "better", "b": "worse", WITHIN_NOISE: WITHIN_NOISE, SAME_MODEL: SAME_MODEL}
 
 
-def _compare_once(pairs, fid, model, sd):
-    """``pairs``: [(check, a, b)] of keys of ``fid``. Each distinct (check, model of a, model of b) is compared once
-    (``called``; "same model" when a and b are one model); returns [(check, a, b, outcome)] without the repeats and
-    the repeats as [(check, a, b, the (a, b) it repeats)]."""
+def _compare_once(pairs, fid, model, sd, df=None, k=None):
+    """``pairs``: [(check, a, b)] of keys of ``fid``. Each distinct (model of a, model of b) is compared once, whatever
+    check asks for it (``called``; "same model" when a and b are one model): before issue 25 the check's label was
+    part of the key, so the 7:14 LoRA and full cells, one model, were counted twice against 7:14 frozen. Returns
+    [(check, a, b, outcome)] without the repeats and the repeats as [(check, a, b, the (a, b) it repeats)]."""
     model = model or {}
     seen, out, repeats = {}, [], []
     for check, a, b in pairs:
-        ident = (check, model.get(a, a), model.get(b, b))
+        ident = (model.get(a, a), model.get(b, b))
         if ident in seen:
             repeats.append((check, a, b, seen[ident]))
             continue
         seen[ident] = (a, b)
         same = model.get(a, a) == model.get(b, b)
-        out.append((check, a, b, SAME_MODEL if same else called(fid[a], fid[b], sd)))
+        out.append((check, a, b, SAME_MODEL if same else called(fid[a], fid[b], sd, df, k=k)))
     return out, repeats
 
 
@@ -647,17 +757,18 @@ def _cell(key):
     return " ".join(key) if isinstance(key, tuple) else str(key)
 
 
-def _table4_yardstick(sd, df, fid, model):
-    n = len({(model or {}).get(k, k) for k in fid})
-    return {"pooled_finetune_seed_sd": sd, "df": df, "n_models": n, "k": CALL_K,
+def _table4_yardstick(sd, df, fid, model, k=None):
+    n = len({(model or {}).get(key, key) for key in fid})
+    return {"pooled_finetune_seed_sd": sd, "df": df, "n_models": n, "k": k if k is not None else t_critical(df),
+            "call": _k_text(df, k),
             "measured_from": "FIDs of every distinct Table 4 model (the nine cells, the 1:2 references, LoRA rank 8; "
                              "cells keeping the same layers counted once) over its fine-tune seeds, pooled, this run"}
 
 
-def _sd_text(sd, df):
+def _sd_text(sd, df, k=None):
     if not np.isfinite(sd):
         return " (no yardstick: no model has two fine-tune seeds, so no difference is called)"
-    return f" (2 SE, pooled fine-tune-seed sd {sd:.3f}, df {df})"
+    return f" ({_k_text(df, k)}, pooled fine-tune-seed sd {sd:.3f}, df {df})"
 
 
 def _repeats_text(repeats):
@@ -667,7 +778,7 @@ def _repeats_text(repeats):
 
 @_named
 def claim3_block_size_seeds(fid: Mapping, sd: float, df: int, model: Mapping = None,
-                            references: Sequence[str] = ()) -> Verdict:
+                            references: Sequence[str] = (), k: float = None) -> Verdict:
     """Claim 3 on fine-tune seeds: small blocks (1:2, 2:4) learn better decisions than 7:14.
 
     ``fid``: {(scheme, update): FIDs over fine-tune seeds} for the learnable cells, plus {name: FIDs} for named rows
@@ -675,8 +786,8 @@ def claim3_block_size_seeds(fid: Mapping, sd: float, df: int, model: Mapping = N
     distinct models (``pooled_sd``); ``model``: {key of ``fid``: the model's identity} (missing: every key its own
     model); ``references``: the names of the 1:2 references inside learnable's own rule (the study's
     ``REFERENCES``: "best-calibration 1:2", "random 1:2").
-    For every update, 1:2 and 2:4 are each set against 7:14 with ``called`` (their means differ by more than
-    ``CALL_K`` standard errors). A comparison of the same two models is counted once, and a cell that is the same
+    For every update, 1:2 and 2:4 are each set against 7:14 with ``called`` (their means differ by more than the t
+    critical value at ``df`` standard errors; ``k``: a fixed multiple, the rule before issue 25 used 2). A comparison of the same two models is counted once, and a cell that is the same
     model as its 7:14 cell is a tie ("same model"). Held: every distinct comparison a win for the small block.
     Mixed: some wins, not all. Not held: no win and at least one loss. Within noise: no win and no loss (also when
     there is no comparison). The references are reported, not deciding: every learnable 1:2 cell is set against
@@ -686,13 +797,13 @@ def claim3_block_size_seeds(fid: Mapping, sd: float, df: int, model: Mapping = N
     updates = list(dict.fromkeys(u for _, u in cells))
     pairs = [("small vs 7:14", (g, u), (LARGE_BLOCK, u)) for u in updates for g in SMALL_BLOCKS
              if (g, u) in fid and (LARGE_BLOCK, u) in fid]
-    out, repeats = _compare_once(pairs, fid, model, sd)
+    out, repeats = _compare_once(pairs, fid, model, sd, df, k)
     res = [o for *_, o in out]
     wins, losses, n = res.count("a"), res.count("b"), len(res)
     status = HELD if n and wins == n else MIXED if wins else NOT_HELD if losses else WITHIN_NOISE
     refs = [r for r in references if r in fid]
     ref_out, _ = _compare_once([("reference", ("1:2", u), r) for r in refs for u in updates if ("1:2", u) in fid],
-                               fid, model, sd)
+                               fid, model, sd, df, k)
     mean = {g: _nan_quiet(np.nanmean, [np.mean(fid[c]) for c in cells if c[0] == g])
             for g in (*SMALL_BLOCKS, LARGE_BLOCK)}
     evidence = (f"small block beats 7:14 in {wins} of {n} distinct comparisons, loses in {losses}, ties in "
@@ -703,23 +814,27 @@ def claim3_block_size_seeds(fid: Mapping, sd: float, df: int, model: Mapping = N
                 + f". Mean FID 1:2 {mean['1:2']:.2f}, 2:4 {mean['2:4']:.2f}, 7:14 {mean['7:14']:.2f}"
                 + ("; inside the 1:2 rule (reported, not deciding): " + "; ".join(
                     f"{_cell(a)} vs {b} {_mean_std(fid[b])}: {_WORD[o]}" for _, a, b, o in ref_out) if ref_out else "")
-                + _sd_text(sd, df))
+                + _sd_text(sd, df, k)
+                + multiplicity({f"{_cell(a)} vs {_cell(b)}": (fid[a], fid[b], o) for _, a, b, o in out
+                                if o != SAME_MODEL}, sd, df, k))
     return Verdict(status, evidence, {"outcomes": [(a, b, o) for _, a, b, o in out], "wins": wins, "losses": losses,
                                       "comparisons": n, "repeats": len(repeats),
                                       "references": [(a, b, o) for _, a, b, o in ref_out]},
-                   rule="claim3_block_size_seeds", yardstick=_table4_yardstick(sd, df, fid, model))
+                   rule="claim3_block_size_seeds", yardstick=_table4_yardstick(sd, df, fid, model, k))
 
 
 @_named
 def claim4_recoverability_seeds(fid: Mapping, sd: float, df: int, model: Mapping = None,
-                                named: Sequence[str] = ()) -> Verdict:
+                                named: Sequence[str] = (), k: float = None) -> Verdict:
     """Claim 4 on fine-tune seeds: LoRA and full updates beat frozen weights; LoRA is at least as good as full.
 
     ``fid``, ``sd``, ``df``, ``model``: as :func:`claim3_block_size_seeds`; ``named``: named rows of ``fid`` to report
     beside the 1:2 LoRA and 1:2 full cells, not deciding (the study's ``TABLE4_RANK8``: "1:2 LoRA rank 8").
     Per scheme, with ``called`` on the means over fine-tune seeds: LoRA vs frozen and full vs frozen ("beats frozen"
-    comparisons), and LoRA vs full. A comparison of the same two models is counted once; two cells that are one model
-    tie ("same model").
+    comparisons), and LoRA vs full (t critical value at ``df``; ``k``: a fixed multiple, the rule before issue 25 used
+    2). A comparison of the same two models is counted once, whichever check asks for it (the 7:14 LoRA and full
+    cells keep the same layers: one comparison with 7:14 frozen, not two); two cells that are one model tie ("same
+    model").
     Held: every distinct "beats frozen" comparison is a win and full never beats LoRA. Not held: no "beats frozen"
     win, and frozen beats an update or full beats LoRA somewhere. Within noise: no "beats frozen" win and no loss of
     either kind (also when every update gave the same model). Mixed: anything else (some "beats frozen" wins but
@@ -734,7 +849,7 @@ def claim4_recoverability_seeds(fid: Mapping, sd: float, df: int, model: Mapping
             pairs += [(f"{u} beats frozen", (g, u), (g, "frozen")) for u in ("lora", "full") if (g, u) in fid]
         if (g, "lora") in fid and (g, "full") in fid:
             pairs.append(("lora at least as good as full", (g, "lora"), (g, "full")))
-    out, repeats = _compare_once(pairs, fid, model, sd)
+    out, repeats = _compare_once(pairs, fid, model, sd, df, k)
     beats = [o for c, *_, o in out if c.endswith("beats frozen")]
     vs_full = [o for c, *_, o in out if c == "lora at least as good as full"]
     wins, losses, full_wins = beats.count("a"), beats.count("b"), vs_full.count("b")
@@ -746,7 +861,7 @@ def claim4_recoverability_seeds(fid: Mapping, sd: float, df: int, model: Mapping
         status = MIXED
     named = [r for r in named if r in fid]
     extra, _ = _compare_once([("rank", r, ("1:2", u)) for r in named for u in ("lora", "full") if ("1:2", u) in fid],
-                             fid, model, sd)
+                             fid, model, sd, df, k)
     evidence = (f"updates beat frozen in {wins} of {len(beats)} distinct comparisons, lose in {losses}, tie in "
                 f"{len(beats) - wins - losses}; full beats LoRA in {full_wins} of {len(vs_full)}: "
                 + "; ".join(f"{_cell(a)} {_mean_std(fid[a])} vs {_cell(b)} {_mean_std(fid[b])}: {_WORD[o]}"
@@ -755,8 +870,129 @@ def claim4_recoverability_seeds(fid: Mapping, sd: float, df: int, model: Mapping
                 + ("; reported, not deciding: " + "; ".join(
                     f"{a} {_mean_std(fid[a])} vs {_cell(b)} {_mean_std(fid[b])}: {_WORD[o]}" for _, a, b, o in extra)
                    if extra else "")
-                + _sd_text(sd, df))
+                + _sd_text(sd, df, k)
+                + multiplicity({f"{_cell(a)} vs {_cell(b)}": (fid[a], fid[b], o) for _, a, b, o in out
+                                if o != SAME_MODEL}, sd, df, k))
     return Verdict(status, evidence, {"outcomes": [(c, a, b, o) for c, a, b, o in out], "wins": wins,
                                       "losses": losses, "full_beats_lora": full_wins, "repeats": len(repeats),
                                       "named": [(a, b, o) for _, a, b, o in extra]},
-                   rule="claim4_recoverability_seeds", yardstick=_table4_yardstick(sd, df, fid, model))
+                   rule="claim4_recoverability_seeds", yardstick=_table4_yardstick(sd, df, fid, model, k))
+
+
+# ---------------------------------------------------------------------- one calling function (issue 25)
+# Written before any run of issue 25's robustness study. Claims 6, 8 and 9 were judged with ``compare`` (the sum of two
+# sds) or ``beyond_noise`` (2 x a seed sd); these rules call every difference with ``called`` at the t critical value
+# of the pooled fine-tune-seed spread, as claims 1-4 now do. The old rules stay above, and the notebooks show both.
+_WORD3 = {"a": "better", "b": "worse", WITHIN_NOISE: WITHIN_NOISE}
+
+
+@_named
+def claim6_masked_kd_called(fid: Mapping[str, Sequence[float]], repkd_fid: float, repkd_skipped_steps: int,
+                            repkd_initial_loss=None) -> Verdict:
+    """Claim 6 with ``called``: Masked KD beats logits KD, which beats plain fine-tuning; unmasked RepKD diverges.
+
+    ``fid``: {variant: FIDs over fine-tune seeds} with ``"masked_kd_2"``, ``"kd"`` and ``"finetune"`` (other variants
+    add to the yardstick); the yardstick is the pooled fine-tune-seed sd of every variant with two seeds
+    (:func:`pooled_sd`), its df choosing the t critical value. Three parts: Masked KD 2σ beats KD and KD beats
+    fine-tuning (``called``), and RepKD diverged (non-finite FID, a skipped step, or FID above twice KD's). Held: all
+    three; not held: none (within noise when none and a comparison tied); mixed otherwise.
+    """
+    sd, df = pooled_sd(fid)
+    c_masked_kd = called(fid["masked_kd_2"], fid["kd"], sd, df)
+    c_kd_ft = called(fid["kd"], fid["finetune"], sd, df)
+    rep_diverged = bool((not np.isfinite(repkd_fid)) or repkd_skipped_steps > 0
+                        or repkd_fid > 2 * _nan_quiet(np.nanmean, fid["kd"]))
+    parts = [c_masked_kd == "a", c_kd_ft == "a", rep_diverged]
+    status = HELD if all(parts) else NOT_HELD if not any(parts) else MIXED
+    if not any(parts) and WITHIN_NOISE in (c_masked_kd, c_kd_ft):
+        status = WITHIN_NOISE
+    evidence = (f"Masked KD 2σ vs logits KD: {_WORD3[c_masked_kd]} ({_mean_std(fid['masked_kd_2'])} vs "
+                f"{_mean_std(fid['kd'])}); logits KD vs fine-tune: {_WORD3[c_kd_ft]} ({_mean_std(fid['kd'])} vs "
+                f"{_mean_std(fid['finetune'])}); RepKD {'diverged' if rep_diverged else 'did not diverge'} "
+                f"(FID {repkd_fid:.2f}, {int(repkd_skipped_steps)} skipped steps, initial rep loss "
+                f"{'n/a' if repkd_initial_loss is None else f'{float(repkd_initial_loss):.5g}'})"
+                + _sd_text(sd, df)
+                + multiplicity({"Masked KD vs KD": (fid["masked_kd_2"], fid["kd"], c_masked_kd),
+                                "KD vs fine-tune": (fid["kd"], fid["finetune"], c_kd_ft)}, sd, df))
+    return Verdict(status, evidence, {"masked_kd_vs_kd": c_masked_kd, "kd_vs_finetune": c_kd_ft,
+                                      "repkd_diverged": rep_diverged},
+                   yardstick={"pooled_finetune_seed_sd": sd, "df": df, "k": t_critical(df), "call": _k_text(df, None),
+                              "measured_from": "FIDs of every Table 5 variant over its fine-tune seeds, pooled, "
+                                               "this run"})
+
+
+@_named
+def claim8_iterative_called(fid: Mapping[tuple, Sequence[float]], sd: float, df: int) -> Verdict:
+    """Claim 8 with ``called``: pruning the crafted shallow model again beats pruning the original directly.
+
+    ``fid``: FIDs over fine-tune seeds (one seed today) of the four D7 models, {(teacher, pruned_from): FIDs} with
+    teacher and pruned_from in "XL", "D14"; ``sd``/``df``: the pooled fine-tune-seed spread of notebook 01's
+    recovery curves at the paper's 100K point (``Study.seed_noise_df``): a one-seed FID is weighed as one draw of it.
+    For each teacher, D7 pruned from D14 is set against D7 pruned from XL with ``called``. Held: both wins; not held:
+    both losses; within noise: both ties; mixed otherwise.
+    """
+    fid = {key: np.atleast_1d(np.asarray(v, dtype=float)) for key, v in fid.items()}
+    calls = {t: called(fid[(t, "D14")], fid[(t, "XL")], sd, df) for t in ("XL", "D14")}
+    wins = [{"a": "yes", "b": "no"}.get(c, "tie") for c in calls.values()]
+    status = (HELD if wins.count("yes") == 2 else NOT_HELD if wins.count("no") == 2
+              else WITHIN_NOISE if wins.count("tie") == 2 else MIXED)
+    evidence = ("D7 from D14 vs from XL: " + "; ".join(
+        f"teacher {t} {_mean_std(fid[(t, 'D14')])} vs {_mean_std(fid[(t, 'XL')])}: {_WORD3[c]}"
+        for t, c in calls.items()) + _sd_text(sd, df)
+        + multiplicity({f"teacher {t}": (fid[(t, 'D14')], fid[(t, 'XL')], c) for t, c in calls.items()}, sd, df))
+    return Verdict(status, evidence, {"wins": wins, "calls": calls},
+                   yardstick={"pooled_finetune_seed_sd": sd, "df": df, "k": t_critical(df), "call": _k_text(df, None),
+                              "measured_from": "notebook 01's recovery curves at the paper's 100K point: every "
+                                               "distinct model's FIDs over its fine-tune seeds, pooled"})
+
+
+@_named
+def claim9_sit_recovery(claim2_sit: Verdict, teacher: Verdict, claim1_sit: Verdict = None) -> Verdict:
+    """Claim 9 under the DiT rules: learnable pruning carries over to SiT.
+
+    ``claim2_sit``: :func:`claim2_recovery` applied to the SiT teacher's recovery curves (``curve_verdicts`` at the
+    paper's 100K point, the same yardstick as for the DiT teacher); ``teacher``: the SiT teacher's
+    :func:`teacher_check`; ``claim1_sit``: :func:`claim1_recovery` on the same curves, reported beside it.
+    Not testable here when the SiT teacher fails its check; otherwise claim 2's status on SiT is claim 9's.
+    """
+    extra = f" Claim 1 on SiT: {claim1_sit.status} ({claim1_sit.evidence})" if claim1_sit is not None else ""
+    if teacher.status != HELD:
+        return Verdict(NOT_TESTABLE, f"the SiT teacher fails its check: {teacher.evidence}" + extra, {})
+    return Verdict(claim2_sit.status, "SiT, claim 2's rule: " + claim2_sit.evidence + "." + extra,
+                   {"claim2": claim2_sit.details, "claim1": claim1_sit.status if claim1_sit else None},
+                   yardstick=claim2_sit.yardstick)
+
+
+def status_change(old: Verdict, new: Verdict, reason: str) -> str:
+    """One line for a notebook: a claim's status under the rule before a change and under the rule now, and why."""
+    moved = "moved" if old.status != new.status else "unchanged"
+    return f"{old.rule or 'old rule'}: **{old.status}** → {new.rule or 'new rule'}: **{new.status}** ({moved}; {reason})"
+
+
+# ---------------------------------------------------------------------- the claim-robustness table (issue 25)
+ROBUST_CLAIMS = (1, 2, 3, 4, 9)
+
+
+def robustness_sentences(table: Mapping[int, Mapping[str, str]], reference: str) -> dict:
+    """One sentence per claim saying whether its verdict survives: ``table`` {claim: {setting: status}}, every cell
+    from the same rule; ``reference`` the setting the committed verdict comes from (the DiT seed-0 teacher at 938
+    gate steps). Survives when every setting with a status gives the reference's; otherwise the settings that
+    differ are named. A setting with no status (not run) is said to be missing, not counted."""
+    out = {}
+    for claim, row in table.items():
+        ref = row.get(reference)
+        have = {s: v for s, v in row.items() if v}
+        missing = [s for s, v in row.items() if not v]
+        if not ref:
+            out[claim] = f"Claim {claim}: no status in the reference setting ({reference}), nothing to compare."
+            continue
+        differ = {s: v for s, v in have.items() if v != ref}
+        tail = f" (not run: {', '.join(missing)})" if missing else ""
+        if not differ:
+            out[claim] = (f"Claim {claim}: '{ref}' in all {len(have)} settings with a status — the verdict "
+                          f"survives{tail}.")
+        else:
+            out[claim] = (f"Claim {claim}: '{ref}' in {reference}, but " + ", ".join(
+                f"'{v}' in {s}" for s, v in differ.items()) + f" — the verdict does not survive every "
+                f"setting{tail}.")
+    return out
