@@ -1,5 +1,5 @@
 # tinyfusion-replication: `make reproduce` runs the whole study, `make test` runs the tests.
-# Also: `make notebook NB=07` (one notebook), `make lab [LAB_ARGS="--port=8890 --ip=0.0.0.0 --no-browser"]`,
+# Also: `make robustness` (notebook 11, its own clock), `make notebook NB=07` (one notebook), `make lab [LAB_ARGS="--port=8890 --ip=0.0.0.0 --no-browser"]`,
 # `make screenshots [SHOTS_ARGS="--all --height 16000 --split 2400"]` (the executed notebooks as JupyterLab shows them).
 PROFILE ?= cpu
 NB ?=
@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data reproduce notebook test lab screenshots clean-results
+.PHONY: setup data reproduce robustness notebook test lab screenshots clean-results
 
 setup: $(STAMP) data
 
@@ -33,6 +33,11 @@ data:
 
 reproduce: setup
 	$(PY) -m tinyfusion.cli.reproduce --profile $(PROFILE)
+
+# The robustness study (notebook 11: gate budget, a second teacher, SiT under the DiT rules), its own from-empty clock
+# (results/<profile>/robustness_clock.json); it reuses every step make reproduce cached.
+robustness: setup
+	$(PY) -m tinyfusion.cli.reproduce --profile $(PROFILE) --study robustness
 
 # One notebook (or several: NB=00,06), run and saved as make reproduce does it.
 notebook: setup

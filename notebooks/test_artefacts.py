@@ -19,11 +19,13 @@ FIGURES = ["00_data_grid", "00_teacher_samples", "01_calibration_histogram", "01
            "02_decision_dynamics", "02_kept_vs_baselines",
            "02_confidence_history", "02_gate_costs", "02_corrected_curves", "03_scheme_ablation", "04_lora_vs_full",
            "05_massive_activations", "06_kd_loss_curves", "07_speedup",
-           "08_d7_samples"]
+           "08_d7_samples", "11_layer0_keep_history", "11_decision_dynamics_official", "11_gate_budget_curves",
+           "11_residual_ratio"]
 TABLES = ["00_teacher_metrics", "01_table3", "01_table3_runs", "01_recovery_curves", "01_recovery_curves_summary",
           "01_curve_noise", "01_verdicts_by_point", "02_block_confidence", "02_settled", "02_gate_costs",
           "02_corrected_curves", "02_corrected_summary", "table4_runs", "table4", "05_summary",
-          "06_table5", "07_speedup", "08_table7"]
+          "06_table5", "07_speedup", "08_table7", "11_gate_decisions", "11_block0", "11_teachers", "11_robustness",
+          "11_robustness_evidence"]
 SIT_FIGURES = ["10_sit_teacher_samples", "10_kept_layers", "10_fid_by_method", "10_tinysit_samples"]  # <profile>-sit/
 SIT_TABLES = ["10_teachers", "10_table2", "10_table2_runs"]
 
@@ -57,3 +59,6 @@ def test_notebooks_wrote_every_artefact(notebook_session):
     assert "Verdicts" in summary and summary.count("| ") > 20
     assert "![" in summary and "figures/01_recovery_curves.png" in summary  # the key figures are embedded
     assert all(f"| {claim} |" in summary for claim in CLAIMS)  # one verdict row per claim
+    assert "Does the verdict survive?" in summary                # notebook 11 rewrote it with the robustness table
+    robust = (out / "tables" / "11_robustness.csv").read_text()
+    assert all(s in robust for s in ("recorded", "gate steps", "DiT teacher seed 1", "SiT teacher", "survive"))

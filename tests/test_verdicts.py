@@ -633,7 +633,7 @@ def test_recovery_curves_carry_every_metric_of_each_scoring_into_table3_runs(tmp
     (study.root / "tables").mkdir(parents=True, exist_ok=True)
     jobs = [("shortgpt", None, [0, 1], s) for s in (0, 1)]
     fts = [{"snapshots": {10: f"ck{s}_10", 20: f"ck{s}_20"}} for s in (0, 1)]
-    monkeypatch.setattr(Study, "curve_runs", lambda self, c=None: (jobs, fts))
+    monkeypatch.setattr(Study, "curve_runs", lambda self, c=None, stop=None: (jobs, fts))
     monkeypatch.setattr(Study, "calibration_loss", lambda self, kept: 0.25)
     metric = {"fid": 2.0, "is": 5.0, "class_accuracy": 0.8, "sfid": 20.0, "precision": 0.6, "recall": 0.4}
     monkeypatch.setattr(Study, "parallel", lambda self, calls, desc="": [

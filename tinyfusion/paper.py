@@ -96,3 +96,9 @@ CLAIMS = {
     8: "Pruning the crafted shallow model again beats pruning the original directly.",
     9: "Learnable pruning carries over to SiT (flow objective): TinySiT-D14 recovers close to SiT-XL/2.",
 }
+
+# Figure 6 (2:4 on DiT-XL/2, the official repository's assets/decisions.png), read off the figure: the official learnable
+# run is one ImageNet epoch at global batch 128 (10,010 steps, gate EMA 0.999); layer 0 replaces layer 1 in block 0 at
+# about 8K of them and is kept at the end, with the final 2:4 kept set about as below.
+FIGURE6 = {"scheme": "2:4", "steps": 10010, "ema_decay": 0.999, "layer0_from_step": 8000,
+           "kept": [0, 2, 6, 7, 8, 9, 12, 13, 18, 19, 20, 23, 24, 25]}

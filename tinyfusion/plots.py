@@ -424,3 +424,39 @@ def table4_fid(runs, by="scheme", title="Table 4"):
     axp.set_title("paper")
     fig.tight_layout()
     return fig
+
+
+def layer_keep_history(histories, layers=(0, 1), title="EMA probability that a layer is kept, over each run"):
+    """One panel per layer of ``layers``: the EMA keep probability of that layer over each learnable-pruning run of
+    ``histories`` ({label: decision snapshots}), against the share of the run done (runs of different lengths on one
+    axis), so when block 0 swaps layer 1 for layer 0 in a long run, and whether it ever does, shows at a glance."""
+    fig, axes = plt.subplots(1, len(layers), figsize=(5.2 * len(layers), 3.6), squeeze=False, sharey=True,
+                             layout="constrained")
+    colors = plt.cm.tab10(np.linspace(0, 1, 10))
+    for ax, layer in zip(axes[0], layers):
+        for i, (label, history) in enumerate(histories.items()):
+            steps, P = keep_prob_history(history)
+            ax.plot(steps / max(steps[-1], 1), P[:, layer], color=colors[i % 10],
+                    ls="-" if i < 10 else "--", lw=1.4, label=f"{label} ({steps[-1]:,} steps)")
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("share of the run")
+        ax.set_title(f"layer {layer}", fontsize=11)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("EMA keep probability")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def per_layer(values, ylabel, title):
+    """One line per model of ``values`` ({label: one number per layer}), layer index on x: per-layer diagnostics of
+    several teachers side by side (residual ratio, max |h| / std)."""
+    fig, ax = plt.subplots(figsize=(8, 3.2), layout="constrained")
+    for label, v in values.items():
+        v = np.asarray(v, dtype=float)
+        ax.plot(np.arange(len(v)), v, marker="o", ms=3, lw=1.3, label=label)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    ax.legend(fontsize=8)
+    return fig

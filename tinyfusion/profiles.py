@@ -47,6 +47,10 @@ class Profile:
     prune_batch: int = 64
     prune_lr: float = 1e-4
     prune_ema_decay: float = 0.995         # EMA of the gate logits: horizon ~1/5 of the run, as the paper's 0.999 over ~5K steps
+    # the gate budget of the robustness study (notebook 11): learnable pruning at the official *step* count
+    robust_prune_steps: int = 10010        # one ImageNet epoch at the official global batch 128
+    robust_prune_ema: float = 0.999        # the official decay: horizon 1,000 steps, 10% of that run, as there
+    robust_prune_seeds: tuple = (0, 1, 2)  # pruning seeds at both budgets, so the decision's own variance is measured
     lora_rank: int = 1                     # the paper's LoRA trains ~0.9% (rank 8 on width 1152); rank 1 on width 64: 2.0%
     # recovery (cli.finetune); the paper: 100K steps (Tables 1/3/5/7), 10K steps (Table 4)
     finetune_steps: int = 336              # 1.4% of the teacher's 12,000 x 128 pre-training samples at batch 64
@@ -98,7 +102,7 @@ PROFILES = {
         name="smoke", data_limit=512, eval_limit=512,
         pretrain_steps=30, pretrain_batch=32,
         calib_batches=1, calib_batch=32, random_candidates=64, mask_study_limit=256,
-        prune_steps=6, prune_batch=16,
+        prune_steps=6, prune_batch=16, robust_prune_steps=12, robust_prune_ema=0.9, robust_prune_seeds=(0, 1),
         finetune_steps=4, finetune_long=6, curve_points=(4, 6), ablation_finetune_steps=4, finetune_batch=16,
         eval_samples=64, sample_steps=4, seeds=(0,), batch_eval=64,
         extra={"speed": {"batch": 8, "steps": 2, "repeats": 5, "warmup": 0, "ratios": (0, 0.5)}},  # 5 rounds: an sd
@@ -143,6 +147,15 @@ for _base, _fields in SIT_VARIANTS.items():
     _p = PROFILES[_base]
     PROFILES[f"{_base}-sit"] = replace(_p, name=f"{_base}-sit", **_fields,
                                        notes=f"{_p.notes}; SiT variant: the flow-objective teacher {_fields['model']}")
+
+
+# A second DiT teacher (the robustness study, notebook 11): the cpu teacher's config and budget, trained with seed 1
+# (`python -m tinyfusion.cli.pretrain --profile cpu --seed 1`); "<profile>-seed1" runs every step on it.
+SEED1_VARIANTS = {"smoke": dict(teacher="data/teacher_cpu_seed1.pt"), "cpu": dict(teacher="data/teacher_cpu_seed1.pt")}
+for _base, _fields in SEED1_VARIANTS.items():
+    _p = PROFILES[_base]
+    PROFILES[f"{_base}-seed1"] = replace(_p, name=f"{_base}-seed1", **_fields,
+                                         notes=f"{_p.notes}; a second DiT teacher, trained with seed 1")
 
 
 def get_profile(name=None, **overrides) -> Profile:

@@ -192,17 +192,19 @@ class Study:
             cfg["scoring"] = {"inputs": "clean", "t": "clean_t", "images": SHORTGPT_IMAGES, "keep_last": True}
         return self.cached("baselines", method.replace("-", ""), cfg, compute)
 
-    def learnable(self, groups="1:2", update="lora", seed=0, source=None, steps=None, lora_rank=None):
+    def learnable(self, groups="1:2", update="lora", seed=0, source=None, steps=None, lora_rank=None, ema_decay=None):
         """Learnable pruning of ``source`` (default: the teacher); the kept layers, confidences (``settled``: per
         block, whether the decision held over the last 20% of the steps) and paths. ``lora_rank``: None is the
-        profile's (about the paper's 0.9% trained)."""
+        profile's (about the paper's 0.9% trained); ``steps``, ``ema_decay`` (of the gate logits): None are the
+        profile's ``prune_steps`` and ``prune_ema_decay``."""
         from tinyfusion.pruning import learnable
         config = learnable.learnable_config(self.prof, source=source, groups=groups, update=update, seed=seed,
-                                            steps=steps or 0, lora_rank=lora_rank)
+                                            steps=steps or 0, lora_rank=lora_rank, ema_decay=ema_decay or 0.0)
         flags = {k: config[k] for k in ("profile", "groups", "update", "steps", "batch_size", "lr", "seed",
                                         "logit_lr_mult", "lora_rank", "lora_alpha", "ema_decay", "grad_clip")}
         flags.update(teacher=config["source"], tau_start=config["tau"][0], tau_end=config["tau"][1])
-        label = f"{groups}_{update}{'' if lora_rank is None else f'_r{lora_rank}'}_s{seed}"
+        label = (f"{groups}_{update}{'' if lora_rank is None else f'_r{lora_rank}'}"
+                 f"{'' if steps is None else f'_{steps}steps'}_s{seed}")
         return self._step("prune_learn", label, config,
                           lambda folder: learnable.run_learnable(config, folder), "prune_learn", flags)
 
@@ -507,20 +509,22 @@ class Study:
         out += [("learnable", s, learned[s]["kept"]) for s in self.prof.seeds]
         return out
 
-    def curve_run(self, method, kept, seed):
+    def curve_run(self, method, kept, seed, stop=None):
         """One recovery-curve fine-tune: ``kept`` pruned from the teacher, fine-tuned (plain) with ``seed`` to the last
         curve point (``LONG_CURVES``) or to the 500K-equivalent point, on the cosine of the longest run, with the
-        EMA saved at every curve point on the way. Returns the cached result (``snapshots``: {step: checkpoint})."""
+        EMA saved at every curve point on the way; ``stop``: end there instead when earlier (the same cosine, so
+        its points compare with the longer runs'). Returns the cached result (``snapshots``: {step: checkpoint})."""
         points = self.prof.curve_points
         steps = points[-1] if method in self.LONG_CURVES else self.prof.finetune_long
+        steps = min(steps, stop) if stop else steps
         return self.recovered(method, kept, seed, steps=steps, lr_steps=points[-1],
                               snapshots=[p for p in points if p <= steps])
 
-    def curve_runs(self, candidates=None):
+    def curve_runs(self, candidates=None, stop=None):
         """The fine-tunes of :meth:`recovery_curves` (``prof.workers`` at a time): ``(jobs, results)``, a job being
         (method, prune seed, kept, fine-tune seed). Identical models (the same kept layers, e.g. two pruning seeds
         that chose one mask) are fine-tuned once per seed and share that result. ``candidates``: (method, prune seed,
-        kept) triples, default :meth:`curve_candidates`."""
+        kept) triples, default :meth:`curve_candidates`; ``stop``: as :meth:`curve_run`."""
         cands = self.curve_candidates() if candidates is None else candidates
         for method, _, k in cands:  # the pruned students first, so parallel runs never write one folder twice
             self.pruned(k, name=method)
@@ -529,20 +533,22 @@ class Study:
         for m, ps, k, s in jobs:
             first.setdefault((tuple(k), s), (m, k, s))
         unique = list(first)
-        results = self.parallel([("curve_run", {"method": first[u][0], "kept": first[u][1], "seed": first[u][2]})
+        results = self.parallel([("curve_run", {"method": first[u][0], "kept": first[u][1], "seed": first[u][2],
+                                                "stop": stop})
                                  for u in unique], desc="recovery curves: fine-tuning")
         done = dict(zip(unique, results))
         return jobs, [done[(tuple(k), s)] for _, _, k, s in jobs]
 
-    def recovery_curves(self, candidates=None, name="01_recovery_curves"):
+    def recovery_curves(self, candidates=None, name="01_recovery_curves", stop=None):
         """FID (IS, class accuracy; sFID, precision, recall) against fine-tuning steps for every Table 3 model and
         the 1:2 references, on every fine-tune seed (learnable: every pruning seed too); the fine-tunes and the scoring
         run ``prof.workers`` at a time, each distinct checkpoint scored once. Returns a DataFrame (method, prune_seed,
         seed, steps, fid, is, class_accuracy, sfid, precision, recall, calib_loss, kept; samples and checkpoint: their
         paths), saved without the paths as ``tables/<name>.csv``; ``candidates`` as for :meth:`curve_runs`. Rows of
-        identical models (same ``kept`` and seed) carry the same numbers and are counted once by the verdicts."""
+        identical models (same ``kept`` and seed) carry the same numbers and are counted once by the verdicts.
+        ``stop``: every run ends there at the latest (the same cosine; :meth:`curve_run`)."""
         import pandas as pd
-        jobs, runs = self.curve_runs(candidates)
+        jobs, runs = self.curve_runs(candidates, stop)
         points = [(j, int(step), path) for j, r in zip(jobs, runs) for step, path in sorted(
             r["snapshots"].items(), key=lambda kv: int(kv[0]))]
         paths = list(dict.fromkeys(path for _, _, path in points))

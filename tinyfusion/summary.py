@@ -156,6 +156,19 @@ def write_summary(study, table, verdicts):
     if table2 is not None and table2.exists():  # notebook 10, written into the profile's SiT variant
         lines += [f"## Table 2 analogue: TinySiT, the flow-objective teacher ({sit.model}; notebook 10, "
                   f"{sit.sampler} {sit.sample_steps} steps)", "", markdown_table(pd.read_csv(table2)), ""]
+    robust = study.root / "tables" / "11_robustness.csv"
+    if robust.exists():  # notebook 11 (make robustness): the claims read again in other settings
+        rt = pd.read_csv(robust)
+        lines += ["## Does the verdict survive? (notebook 11, `make robustness`)", "",
+                  markdown_table(rt.drop(columns=["verdict survives?"])), "",
+                  *[f"- {s}" for s in rt["verdict survives?"]], ""]
+        rclock = study.root / "robustness_clock.json"
+        if rclock.exists():
+            from tinyfusion.cli.reproduce import from_empty_seconds
+            seconds, attempts = from_empty_seconds(load_json(rclock))
+            lines += [(f"`make robustness` from an empty cache: {seconds / 3600:.2f} hours over {attempts} attempt(s) "
+                       f"(robustness_clock.json)." if seconds else "`make robustness` has not finished a run from an "
+                       "empty cache yet (robustness_clock.json)."), ""]
     clock = study.root / "reproduce_clock.json"
     if clock.exists():
         from tinyfusion.cli.reproduce import from_empty_seconds

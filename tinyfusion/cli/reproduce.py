@@ -33,16 +33,28 @@ def run_order(path):
     return ("summary" in path.name, path.name)
 
 
-def notebooks(only=None):
-    """The numbered notebooks in run order (``only``: a list of number prefixes such as ["00", "06"])."""
+# Studies with their own make target and from-empty clock; "main" (make reproduce) is every other notebook.
+STUDIES = {"robustness": ("11",)}   # notebook 11: does the negative verdict survive? (make robustness)
+
+
+def notebooks(only=None, study="main"):
+    """The numbered notebooks of ``study`` in run order: "main" is every notebook no other study in ``STUDIES`` claims,
+    the ones ``make reproduce`` runs; ``only`` (number prefixes such as ["00", "06"]) picks by number from every
+    notebook, whichever study holds it."""
+    if study != "main" and study not in STUDIES:
+        raise SystemExit(f"unknown study {study!r}; choose one of: main, {', '.join(STUDIES)}")
     found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"), key=run_order)
     if only:
-        found = [p for p in found if p.name[:2] in only]
-    return found
+        return [p for p in found if p.name[:2] in only]
+    if study == "main":
+        other = {n for nums in STUDIES.values() for n in nums}
+        return [p for p in found if p.name[:2] not in other]
+    return [p for p in found if p.name[:2] in STUDIES[study]]
 
 
-def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", progress=True):
-    """Execute the notebooks; returns {notebook: seconds}. Raises ``SystemExit`` with a message on failure."""
+def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", progress=True, study="main"):
+    """Execute the notebooks of ``study`` ("main": ``make reproduce``; "robustness": ``make robustness``); returns
+    {notebook: seconds}. Raises ``SystemExit`` with a message on failure."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -52,7 +64,7 @@ def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", pro
     if results_root:
         os.environ["TINYFUSION_RESULTS"] = str(Path(results_root).resolve())
     try:
-        return _run_all(profile, only, kernel, progress, pm, PapermillExecutionError)
+        return _run_all(profile, only, kernel, progress, pm, PapermillExecutionError, study)
     finally:
         if saved_env is None:
             os.environ.pop("TINYFUSION_RESULTS", None)
@@ -122,6 +134,11 @@ CACHE_KINDS = ("random_study", "mask_study", "baselines", "prune_learn", "pruned
 CLOCK = "reproduce_clock.json"
 
 
+def clock_name(study="main"):
+    """The clock file of a study: ``reproduce_clock.json`` for ``make reproduce``, ``<study>_clock.json`` else."""
+    return CLOCK if study == "main" else f"{study}_clock.json"
+
+
 class Clock:
     """The wall time of a reproduction that survives a kill: a thread rewrites ``results/<profile>/reproduce_clock.json``
     every ``every`` seconds with this attempt's elapsed time, so a run cut off (a machine's session ending, SIGKILL)
@@ -129,10 +146,10 @@ class Clock:
     (``from_empty``) and whether it finished every notebook; :func:`from_empty_seconds` sums the attempts of the last
     reproduction that started from an empty cache up to the one that finished it."""
 
-    def __init__(self, root, profile, every=30.0):
+    def __init__(self, root, profile, every=30.0, name=CLOCK):
         import threading
         from tinyfusion.io import load_json
-        self.path = Path(root) / CLOCK
+        self.path = Path(root) / name
         self.clock = load_json(self.path) if self.path.exists() else {"attempts": []}
         empty = not any((Path(root) / k).is_dir() and any((Path(root) / k).iterdir()) for k in CACHE_KINDS)
         self.attempt = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "profile": profile, "from_empty": empty,
@@ -195,7 +212,7 @@ def _failing_cell(path):
     return ""
 
 
-def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError):
+def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError, study="main"):
     from tinyfusion.io import load_json, save_json
     root = Path(os.environ.get("TINYFUSION_RESULTS", ROOT / "results")) / profile
     out_dir, partial_dir = root / "notebooks", root / "partial"
@@ -207,10 +224,10 @@ def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError):
     this_run = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "profile": profile, "notebooks": {}}
     runs.append(this_run)
     total0 = time.time()
-    todo = notebooks(only)
+    todo = notebooks(only, study)
     if not todo:
-        raise SystemExit(f"no notebooks matched {only!r} in {NOTEBOOKS}")
-    clock = Clock(root, profile)
+        raise SystemExit(f"no notebooks of the {study} study matched {only!r} in {NOTEBOOKS}")
+    clock = Clock(root, profile, name=clock_name(study))
     try:
         _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError, root, out_dir, partial_dir,
                        timings, timings_path, this_run, clock)
@@ -280,6 +297,9 @@ def parser():
                    help="profile every notebook runs with (default: $TINYFUSION_PROFILE, else cpu)")
     p.add_argument("--only", type=_numbers, default=[], metavar="NN[,NN...]",
                    help="run only these notebooks, by number, e.g. 07 or 00,06 (default: all, the summary last)")
+    p.add_argument("--study", default="main", choices=("main", *STUDIES),
+                   help="which notebooks: main (make reproduce: all but the other studies') or robustness (notebook "
+                        "11, make robustness); each has its own from-empty clock")
     p.add_argument("--out", default=None, help="results root (default: $TINYFUSION_RESULTS, else results/)")
     add_switch(p, "--progress", True, "show papermill's progress bar (cells executed)")
     return p
@@ -288,7 +308,7 @@ def parser():
 def main(argv=None):
     a = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # so a killed run rolls back like Ctrl-C
-    reproduce(a.profile, a.only or None, a.out, progress=a.progress)
+    reproduce(a.profile, a.only or None, a.out, progress=a.progress, study=a.study)
 
 
 if __name__ == "__main__":

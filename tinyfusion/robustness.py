@@ -1,0 +1,197 @@
+"""Does the negative verdict survive? (issue 25; notebook 11, ``make robustness``)
+
+The cpu study finds claims 1-3 not holding at our scale, but that answer rests on one learnable-pruning decision
+(every 1:2 and 2:4 mask drops layer 0, settled at step 18 of a 938-step run) of one DiT teacher. This module reads the
+same claims again in other settings, each through the same recovery-curve protocol (notebook 01: the pruned model
+fine-tuned on one cosine, its EMA scored at the curve points up to the 500K-equivalent step) and the same rules of
+``tinyfusion.verdicts``:
+
+- **the gate budget**: learnable pruning at the official *step* count (``profile.robust_prune_steps``: one ImageNet
+  epoch at global batch 128 = 10,010 steps; the gate-EMA decay ``robust_prune_ema``, 0.999, whose 1,000-step
+  horizon is the same share of the run as in the official code) beside the profile's 938 steps, each on
+  ``robust_prune_seeds`` pruning seeds, so the decision's own variance is measured at both budgets;
+- **a second DiT teacher**: the profile's "-seed1" variant (same config and budget, trained with seed 1);
+- **the SiT teacher**: the profile's "-sit" variant, claims 1 and 2 under exactly the DiT rules.
+
+Nothing here decides a status: the rules do; this module gathers their inputs and lays the statuses side by side.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tinyfusion.io import load_json
+
+SCHEMES = ("1:2", "2:4")
+BUDGETS = ("profile", "official")   # the profile's prune_steps / the official step count (robust_prune_*)
+
+
+def budget_settings(prof, budget):
+    """``(steps, ema_decay)`` of a gate budget: "profile" (``prune_steps``, ``prune_ema_decay``) or "official"
+    (``robust_prune_steps``, ``robust_prune_ema``)."""
+    if budget == "profile":
+        return prof.prune_steps, prof.prune_ema_decay
+    if budget == "official":
+        return prof.robust_prune_steps, prof.robust_prune_ema
+    raise ValueError(f"unknown gate budget {budget!r}; choose one of {BUDGETS}")
+
+
+def gate_runs(study, budget, schemes=SCHEMES, seeds=None, groups_only=None):
+    """Learnable pruning (LoRA, as Table 3) of the study's teacher at a gate ``budget`` for every scheme and pruning
+    seed (default ``profile.robust_prune_seeds``), ``profile.workers`` runs side by side; each is cached as every
+    learnable run is, so a run started from the terminal (``cli.prune_learn --steps ... --ema-decay ...``) is found.
+    Returns {(scheme, seed): run result}."""
+    seeds = tuple(study.prof.robust_prune_seeds if seeds is None else seeds)
+    steps, ema = budget_settings(study.prof, budget)
+    # the profile budget passes None, so its runs are the very ones notebooks 01-04 cached
+    kw = {} if budget == "profile" else {"steps": steps, "ema_decay": ema}
+    keys = [(g, s) for g in schemes for s in seeds]
+    runs = study.parallel([("learnable", {"groups": g, "update": "lora", "seed": s, **kw}) for g, s in keys],
+                          desc=f"learnable pruning, {steps} steps")
+    return dict(zip(keys, runs))
+
+
+def _blocks(groups):
+    bounds, start = [], 0
+    for _, m in groups:
+        bounds.append((start, start + int(m)))
+        start += int(m)
+    return bounds
+
+
+def decisions(runs, budget_label, depth):
+    """One row per run and block of ``runs`` ({(scheme, seed): run} of a ``depth``-layer teacher): the block's layers, the layers kept at the end,
+    the step of its last change (``gates.settled``) and that step as a share of the run, whether it settled (no change
+    over the last 20%) and its final confidence. Block 0 also says whether layer 0 was ever kept and, if it was, from
+    which snapshot on it stayed kept (``layer0_from``; NaN when it did not end kept)."""
+    from tinyfusion.models.gates import parse_groups
+    rows = []
+    for (scheme, seed), run in runs.items():
+        hist = load_json(run["history_json"])["history"]
+        steps = [int(h["step"]) for h in hist]
+        total = steps[-1] or 1
+        for b, (lo, hi) in enumerate(_blocks(parse_groups(scheme, depth))):
+            row = {"budget": budget_label, "scheme": scheme, "seed": seed, "block": b,
+                   "layers": " ".join(map(str, range(lo, hi))),
+                   "kept": " ".join(str(k) for k in run["kept"] if lo <= k < hi),
+                   "last_change": run["last_change"][b], "last_change_share": run["last_change"][b] / total,
+                   "settled": run["settled"][b], "confidence": run["confidence"][b], "steps": total}
+            if b == 0:
+                kept0 = [0 in h["kept"] for h in hist]
+                row["layer0_ever"] = any(kept0)
+                row["layer0_end"] = kept0[-1]
+                start = len(kept0)
+                while start > 0 and kept0[start - 1]:
+                    start -= 1
+                row["layer0_from"] = steps[start] if kept0[-1] else np.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def block0_summary(table):
+    """The block-0 rows of :func:`decisions`, one per run: which layer it keeps, when it last changed, whether layer 0
+    was ever kept and from which step it stayed kept."""
+    b0 = table[table.block == 0]
+    return b0[["budget", "scheme", "seed", "steps", "kept", "last_change", "last_change_share", "settled",
+               "confidence", "layer0_ever", "layer0_end", "layer0_from"]].reset_index(drop=True)
+
+
+def histories(runs, label=""):
+    """{"<scheme> seed <s><label>": decision snapshots} of ``runs``, for ``plots.decision_dynamics`` and
+    ``plots.layer_keep_history``."""
+    return {f"{g} seed {s}{label}": load_json(r["history_json"])["history"] for (g, s), r in runs.items()}
+
+
+def distinct_masks(runs, scheme):
+    """[(pruning seed, kept)] of the ``scheme`` runs of ``runs``, one per distinct mask (the first seed that chose it),
+    and {seed: the seed whose mask it repeats}."""
+    out, first = [], {}
+    same = {}
+    for (g, s), r in runs.items():
+        if g != scheme:
+            continue
+        key = tuple(r["kept"])
+        if key in first:
+            same[s] = first[key]
+            continue
+        first[key] = s
+        out.append((s, list(r["kept"])))
+    return out, same
+
+
+def learnable_candidates(runs, scheme="1:2"):
+    """Recovery-curve candidates ("learnable", pruning seed, kept) of the ``scheme`` runs of ``runs``, every pruning
+    seed (the curves fine-tune identical masks once per fine-tune seed and count them once)."""
+    return [("learnable", s, list(r["kept"])) for (g, s), r in runs.items() if g == scheme]
+
+
+def with_learnable(candidates, runs):
+    """``candidates`` (``Study.curve_candidates``) with their learnable entries replaced by the 1:2 runs of ``runs``."""
+    return [c for c in candidates if c[0] != "learnable"] + learnable_candidates(runs)
+
+
+def setting_curves(study, candidates, name):
+    """The recovery curves of ``candidates`` up to the 500K-equivalent point (``prof.finetune_long``), every run on the
+    cosine of notebook 01's longest run, so a point here is the same as a point there: runs notebook 01 made to
+    6,720 steps are reused, new masks stop at the 500K point. Returns the curves' DataFrame at steps <= that point."""
+    curves = study.recovery_curves(candidates, name=name, stop=study.prof.finetune_long)
+    return curves[curves.steps <= study.prof.finetune_long].reset_index(drop=True)
+
+
+def reference_curves(study, name):
+    """Notebook 01's recovery curves (its cached runs; nothing new when they exist), cut at the 500K-equivalent point."""
+    curves = study.recovery_curves(name=name)
+    return curves[curves.steps <= study.prof.finetune_long].reset_index(drop=True)
+
+
+def swap_learnable(curves, learnable_curves):
+    """``curves`` with its learnable rows replaced by ``learnable_curves``'s (another gate budget or more seeds)."""
+    return pd.concat([curves[curves.method != "learnable"], learnable_curves[learnable_curves.method == "learnable"]],
+                     ignore_index=True)
+
+
+def claims_1_2(study, curves, sampling_sd=float("nan")):
+    """Claims 1 and 2 on ``curves`` with the rules and yardsticks of notebook 01 (``Study.curve_verdicts``: the status
+    at the paper's 100K point, the pooled fine-tune-seed sd of these curves). Returns (claim 1, claim 2, by point);
+    nothing is saved (notebook 01's table stays its own)."""
+    return study.curve_verdicts(curves, sampling_sd, save=False)
+
+
+def teacher_row(study, learned_kept, label):
+    """The cheap diagnostics of a teacher, before any fine-tuning: parameters, FID / IS / class accuracy of its
+    samples, the calibration-loss span of the random study (max / min), max |h| / std over its layers (claim 5's
+    measure), the per-layer residual ratio ||f(h) - h|| / ||h|| (largest and which layer), and the layers its learned
+    1:2 masks keep in block 0. ``learned_kept``: {pruning seed: kept layers}."""
+    from tinyfusion.activations import hidden_states, hidden_stats
+    teacher = study.teacher()
+    score = study.score(study.teacher_path)
+    rs = study.random_study()
+    stats = pd.DataFrame(hidden_stats(hidden_states(teacher, study.calib()[0], study.objective)))
+    res = np.asarray(study.residual_sizes(), dtype=float)
+    top = int(np.argmax(res))
+    second = float(np.sort(res)[-2]) if len(res) > 1 else np.nan
+    block0 = sorted({" ".join(str(k) for k in kept if k < 2) for kept in learned_kept.values()})
+    return {"teacher": label, "params": sum(p.numel() for p in teacher.parameters()), "fid": score["fid"],
+            "is": score["is"], "class_accuracy": score["class_accuracy"],
+            "calib loss span (max/min)": rs["max"] / rs["min"], "max|h|/std": float(stats.max_abs_over_std.max()),
+            "largest residual ratio": float(res[top]), "at layer": top, "next largest": second,
+            "block 0 keeps (1:2 masks)": ", ".join(f"layer {b}" for b in block0)}
+
+
+def robustness_table(cells, reference):
+    """The claim-robustness table: ``cells`` {setting: {claim: Verdict, status string or None}} (None: the setting
+    does not run that claim). Returns (DataFrame: one row per claim of ``verdicts.ROBUST_CLAIMS``, one column per
+    setting, and a "verdict survives?" column from ``verdicts.robustness_sentences``; the sentences)."""
+    from tinyfusion import verdicts as V
+    status = lambda v: "" if v is None else (v if isinstance(v, str) else v.status)  # noqa: E731
+    table = {c: {s: status(cells[s].get(c)) for s in cells} for c in V.ROBUST_CLAIMS}
+    sentences = V.robustness_sentences(table, reference)
+    df = pd.DataFrame([{"claim": c, **{s: table[c][s] or "—" for s in cells}, "verdict survives?": sentences[c]}
+                       for c in V.ROBUST_CLAIMS])
+    return df, sentences
+
+
+def recorded_status(study, claim):
+    """The status recorded for ``claim`` by notebooks 01-10 (``verdicts/claim<N>.json``), or None."""
+    path = study.root / "verdicts" / f"claim{claim}.json"
+    return load_json(path)["status"] if path.exists() else None
