@@ -31,24 +31,9 @@ def test_decisions_find_when_block0_took_layer0_and_its_last_change(tmp_path):
     assert b0.loc[2, "layer0_ever"] and not b0.loc[2, "layer0_end"]   # kept early, dropped by the end
 
 
-def test_distinct_masks_and_learnable_candidates():
-    runs = {("1:2", 0): {"kept": [1, 3]}, ("1:2", 1): {"kept": [1, 3]}, ("1:2", 2): {"kept": [0, 3]},
-            ("2:4", 0): {"kept": [0, 1]}}
-    masks, same = robustness.distinct_masks(runs, "1:2")
-    assert masks == [(0, [1, 3]), (2, [0, 3])] and same == {1: 0}
-    assert robustness.learnable_candidates(runs) == [("learnable", 0, [1, 3]), ("learnable", 1, [1, 3]),
-                                                     ("learnable", 2, [0, 3])]
-    cands = [("shortgpt", None, [0, 1]), ("learnable", 0, [2, 3])]
-    assert robustness.with_learnable(cands, {("1:2", 5): {"kept": [0, 2]}}) == [
-        ("shortgpt", None, [0, 1]), ("learnable", 5, [0, 2])]
-
-
-def test_swap_learnable_replaces_only_the_learnable_rows():
-    import pandas as pd
-    ref = pd.DataFrame({"method": ["learnable", "shortgpt"], "fid": [3.0, 2.0]})
-    new = pd.DataFrame({"method": ["learnable", "learnable"], "fid": [1.0, 1.1]})
-    out = robustness.swap_learnable(ref, new)
-    assert sorted(out.fid) == [1.0, 1.1, 2.0] and (out.method == "learnable").sum() == 2
+def test_learned_1of2_picks_the_1of2_runs_by_seed():
+    runs = {("1:2", 0): {"kept": [1, 3]}, ("1:2", 2): {"kept": [0, 3]}, ("2:4", 0): {"kept": [0, 1]}}
+    assert robustness.learned_1of2(runs) == {0: {"kept": [1, 3]}, 2: {"kept": [0, 3]}}
 
 
 def test_robustness_table_and_its_sentences():
@@ -60,7 +45,8 @@ def test_robustness_table_and_its_sentences():
     row = table.set_index("claim")
     assert row.loc[2, "long"] == "held" and row.loc[3, "long"] == "—"
     assert "the verdict survives" in sentences[1] and "does not survive" in sentences[2]
-    assert "'held' in long" in sentences[2] and "(not run: long, sit)" in sentences[3]
+    assert "'held' in long" in sentences[2]
+    assert sentences[3] == "Claim 3: 'not held' in ref; not re-judged in any other setting (not run: long, sit)."
 
 
 def test_budgets_and_the_second_teacher_profile():
@@ -84,3 +70,43 @@ def test_make_reproduce_and_make_robustness_run_different_notebooks():
     assert clock_name() == "reproduce_clock.json" and clock_name("robustness") == "robustness_clock.json"
     with pytest.raises(SystemExit, match="unknown study 'x'"):
         notebooks(study="x")
+
+
+def test_a_stopped_curve_run_reuses_the_full_length_run_when_it_is_cached(tmp_path, monkeypatch):
+    """With ``stop``, a model notebook 01 already fine-tuned to its last point is read from that run (its snapshots up
+    to the stop), not fine-tuned again; without that run, the short run is what runs."""
+    from tinyfusion.study import Study
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path))
+    st = Study("smoke", curve_points=(4, 6, 12), finetune_long=6)
+    monkeypatch.setattr(Study, "pruned", lambda self, kept, source=None, name="pruned": "student.pt")
+    asked, ran = [], []
+    full = {"model": "m.pt", "snapshots": {"4": "a.pt", "6": "b.pt", "12": "c.pt"}}
+    monkeypatch.setattr(Study, "finetune_cached", lambda self, student, **kw: asked.append(kw) or full)
+    monkeypatch.setattr(Study, "recovered", lambda self, *a, **kw: ran.append(kw) or {"snapshots": {}})
+    r = st.curve_run("learnable", [0, 2], 0, stop=6)
+    assert r["snapshots"] == {"4": "a.pt", "6": "b.pt"} and not ran
+    assert asked[0]["steps"] == 12 and asked[0]["lr_steps"] == 12 and asked[0]["snapshots"] == [4, 6, 12]
+    monkeypatch.setattr(Study, "finetune_cached", lambda self, student, **kw: None)
+    st.curve_run("learnable", [0, 2], 0, stop=6)
+    assert ran[-1]["steps"] == 6 and ran[-1]["lr_steps"] == 12 and ran[-1]["snapshots"] == [4, 6]
+    st.curve_run("shortgpt", [0, 2], 0, stop=6)            # not a long curve: 6 steps is its full length anyway
+    assert ran[-1]["steps"] == 6 and len(ran) == 2
+
+
+def test_finetune_cached_finds_only_a_finished_run(tmp_path, monkeypatch):
+    from tinyfusion import cache, recovery
+    from tinyfusion.io import save_json
+    from tinyfusion.study import Study
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path))
+    st = Study("smoke")
+    student = tmp_path / "student.pt"
+    student.write_bytes(b"x")
+    kw = dict(seed=0, steps=6, kept=[0, 2], lr_steps=6, snapshots=[4, 6])
+    assert st.finetune_cached(student, **kw) is None
+    config = {"profile": "smoke", **recovery.recovery_config(st.prof, student=student, mode="finetune", k_sigma=0.0,
+                                                             teacher=None, groups="1:2", parent_map=None, **kw)}
+    out = cache.folder(st.root, "finetune", "x", config)
+    out.mkdir(parents=True)
+    save_json({"config": cache.fingerprint(config), "result": {"model": "m"}, "wall_s": 1.0}, out / cache.RECORD)
+    assert st.finetune_cached(student, **kw) == {"model": "m"}
+    assert st.finetune_cached(student, **{**kw, "seed": 1}) is None

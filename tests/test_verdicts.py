@@ -2,6 +2,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from tinyfusion import paper
@@ -509,7 +510,6 @@ def test_multiplicity_states_the_comparisons_and_what_bonferroni_would_drop():
 
 
 def test_spearman_p_is_exact_for_ten_models_and_monte_carlo_beyond():
-    import numpy as np
     x = np.arange(10.0)
     y = np.array([1, 0, 3, 2, 4, 6, 5, 8, 7, 9], dtype=float)
     rho, p, n = V.spearman_finite(x, y)
@@ -778,7 +778,7 @@ def test_claim6_called_weighs_both_steps_against_the_pooled_spread():
     assert v.status == V.HELD and v.rule == "claim6_masked_kd_called" and v.yardstick["df"] == 3
     close = {"finetune": [3.6, 4.0], "kd": [3.4, 3.7], "masked_kd_2": [3.3, 3.55]}
     v = V.claim6_masked_kd_called(close, 3.4, 0)   # compare would call nothing either; RepKD did not diverge
-    assert v.status == V.WITHIN_NOISE and "t(0.975, df 3)" in v.evidence
+    assert v.status == V.WITHIN_NOISE and "t(0.975, pooled df 3)" in v.evidence
     assert V.claim6_masked_kd_called(close, NAN, 0).status == V.MIXED   # RepKD diverged, no step called
 
 
@@ -808,3 +808,31 @@ def test_status_change_and_robustness_sentences():
     s = V.robustness_sentences(table, "ref")
     assert s[1] == "Claim 1: 'not held' in all 2 settings with a status — the verdict survives (not run: teacher 1)."
     assert s[2].startswith("Claim 2: 'not held' in ref, but 'held' in long gates — the verdict does not survive")
+
+
+def test_called_gives_a_side_weighed_by_its_own_spread_its_own_df():
+    """Learnable's runs also differ in pruning seed (``several``): when its own spread exceeds the pooled sd, its
+    variance and its own n - 1 degrees of freedom enter the call (Welch-Satterthwaite), not the pooled df."""
+    assert V.welch_df([(0.01, 11), (0.01, 11)]) == 11
+    assert V.welch_df([(0.04, 3), (0.0001, 11)]) == pytest.approx(3.0, abs=0.1)   # the wide side dominates
+    assert V.welch_df([(0.01, 0), (0.01, 11)]) == 0
+    wide = [1.0, 1.3, 1.6, 1.9]          # sd 0.39 over 4 runs: SE 0.19, own df 3 (t 3.18)
+    tight = [2.0, 2.0]                   # the pooled sd 0.05 on 2 runs
+    gap_se = (2.0 - 1.45) / math.sqrt(np.var(wide, ddof=1) / 4 + 0.05 ** 2 / 2)
+    assert 2.3 < gap_se < 3.0            # called with the pooled df 11 (2.20), not with about 3 (3.18)
+    assert V.called(wide, tight, 0.05, 11, several=(True, False)) == "within noise"
+    assert V.called(wide, tight, 0.05, 11, k=2) == "a"
+    # a side that is one model is weighed by the pooled sd (and df), its own two runs notwithstanding
+    one = [1.0, 1.3]                     # own sd 0.21 > pooled 0.05, but one model
+    assert V.called(one, [1.3, 1.3], 0.05, 11) == "a"                          # 0.15 / 0.05 = 3 SE > 2.20
+    assert V.called(one, [1.3, 1.3], 0.05, 11, several=(True, False)) == "within noise"
+
+
+def test_claim4_dedup_is_per_kind_of_check_and_unordered():
+    fid = seeds(table4(lora=1.0, full=2.0, frozen=1.0))
+    model = {k: " ".join(k) for k in fid}
+    for g in ("1:2", "2:4", "7:14"):
+        model[(g, "lora")] = model[(g, "frozen")]     # LoRA chose frozen's layers in every scheme
+    v = V.claim4_recoverability_seeds(fid, 0.05, 9, model)
+    # lora vs frozen: same model; full vs frozen (a loss) and lora vs full (full worse) are two kinds of check
+    assert v.details["full_beats_lora"] == 0 and v.details["losses"] == 3 and v.details["repeats"] == 0

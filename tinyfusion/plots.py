@@ -248,7 +248,7 @@ def recovery_curves(curves, marks=None, highlight="learnable"):
     import pandas as pd
     df = pd.DataFrame(curves).drop_duplicates(["method", "kept", "seed", "steps"])
     methods = list(dict.fromkeys(df.method))
-    palette = dict(zip(methods, sns.color_palette("tab10", len(methods))))
+    palette = dict(zip(methods, sns.color_palette("tab10" if len(methods) <= 10 else "tab20", len(methods))))
     fig, (ax, dx) = plt.subplots(1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": [1.25, 1]})
     agg = df.groupby(["method", "steps"], sort=False).fid.agg(["mean", "std"]).reset_index()
     for m in methods:
@@ -426,18 +426,20 @@ def table4_fid(runs, by="scheme", title="Table 4"):
     return fig
 
 
-def layer_keep_history(histories, layers=(0, 1), title="EMA probability that a layer is kept, over each run"):
+def layer_keep_history(histories, layers=(0, 1), dashed=(), title="EMA probability that a layer is kept, over each run"):
     """One panel per layer of ``layers``: the EMA keep probability of that layer over each learnable-pruning run of
     ``histories`` ({label: decision snapshots}), against the share of the run done (runs of different lengths on one
-    axis), so when block 0 swaps layer 1 for layer 0 in a long run, and whether it ever does, shows at a glance."""
+    axis), so when block 0 swaps layer 1 for layer 0 in a long run, and whether it ever does, shows at a glance.
+    Runs whose label is in ``dashed`` (e.g. the shorter budget) are drawn dashed, each group in its own colours."""
     fig, axes = plt.subplots(1, len(layers), figsize=(5.2 * len(layers), 3.6), squeeze=False, sharey=True,
                              layout="constrained")
-    colors = plt.cm.tab10(np.linspace(0, 1, 10))
+    groups = ([lab for lab in histories if lab not in dashed], [lab for lab in histories if lab in dashed])
+    colour = {lab: plt.cm.tab10(i % 10) for g in groups for i, lab in enumerate(g)}
     for ax, layer in zip(axes[0], layers):
-        for i, (label, history) in enumerate(histories.items()):
+        for label, history in histories.items():
             steps, P = keep_prob_history(history)
-            ax.plot(steps / max(steps[-1], 1), P[:, layer], color=colors[i % 10],
-                    ls="-" if i < 10 else "--", lw=1.4, label=f"{label} ({steps[-1]:,} steps)")
+            ax.plot(steps / max(steps[-1], 1), P[:, layer], color=colour[label], ls="--" if label in dashed else "-",
+                    lw=1.4, label=label)
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("share of the run")
         ax.set_title(f"layer {layer}", fontsize=11)

@@ -1,7 +1,7 @@
 """Does the negative verdict survive? (issue 25; notebook 11, ``make robustness``)
 
 The cpu study finds claims 1-3 not holding at our scale, but that answer rests on one learnable-pruning decision
-(every 1:2 and 2:4 mask drops layer 0, settled at step 18 of a 938-step run) of one DiT teacher. This module reads the
+(every 1:2 and 2:4 mask drops layer 0, settled by the first decision snapshot, step 18 of a 938-step run) of one DiT teacher. This module reads the
 same claims again in other settings, each through the same recovery-curve protocol (notebook 01: the pruned model
 fine-tuned on one cosine, its EMA scored at the curve points up to the 500K-equivalent step) and the same rules of
 ``tinyfusion.verdicts``:
@@ -36,7 +36,7 @@ def budget_settings(prof, budget):
     raise ValueError(f"unknown gate budget {budget!r}; choose one of {BUDGETS}")
 
 
-def gate_runs(study, budget, schemes=SCHEMES, seeds=None, groups_only=None):
+def gate_runs(study, budget, schemes=SCHEMES, seeds=None):
     """Learnable pruning (LoRA, as Table 3) of the study's teacher at a gate ``budget`` for every scheme and pruning
     seed (default ``profile.robust_prune_seeds``), ``profile.workers`` runs side by side; each is cached as every
     learnable run is, so a run started from the terminal (``cli.prune_learn --steps ... --ema-decay ...``) is found.
@@ -51,26 +51,18 @@ def gate_runs(study, budget, schemes=SCHEMES, seeds=None, groups_only=None):
     return dict(zip(keys, runs))
 
 
-def _blocks(groups):
-    bounds, start = [], 0
-    for _, m in groups:
-        bounds.append((start, start + int(m)))
-        start += int(m)
-    return bounds
-
-
 def decisions(runs, budget_label, depth):
     """One row per run and block of ``runs`` ({(scheme, seed): run} of a ``depth``-layer teacher): the block's layers, the layers kept at the end,
     the step of its last change (``gates.settled``) and that step as a share of the run, whether it settled (no change
     over the last 20%) and its final confidence. Block 0 also says whether layer 0 was ever kept and, if it was, from
     which snapshot on it stayed kept (``layer0_from``; NaN when it did not end kept)."""
-    from tinyfusion.models.gates import parse_groups
+    from tinyfusion.models.gates import block_bounds, parse_groups
     rows = []
     for (scheme, seed), run in runs.items():
         hist = load_json(run["history_json"])["history"]
         steps = [int(h["step"]) for h in hist]
         total = steps[-1] or 1
-        for b, (lo, hi) in enumerate(_blocks(parse_groups(scheme, depth))):
+        for b, (lo, hi) in enumerate(block_bounds(parse_groups(scheme, depth))):
             row = {"budget": budget_label, "scheme": scheme, "seed": seed, "block": b,
                    "layers": " ".join(map(str, range(lo, hi))),
                    "kept": " ".join(str(k) for k in run["kept"] if lo <= k < hi),
@@ -102,59 +94,18 @@ def histories(runs, label=""):
     return {f"{g} seed {s}{label}": load_json(r["history_json"])["history"] for (g, s), r in runs.items()}
 
 
-def distinct_masks(runs, scheme):
-    """[(pruning seed, kept)] of the ``scheme`` runs of ``runs``, one per distinct mask (the first seed that chose it),
-    and {seed: the seed whose mask it repeats}."""
-    out, first = [], {}
-    same = {}
-    for (g, s), r in runs.items():
-        if g != scheme:
-            continue
-        key = tuple(r["kept"])
-        if key in first:
-            same[s] = first[key]
-            continue
-        first[key] = s
-        out.append((s, list(r["kept"])))
-    return out, same
-
-
-def learnable_candidates(runs, scheme="1:2"):
-    """Recovery-curve candidates ("learnable", pruning seed, kept) of the ``scheme`` runs of ``runs``, every pruning
-    seed (the curves fine-tune identical masks once per fine-tune seed and count them once)."""
-    return [("learnable", s, list(r["kept"])) for (g, s), r in runs.items() if g == scheme]
-
-
-def with_learnable(candidates, runs):
-    """``candidates`` (``Study.curve_candidates``) with their learnable entries replaced by the 1:2 runs of ``runs``."""
-    return [c for c in candidates if c[0] != "learnable"] + learnable_candidates(runs)
+def learned_1of2(runs):
+    """{pruning seed: run} of the 1:2 runs of ``runs`` ({(scheme, seed): run}): what ``Study.curve_candidates``
+    takes as ``learned``."""
+    return {s: r for (g, s), r in runs.items() if g == "1:2"}
 
 
 def setting_curves(study, candidates, name):
-    """The recovery curves of ``candidates`` up to the 500K-equivalent point (``prof.finetune_long``), every run on the
-    cosine of notebook 01's longest run, so a point here is the same as a point there: runs notebook 01 made to
-    6,720 steps are reused, new masks stop at the 500K point. Returns the curves' DataFrame at steps <= that point."""
-    curves = study.recovery_curves(candidates, name=name, stop=study.prof.finetune_long)
-    return curves[curves.steps <= study.prof.finetune_long].reset_index(drop=True)
-
-
-def reference_curves(study, name):
-    """Notebook 01's recovery curves (its cached runs; nothing new when they exist), cut at the 500K-equivalent point."""
-    curves = study.recovery_curves(name=name)
-    return curves[curves.steps <= study.prof.finetune_long].reset_index(drop=True)
-
-
-def swap_learnable(curves, learnable_curves):
-    """``curves`` with its learnable rows replaced by ``learnable_curves``'s (another gate budget or more seeds)."""
-    return pd.concat([curves[curves.method != "learnable"], learnable_curves[learnable_curves.method == "learnable"]],
-                     ignore_index=True)
-
-
-def claims_1_2(study, curves, sampling_sd=float("nan")):
-    """Claims 1 and 2 on ``curves`` with the rules and yardsticks of notebook 01 (``Study.curve_verdicts``: the status
-    at the paper's 100K point, the pooled fine-tune-seed sd of these curves). Returns (claim 1, claim 2, by point);
-    nothing is saved (notebook 01's table stays its own)."""
-    return study.curve_verdicts(curves, sampling_sd, save=False)
+    """The recovery curves of ``candidates`` (``Study.curve_candidates``) up to the 500K-equivalent point
+    (``prof.finetune_long``), every run on the cosine of notebook 01's longest run, so a point here is a point there:
+    a model notebook 01 already fine-tuned to its last point is read from that run (``Study.curve_run``), a new one
+    stops at the 500K point."""
+    return study.recovery_curves(candidates, name=name, stop=study.prof.finetune_long)
 
 
 def teacher_row(study, learned_kept, label):
@@ -192,6 +143,11 @@ def robustness_table(cells, reference):
 
 
 def recorded_status(study, claim):
-    """The status recorded for ``claim`` by notebooks 01-10 (``verdicts/claim<N>.json``), or None."""
+    """The status recorded for ``claim`` by notebooks 01-10 (``verdicts/claim<N>.json``) when it was decided by the
+    rules of issue 25 (its yardstick names the t critical value it called with: ``"call"``), else None: a verdict
+    recorded under the 2-SE rule does not sit in one table with statuses of the t rule."""
     path = study.root / "verdicts" / f"claim{claim}.json"
-    return load_json(path)["status"] if path.exists() else None
+    if not path.exists():
+        return None
+    v = load_json(path)
+    return v["status"] if "call" in v.get("yardstick", {}) else None

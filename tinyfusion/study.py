@@ -246,6 +246,17 @@ class Study:
         return self._step("finetune", f"{name}_{mode}_s{seed}", config,
                           lambda folder: recovery.run_recovery(config, folder), "finetune", flags)
 
+    def finetune_cached(self, student, mode="finetune", seed=0, steps=None, kept=None, lr_steps=0, snapshots=()):
+        """The finished result of the fine-tune :meth:`finetune` would run with these settings, or None when it is not
+        cached (nothing runs)."""
+        from tinyfusion import recovery
+        from tinyfusion.io import load_json
+        config = {"profile": self.prof.name, **recovery.recovery_config(
+            self.prof, student=student, mode=mode, k_sigma=0.0, seed=seed, steps=steps or 0, teacher=None, kept=kept,
+            groups="1:2", parent_map=None, lr_steps=lr_steps, snapshots=snapshots)}
+        out = cache.folder(self.root, "finetune", "lookup", config)
+        return load_json(out / cache.RECORD)["result"] if cache.done(out, config) else None
+
     def score(self, checkpoint, name=None, seed=0):
         """Sample ``profile.eval_samples`` images (sampling ``seed``, the profile's sampler, steps, CFG) and score them.
 
@@ -499,10 +510,12 @@ class Study:
     # ------------------------------------------------------------------ recovery curves
     LONG_CURVES = ("learnable", "shortgpt", "min-loss random", "oracle")  # run to the last curve point
 
-    def curve_candidates(self):
+    def curve_candidates(self, learned=None):
         """Every model of the recovery curves: a list of (method, prune seed, kept). Learnable has one entry per
-        pruning seed (its own decision); the others are deterministic (prune seed None)."""
-        kept, learned = self.table3_candidates()
+        pruning seed (its own decision): ``learned`` {prune seed: learnable run}, default the profile's seeds at its
+        budget (Table 3's); the others are deterministic (prune seed None)."""
+        kept, table3_learned = self.table3_candidates()
+        learned = table3_learned if learned is None else learned
         refs = self.mask_study("1:2")["picks"]
         out = [(m, None, k) for m, k in kept.items() if m != "learnable"]
         out += [(m, None, refs[m]["kept"]) for m in REFERENCES]
@@ -515,8 +528,13 @@ class Study:
         EMA saved at every curve point on the way; ``stop``: end there instead when earlier (the same cosine, so
         its points compare with the longer runs'). Returns the cached result (``snapshots``: {step: checkpoint})."""
         points = self.prof.curve_points
-        steps = points[-1] if method in self.LONG_CURVES else self.prof.finetune_long
-        steps = min(steps, stop) if stop else steps
+        full = points[-1] if method in self.LONG_CURVES else self.prof.finetune_long
+        steps = min(full, stop) if stop else full
+        if steps < full:  # the full-length run (notebook 01's) holds these points already when it is cached: reuse it
+            done = self.finetune_cached(self.pruned(kept, name=method), seed=seed, steps=full, lr_steps=points[-1],
+                                        kept=list(map(int, kept)), snapshots=[p for p in points if p <= full])
+            if done is not None:
+                return {**done, "snapshots": {k: v for k, v in done["snapshots"].items() if int(k) <= steps}}
         return self.recovered(method, kept, seed, steps=steps, lr_steps=points[-1],
                               snapshots=[p for p in points if p <= steps])
 
@@ -706,13 +724,16 @@ class Study:
         self.save_table(table, "10_table2")
         return runs, table
 
-    def table2_yardstick(self, runs):
-        """``(sd, df)``: the pooled fine-tune-seed FID spread of :meth:`table2`'s ``runs`` over the models whose mask does
-        not depend on the seed (every candidate but learnable, whose seed also chose its layers, and its Masked KD
-        row): claim 9's yardstick under ``verdicts.called``."""
+    def table2_yardstick(self, runs, kept):
+        """``(sd, df)``: the pooled fine-tune-seed FID spread of :meth:`table2`'s ``runs`` over the distinct models whose
+        mask does not depend on the seed (every candidate but learnable, whose seed also chose its layers, and its
+        Masked KD row; ``kept`` {method: kept layers}, :meth:`table3_candidates`; methods keeping the same layers are
+        one model, counted once): claim 9's yardstick under ``verdicts.called``."""
         from tinyfusion.verdicts import pooled_sd
-        fixed = runs[~runs.method.isin(["learnable", self.TABLE2_KD])]
-        return pooled_sd(fixed.groupby("method", sort=False).fid.apply(list).to_dict())
+        fixed = runs[~runs.method.isin(["learnable", self.TABLE2_KD])].copy()
+        fixed["kept"] = [" ".join(map(str, kept[m])) for m in fixed.method]
+        once = fixed.drop_duplicates(["kept", "seed"])
+        return pooled_sd(once.groupby("kept", sort=False).fid.apply(list).to_dict())
 
     def block_confidence(self, runs):
         """Per scheme and block of learnable-pruning ``runs`` ({scheme: run}): the final confidence of the decision

@@ -434,7 +434,7 @@ def teacher_check(class_accuracy: float, fid: float, fid_floor: float, smoke: bo
 # noise and times of the recovery) and, for learnable pruning, the pruning seed (which layers it keeps). The
 # fine-tune seeds' spread of one model already contains its sampling noise; learnable's spread over
 # (pruning seed, fine-tune seed) contains all three.
-CALL_K = 2.0      # the rule before issue 25: a fixed 2 standard errors of the difference (kept to show old statuses)
+CALL_K = 2.0      # claims 1-4 before issue 25 (shown beside the new status); claim 7's paired timing rule still uses it
 CALL_LEVEL = 0.95  # now: two-sided 95%, against the t critical value at the pooled sd's degrees of freedom
 
 
@@ -461,53 +461,84 @@ def t_critical(df, level: float = CALL_LEVEL) -> float:
 
 
 def called(a: Sequence[float], b: Sequence[float], sd: float, df=None, *, k: float = None,
-           level: float = CALL_LEVEL):
+           level: float = CALL_LEVEL, several=(False, False)):
     """Which mean FID is lower beyond the noise: "a", "b" or "within noise". The one calling function of claims 1-4,
     6, 8 and 9.
 
-    The standard error of each side's mean uses the larger of the pooled fine-tune-seed ``sd`` and the side's own
-    spread (so learnable, whose runs also differ in pruning seed, is weighed by its own larger spread), divided by
-    its number of runs; a difference counts when it exceeds the two-sided ``level`` critical value of t at the pooled
-    ``df`` (:func:`t_critical`; df 4: 2.78) standard errors of the difference. ``k``: a fixed multiple instead (the
-    rule before issue 25 used ``k=2``, kept to show old statuses). A side whose FIDs are not all finite loses to a
-    finite one. With no yardstick (``sd`` NaN, or no df) nothing is called.
+    Each side's mean has the standard error of the pooled fine-tune-seed ``sd`` over its number of runs, with the
+    pooled ``df``; a difference counts when it exceeds the two-sided ``level`` critical value of t (:func:`t_critical`;
+    df 4: 2.78) standard errors of the difference. A side flagged in ``several`` spans several models (learnable over
+    its pruning seeds, each seed its own decision): it is weighed by the larger of the pooled sd and its own spread,
+    and when its own spread is the larger it brings its own n - 1 degrees of freedom, the two sides' combined by
+    Welch-Satterthwaite (so 4 learnable runs are not weighed with the pooled df of 11 but with about their own 3). A
+    side that is one model is weighed by the pooled sd, the better estimate of its seed noise than its own two runs.
+    ``k``: a fixed multiple instead, with both sides at the larger of the pooled sd and their own spread: the rule
+    before issue 25 (``k=2``), kept to show old statuses. A side whose FIDs are not all finite loses to a finite one.
+    With no yardstick (``sd`` NaN, or no df) nothing is called.
     """
-    if k is None:
-        if df is None:
-            raise ValueError("called() needs the pooled sd's degrees of freedom (df=) for its t critical value, "
-                             "or a fixed multiple k=")
-        k = t_critical(df, level)
+    if k is None and df is None:
+        raise ValueError("called() needs the pooled sd's degrees of freedom (df=) for its t critical value, "
+                         "or a fixed multiple k=")
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     fa, fb = np.isfinite(a).all(), np.isfinite(b).all()
     if not (fa and fb):
         return "a" if fa and not fb else "b" if fb and not fa else "within noise"
-    if not np.isfinite(sd) or not np.isfinite(k):
+    if not np.isfinite(sd):
         return "within noise"
-    var = lambda x: max(sd ** 2, x.var(ddof=1) if len(x) > 1 else 0.0)  # noqa: E731
-    se = math.sqrt(var(a) / len(a) + var(b) / len(b))
+    parts = [_side(x, sd, df, k is not None or bool(sev)) for x, sev in zip((a, b), several)]
+    se = math.sqrt(sum(v for v, _ in parts))
+    if k is None:
+        k = t_critical(welch_df(parts), level)
+    if not np.isfinite(k):
+        return "within noise"
     diff = a.mean() - b.mean()
     return "within noise" if abs(diff) <= k * se else ("a" if diff < 0 else "b")
 
 
+def _side(x, sd, df, own_allowed):
+    """One side of :func:`called`: the variance of its mean and the degrees of freedom behind it: the pooled sd and
+    ``df``, or, where ``own_allowed`` and it is larger, the side's own spread and n - 1."""
+    own = x.var(ddof=1) if len(x) > 1 else 0.0
+    if own_allowed and own > sd ** 2:
+        return own / len(x), len(x) - 1
+    return sd ** 2 / len(x), df
+
+
+def welch_df(parts):
+    """Welch-Satterthwaite degrees of freedom of a sum of variances ``parts`` [(variance, df)]; the common df when
+    every part has the same one (the pooled sd on both sides), 0 when a part has none."""
+    dfs = {d for _, d in parts}
+    if len(dfs) == 1:
+        return dfs.pop() or 0
+    if any(not d for _, d in parts):
+        return 0
+    total = sum(v for v, _ in parts)
+    denom = sum(v * v / d for v, d in parts)
+    return total * total / denom if denom > 0 else 0
+
+
 def _k_text(df, k):
-    """How a rule called its differences, for the evidence: "t(0.975, df 8) = 2.31 SE" or "2 SE" (a fixed k)."""
+    """How a rule called its differences, for the evidence: "t(0.975, pooled df 8) = 2.31 SE" or "2 SE" (a fixed k)."""
     if k is not None:
         return f"{k:g} SE"
-    return f"t(0.975, df {df}) = {t_critical(df):.2f} SE"
+    return f"t(0.975, pooled df {df}) = {t_critical(df):.2f} SE"
 
 
-def multiplicity(calls: Mapping[str, tuple], sd: float, df, k: float = None) -> str:
+def multiplicity(calls: Mapping[str, tuple], sd: float, df, k: float = None, several=(False, False)) -> str:
     """A sentence on the multiple comparisons a claim makes: ``calls`` {label: (a FIDs, b FIDs, outcome at the 95%
-    level)}. With m comparisons each at 95% (two-sided), the chance of at least one false call is up to
-    1 - 0.95^m; the sentence says which calls would fall back to "within noise" under Bonferroni (each at
-    1 - 0.05 / m). Reported beside the status, not deciding (``k``: a rule on a fixed multiple has no level to adjust)."""
+    level)}. With m comparisons each at 95% (two-sided), the chance of at least one false call is at most m x 5%
+    (1 - 0.95^m if they were independent); the sentence says which calls would fall back to "within noise" under
+    Bonferroni (each at 1 - 0.05 / m). Reported beside the status, not deciding (``k``: a rule on a fixed multiple
+    has no level to adjust)."""
     m = len(calls)
     if m < 2 or k is not None:
         return ""
     level = 1 - (1 - CALL_LEVEL) / m
-    lost = [lab for lab, (a, b, o) in calls.items() if o in ("a", "b") and called(a, b, sd, df, level=level) != o]
+    lost = [lab for lab, (a, b, o) in calls.items()
+            if o in ("a", "b") and called(a, b, sd, df, level=level, several=several) != o]
     made = sum(o in ("a", "b") for _, _, o in calls.values())
-    return (f". Multiple comparisons: {m} at 95% each (up to {1 - CALL_LEVEL ** m:.0%} chance of one false call); "
+    return (f". Multiple comparisons: {m} at 95% each (at most {min(1.0, m * (1 - CALL_LEVEL)):.0%} chance of a false "
+            f"call, {1 - CALL_LEVEL ** m:.0%} if independent); "
             f"under Bonferroni (each at {level:.2%}) " + (
                 f"{len(lost)} of the {made} calls would fall back to within noise ({', '.join(lost)})" if lost else
                 ("the one call stands" if made == 1 else f"all {made} calls stand") if made else
@@ -540,7 +571,7 @@ def claim1_recovery(fid: Mapping[str, Sequence[float]], calib_loss: Mapping[str,
     lowest = min(calib_loss, key=calib_loss.get)
     others = [m for m in fid if m != lowest]
     best = min(others, key=lambda m: _nan_quiet(np.nanmean, fid[m]))
-    c = called(fid[lowest], fid[best], sd, df, k=k)
+    c = called(fid[lowest], fid[best], sd, df, k=k, several=(lowest == "learnable", best == "learnable"))
     status = (HELD if c == "b" else NOT_HELD if c == "a" or (rho > 0 and pval < 0.05) else WITHIN_NOISE)
     grouped = (f"; over {groups[2]} groups of near-identical masks: {groups[0]:.2f} (p={groups[1]:.2g})"
                if groups and groups[2] else "")
@@ -565,18 +596,19 @@ def claim2_recovery(fid: Mapping[str, Sequence[float]], baselines: Sequence[str]
     25 used 2). Held: better than every baseline; mixed: better than some but not all; not held: no win and at least
     one loss; within noise: no win and no loss. The evidence states the multiple comparisons (:func:`multiplicity`).
     """
-    outcomes = {m: called(fid["learnable"], fid[m], sd, df, k=k) for m in baselines}
+    outcomes = {m: called(fid["learnable"], fid[m], sd, df, k=k, several=(True, False)) for m in baselines}
     wins = [m for m, o in outcomes.items() if o == "a"]
     losses = [m for m, o in outcomes.items() if o == "b"]
     status = (HELD if len(wins) == len(outcomes) else MIXED if wins else NOT_HELD if losses else WITHIN_NOISE)
     word = {"a": "better", "b": "worse", "within noise": "within noise"}
-    refs = {m: called(fid["learnable"], fid[m], sd, df, k=k) for m in references if m in fid}
+    refs = {m: called(fid["learnable"], fid[m], sd, df, k=k, several=(True, False)) for m in references if m in fid}
     evidence = (f"at {point} steps: learnable FID {_mean_std(fid['learnable'])}; "
                 + "; ".join(f"vs {m} {_mean_std(fid[m])}: {word[o]}" for m, o in outcomes.items())
                 + ("; inside the 1:2 rule: " + "; ".join(f"vs {m} {_mean_std(fid[m])}: {word[o]}"
                                                          for m, o in refs.items()) if refs else "")
                 + f" ({_k_text(df, k)}, pooled seed sd {sd:.3f}, df {df})"
-                + multiplicity({f"vs {m}": (fid["learnable"], fid[m], o) for m, o in outcomes.items()}, sd, df, k))
+                + multiplicity({f"vs {m}": (fid["learnable"], fid[m], o) for m, o in outcomes.items()}, sd, df, k,
+                               several=(True, False)))
     return Verdict(status, evidence, {"outcomes": outcomes, "references": refs}, rule="claim2_recovery",
                    yardstick=_yardstick(sd, df, sampling_sd, point, k))
 
@@ -736,14 +768,15 @@ _WORD = {"a": "better", "b": "worse", WITHIN_NOISE: WITHIN_NOISE, SAME_MODEL: SA
 
 
 def _compare_once(pairs, fid, model, sd, df=None, k=None):
-    """``pairs``: [(check, a, b)] of keys of ``fid``. Each distinct (model of a, model of b) is compared once, whatever
-    check asks for it (``called``; "same model" when a and b are one model): before issue 25 the check's label was
-    part of the key, so the 7:14 LoRA and full cells, one model, were counted twice against 7:14 frozen. Returns
+    """``pairs``: [(check, a, b)] of keys of ``fid``. Each check compares a distinct pair of models once (``called``;
+    "same model" when a and b are one model); the pair is unordered, and ``check`` names the kind of comparison, not
+    the cell (claim 4's "beats frozen" for LoRA and full alike: before issue 25 "lora beats frozen" and "full beats
+    frozen" were two checks, so the 7:14 LoRA and full cells, one model, counted twice against 7:14 frozen). Returns
     [(check, a, b, outcome)] without the repeats and the repeats as [(check, a, b, the (a, b) it repeats)]."""
     model = model or {}
     seen, out, repeats = {}, [], []
     for check, a, b in pairs:
-        ident = (model.get(a, a), model.get(b, b))
+        ident = (check, frozenset((model.get(a, a), model.get(b, b))))
         if ident in seen:
             repeats.append((check, a, b, seen[ident]))
             continue
@@ -846,11 +879,11 @@ def claim4_recoverability_seeds(fid: Mapping, sd: float, df: int, model: Mapping
     pairs = []
     for g in schemes:
         if (g, "frozen") in fid:
-            pairs += [(f"{u} beats frozen", (g, u), (g, "frozen")) for u in ("lora", "full") if (g, u) in fid]
+            pairs += [("beats frozen", (g, u), (g, "frozen")) for u in ("lora", "full") if (g, u) in fid]
         if (g, "lora") in fid and (g, "full") in fid:
             pairs.append(("lora at least as good as full", (g, "lora"), (g, "full")))
     out, repeats = _compare_once(pairs, fid, model, sd, df, k)
-    beats = [o for c, *_, o in out if c.endswith("beats frozen")]
+    beats = [o for c, *_, o in out if c == "beats frozen"]
     vs_full = [o for c, *_, o in out if c == "lora at least as good as full"]
     wins, losses, full_wins = beats.count("a"), beats.count("b"), vs_full.count("b")
     if beats and wins == len(beats) and not full_wins:
@@ -977,7 +1010,8 @@ def robustness_sentences(table: Mapping[int, Mapping[str, str]], reference: str)
     """One sentence per claim saying whether its verdict survives: ``table`` {claim: {setting: status}}, every cell
     from the same rule; ``reference`` the setting the committed verdict comes from (the DiT seed-0 teacher at 938
     gate steps). Survives when every setting with a status gives the reference's; otherwise the settings that
-    differ are named. A setting with no status (not run) is said to be missing, not counted."""
+    differ are named. A setting with no status (not run) is said to be missing, not counted; a claim with a status in
+    the reference alone is "not re-judged in any other setting"."""
     out = {}
     for claim, row in table.items():
         ref = row.get(reference)
@@ -988,7 +1022,9 @@ def robustness_sentences(table: Mapping[int, Mapping[str, str]], reference: str)
             continue
         differ = {s: v for s, v in have.items() if v != ref}
         tail = f" (not run: {', '.join(missing)})" if missing else ""
-        if not differ:
+        if len(have) < 2:
+            out[claim] = f"Claim {claim}: '{ref}' in {reference}; not re-judged in any other setting{tail}."
+        elif not differ:
             out[claim] = (f"Claim {claim}: '{ref}' in all {len(have)} settings with a status — the verdict "
                           f"survives{tail}.")
         else:

@@ -197,6 +197,15 @@ class NMGates(nn.Module):
         return f"depth={self.depth}, groups={self.groups}, scale={self.scale}"
 
 
+def block_bounds(groups):
+    """[(first layer, one past the last)] of each block of ``groups`` ([N, M] pairs, in order)."""
+    bounds, start = [], 0
+    for _, m in groups:
+        bounds.append((start, start + int(m)))
+        start += int(m)
+    return bounds
+
+
 def settled(history, groups, tail=0.2):
     """Per block, whether the EMA decision stayed the same over the last ``tail`` of the run, and when it last changed.
 
@@ -207,10 +216,7 @@ def settled(history, groups, tail=0.2):
     """
     if not history:
         raise ValueError("no decision snapshots: the run recorded no history")
-    bounds, start = [], 0
-    for _, m in groups:
-        bounds.append((start, start + int(m)))
-        start += int(m)
+    bounds = block_bounds(groups)
     steps = [int(h["step"]) for h in history]
     cut = (1.0 - float(tail)) * steps[-1]
     per_block = [[tuple(k for k in h["kept"] if a <= k < b) for h in history] for a, b in bounds]
