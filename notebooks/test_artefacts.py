@@ -61,4 +61,4 @@ def test_notebooks_wrote_every_artefact(notebook_session):
     assert all(f"| {claim} |" in summary for claim in CLAIMS)  # one verdict row per claim
     assert "Does the verdict survive?" in summary                # notebook 11 rewrote it with the robustness table
     robust = (out / "tables" / "11_robustness.csv").read_text()
-    assert all(s in robust for s in ("recorded", "gate steps", "DiT teacher seed 1", "SiT teacher", "survive"))
+    assert all(s in robust for s in ("notebook 01's runs", "gate steps", "DiT teacher seed 1", "SiT teacher", "survive"))
