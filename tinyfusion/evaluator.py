@@ -30,6 +30,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from tqdm.auto import tqdm
 
 from tinyfusion.data import load_fashion_mnist
+from tinyfusion.images import at_resolution
 from tinyfusion.io import CorruptArtefactError, load_checkpoint, save_checkpoint, save_json, sha256, verify_sha256
 from tinyfusion.profiles import ROOT
 
@@ -186,10 +187,9 @@ def augment(x, shift, g, lowres=(), lowres_prob=0.0):
     """Random horizontal flips and integer shifts of up to ``shift`` pixels (zero padding) of uint8 images.
 
     With probability ``lowres_prob`` an image is also taken down to one of the ``lowres`` sizes and back up
-    (``metrics.at_resolution``), so the evaluator judges samples of the 16x16 cpu-profile models as well as
+    (``images.at_resolution``), so the evaluator judges samples of the 16x16 cpu-profile models as well as
     full-resolution ones.
     """
-    from tinyfusion.metrics import at_resolution  # metrics imports this module
     flip = torch.rand(len(x), generator=g) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if lowres and lowres_prob:
@@ -242,7 +242,6 @@ def train_evaluator(*, out="data/evaluator.pt", summary="", epochs=6, batch_size
     repository root), ``<out>.sha256`` (which ``load_evaluator`` verifies) and the training summary JSON
     (``summary``, default ``out`` with the suffix ``.json``).
     """
-    from tinyfusion.metrics import at_resolution  # metrics imports this module
 
     cfg = dict(out=out, summary=summary, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                warmup=warmup, shift=shift, widths=widths, seed=seed, threads=threads, train_limit=train_limit,

@@ -1,7 +1,7 @@
 """Speed of depth- versus width-pruned DiTs (paper Fig. 4 and the it/s column of Table 1).
 
 This module holds the timing (``sampling_throughput``, ``interleaved_throughput``, ``speed_sweep``) and
-``random_dit`` (random weights, built fast); the pruned models come from ``tinyfusion.pruning.indices.prune``
+``random_dit`` (random weights, built fast; from ``tinyfusion.pruning.width``, re-exported); the pruned models come from ``tinyfusion.pruning.indices.prune``
 (depth) and ``tinyfusion.pruning.width`` (width, and the parameter / MAC counts).
 
 Depth pruning removes whole blocks, so a D14 from D28 does half the block work with half the kernel launches
@@ -33,38 +33,9 @@ import time
 
 import torch
 
-from tinyfusion.models.dit import DiT, get_2d_sincos_pos_embed
 from tinyfusion.pruning.indices import oracle_indices, prune
-from tinyfusion.pruning.width import _config, _shape, count_params, forward_macs, width_for_params, width_pruned
-
-
-# --------------------------------------------------------------------------- random weights
-
-
-def _randomise(module, std=0.02):
-    """Uniform random weights of standard deviation ``std`` (faster than ``normal_`` on big models)."""
-    a = std * 3 ** 0.5
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if not name.endswith("pos_embed"):
-                p.uniform_(-a, a)
-
-
-def random_dit(model_or_config, device="cpu", **overrides):
-    """A DiT with random weights of std 0.02 (no zero adaLN init), built fast without xavier init (DiT-XL/2: ~1 s).
-
-    For speed measurements only: the timings of a trained model are the same.
-    """
-    config, _ = _config(model_or_config)
-    config.update(overrides)
-    with torch.device("meta"):
-        model = DiT(**config)
-    model = model.to_empty(device=device)
-    _randomise(model)
-    grid = int(model.x_embedder.num_patches ** 0.5)
-    pos = torch.from_numpy(get_2d_sincos_pos_embed(model.pos_embed.shape[-1], grid)).float()
-    model.pos_embed.data.copy_(pos.unsqueeze(0))
-    return model
+from tinyfusion.pruning.width import (_config, _randomise, _shape, count_params, forward_macs,  # noqa: F401
+                                      random_dit, width_for_params, width_pruned)
 
 
 # --------------------------------------------------------------------------- timing

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tinyfusion.models.gates import candidate_matrix, parse_groups
+from tinyfusion.pruning.scores import _flatten_calib, _objective_for, first_samples  # noqa: F401
 
 
 def random_masks(n, depth, keep=None, groups=None, generator=None):
@@ -40,18 +41,6 @@ def random_kept(depth, keep, groups=None, generator=None):
     """One random sorted set of ``keep`` kept layers (uniform, or N:M-constrained by ``groups``)."""
     mask = random_masks(1, depth, keep, groups, generator)[0]
     return mask.nonzero().flatten().tolist()
-
-
-def _flatten_calib(calib, n_samples=None):
-    cat = {k: torch.cat([b[k] for b in calib]) for k in ("x0", "y", "t", "noise")}
-    if n_samples is not None:
-        cat = {k: v[:n_samples] for k, v in cat.items()}
-    return cat
-
-
-def first_samples(calib, n):
-    """The calibration set cut to its first ``n`` samples, as one batch."""
-    return [_flatten_calib(calib, n)]
 
 
 @torch.no_grad()
@@ -105,7 +94,6 @@ def candidate_losses(model, calib, masks, batch_candidates=256, objective=None, 
     Candidates are scored ``batch_candidates`` at a time; ``share_prefixes`` (default) sorts them and runs
     every distinct mask prefix once, else each chunk goes through one masked ``DiT.forward``.
     """
-    from tinyfusion.pruning.scores import _objective_for
 
     objective = _objective_for(model, objective)
     dev = next(model.parameters()).device

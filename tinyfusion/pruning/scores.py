@@ -48,6 +48,18 @@ def _device(model):
     return next(model.parameters()).device
 
 
+def _flatten_calib(calib, n_samples=None):
+    cat = {k: torch.cat([b[k] for b in calib]) for k in ("x0", "y", "t", "noise")}
+    if n_samples is not None:
+        cat = {k: v[:n_samples] for k, v in cat.items()}
+    return cat
+
+
+def first_samples(calib, n):
+    """The calibration set cut to its first ``n`` samples, as one batch."""
+    return [_flatten_calib(calib, n)]
+
+
 def _objective_for(model, objective):
     if objective is not None:
         return objective
@@ -162,7 +174,6 @@ def shortgpt(model, calib, keep, objective=None):
 
     Returns (sorted kept indices, per-layer block influence).
     """
-    from tinyfusion.pruning.random import first_samples
     cos, _ = block_io_stats(model, first_samples(calib, SHORTGPT_IMAGES), objective, clean=True)
     scores = [1.0 - c for c in cos]
     ranked = scores[:-1] + [float("inf")]  # the last layer is never removed
