@@ -220,3 +220,42 @@ def test_the_reproduce_clock_adds_up_killed_attempts_of_a_run_from_empty(tmp_pat
     clock["attempts"].append({"from_empty": False, "finished": True, "elapsed_s": 5.0})
     assert from_empty_seconds(clock) == (seconds, attempts)
     assert from_empty_seconds({"attempts": [{"from_empty": False, "finished": True, "elapsed_s": 1}]}) == (None, 0)
+
+
+def test_the_summary_reports_the_run_it_is_written_in():
+    """Notebook 09 writes summary.md inside the last attempt, before that attempt is marked finished: the attempt
+    counts as finished when every other notebook is done in it, so the summary shows its own run's time."""
+    from tinyfusion.cli.reproduce import notebooks
+    from tinyfusion.summary import run_clock
+    others = [p.name for p in notebooks() if "summary" not in p.name]
+    first = {"from_empty": True, "finished": False, "elapsed_s": 3600.0, "notebooks_done": others[:3]}
+    # the resumed attempt runs every notebook again (the first three from the cache) and is now in notebook 09
+    last = {"from_empty": False, "finished": False, "elapsed_s": 1800.0, "notebooks_done": others}
+    assert run_clock({"attempts": [first, last]}) == (5400.0, 2)
+    unfinished = {**last, "notebooks_done": others[:-1]}     # a notebook still to run: no finished run yet
+    assert run_clock({"attempts": [first, unfinished]}) == (None, 0)
+
+
+def test_executed_notebooks_record_relative_paths(tmp_path):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["papermill"] = {"input_path": "/home/me/repo/notebooks/x.ipynb", "output_path": "/tmp/r/x.ipynb"}
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, str(path))
+    rep.compact_streams(path, {"input_path": "notebooks/x.ipynb", "output_path": "cpu/notebooks/x.ipynb"})
+    meta = nbformat.read(str(path), as_version=4).metadata["papermill"]
+    assert meta["input_path"] == "notebooks/x.ipynb" and "/tmp" not in meta["output_path"]
+
+
+def test_save_fig_and_save_table_return_paths_relative_to_the_results_folder(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from tinyfusion.study import Study
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path))
+    st = Study("smoke")
+    fig = plt.figure()
+    assert str(st.save_fig(fig, "x")) == "figures/x.png" and (tmp_path / "smoke" / "figures" / "x.png").exists()
+    assert str(st.save_table(pd.DataFrame({"a": [1]}), "t")) == "tables/t.csv"
+    plt.close(fig)

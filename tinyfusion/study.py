@@ -915,14 +915,17 @@ class Study:
 
     # ------------------------------------------------------------------ outputs
     def save_fig(self, fig, name):
+        """Write ``fig`` as ``figures/<name>.png`` under the profile's results folder; returns that path relative to
+        the folder (what an executed notebook shows, the same on every machine)."""
         path = self.root / "figures" / f"{name}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
-        return path
+        return path.relative_to(self.root)
 
     def save_table(self, df, name):
+        """Write ``df`` as ``tables/<name>.csv`` under the profile's results folder; returns the relative path."""
         path = self.root / "tables" / f"{name}.csv"
         df.to_csv(path, index=False)
-        return path
+        return path.relative_to(self.root)
 
     def verdict(self, claim, result, notebook, **extra):
         """Record the verdict on one of the paper's claims: ``result`` is the :class:`tinyfusion.verdicts.Verdict` a

@@ -72,15 +72,19 @@ def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", pro
             os.environ["TINYFUSION_RESULTS"] = saved_env
 
 
-def compact_streams(path):
+def compact_streams(path, paths=None):
     """Rewrite an executed notebook's stream outputs as a terminal would show them.
 
     Progress bars (tqdm without a widget) arrive as thousands of stream outputs, each redrawing one line after a
     carriage return; this merges consecutive outputs of one stream and keeps each line's text after its last
-    ``\\r``, so the committed copy holds the final state of every bar instead of megabytes of redraws.
+    ``\\r``, so the committed copy holds the final state of every bar instead of megabytes of redraws. ``paths``:
+    {"input_path": ..., "output_path": ...} to record in papermill's metadata instead of the absolute paths of the
+    machine that ran it (the repository-relative notebook and its place under the results folder).
     """
     import nbformat
     nb = nbformat.read(str(path), as_version=4)
+    if paths and "papermill" in nb.metadata:
+        nb.metadata["papermill"].update(paths)
     for cell in nb.cells:
         merged = []
         for o in cell.get("outputs", []):
@@ -271,7 +275,8 @@ def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError,
         finally:
             snapshot.drop()
         dt = round(time.time() - t0, 1)
-        compact_streams(partial)
+        compact_streams(partial, {"input_path": f"notebooks/{nb.name}",
+                                  "output_path": f"{profile}/notebooks/{nb.name} (under the results folder)"})
         os.replace(partial, out)
         this_run["notebooks"][nb.name] = {"seconds": dt}
         timings["latest"] = {**timings.get("latest", {}), nb.name: dt}
