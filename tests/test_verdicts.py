@@ -836,3 +836,10 @@ def test_claim4_dedup_is_per_kind_of_check_and_unordered():
     v = V.claim4_recoverability_seeds(fid, 0.05, 9, model)
     # lora vs frozen: same model; full vs frozen (a loss) and lora vs full (full worse) are two kinds of check
     assert v.details["full_beats_lora"] == 0 and v.details["losses"] == 3 and v.details["repeats"] == 0
+
+
+def test_claim8_evidence_says_how_many_layers_the_two_d7s_share():
+    fid = {("XL", "D14"): [4.8], ("XL", "XL"): [6.5], ("D14", "D14"): [5.3], ("D14", "XL"): [6.8]}
+    layers = {"D14": [1, 5, 8, 12, 16, 20, 24], "XL": [1, 5, 8, 12, 16, 20, 27]}
+    v = V.claim8_iterative_called(fid, 0.1, 10, layers)
+    assert "keep 6 of 7 teacher layers in common" in v.evidence and v.status == V.HELD

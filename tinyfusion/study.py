@@ -865,12 +865,13 @@ class Study:
     def table7(self):
         """Table 7: D7 learned (1:2 LoRA) from the Masked-KD D14 or (1:4) from the teacher, each distilled (logits
         KD) from either; one seed, the four distillations side by side. Returns the rows (``tables/08_table7.csv``) with
-        the paper's FID beside (``samples``: each model's scored samples, for the grid; not in the CSV)."""
+        the layers of the 28-layer teacher each D7 keeps (``teacher_layers``: a D7 from the D14 mapped through the
+        D14's kept layers) and the paper's FID beside (``samples``: each model's scored samples, for the grid; not in the CSV)."""
         import pandas as pd
         seed = self.prof.seeds[0]
-        learned = self.learnable("1:2", "lora", seed=seed)
-        d14 = self.finetune(self.pruned(learned["kept"], name="learnable"), mode="masked_kd", k_sigma=2.0, seed=seed,
-                            kept=learned["kept"], name="learnable")["model"]
+        d14_kept = self.learnable("1:2", "lora", seed=seed)["kept"]
+        d14 = self.finetune(self.pruned(d14_kept, name="learnable"), mode="masked_kd", k_sigma=2.0, seed=seed,
+                            kept=d14_kept, name="learnable")["model"]
         sources = {"XL": (str(self.teacher_path), "1:4"), "D14": (d14, "1:2")}
         teachers = {"XL": str(self.teacher_path), "D14": d14}
         learned = {src: self.learnable(groups, "lora", seed=seed, source=path)
@@ -886,6 +887,7 @@ class Study:
                  "skipped_steps": ft.get("skipped_steps", 0), "final_loss": ft.get("final_loss"),
                  **{k: sc[k] for k in SCORE_METRICS},
                  "pruned_from": src, "teacher": tname, "kept": learned[src]["kept"],
+                 "teacher_layers": learned[src]["kept"] if src == "XL" else [d14_kept[i] for i in learned[src]["kept"]],
                  "paper_FID": paper.TABLE7[(tname, src)], "samples": sc["samples"]}
                 for (src, tname), ft, sc in zip(jobs, fts, scores)]
         t7 = pd.DataFrame(rows)

@@ -955,23 +955,31 @@ def claim6_masked_kd_called(fid: Mapping[str, Sequence[float]], repkd_fid: float
 
 
 @_named
-def claim8_iterative_called(fid: Mapping[tuple, Sequence[float]], sd: float, df: int) -> Verdict:
+def claim8_iterative_called(fid: Mapping[tuple, Sequence[float]], sd: float, df: int,
+                            teacher_layers: Mapping[str, Sequence[int]] = None) -> Verdict:
     """Claim 8 with ``called``: pruning the crafted shallow model again beats pruning the original directly.
 
     ``fid``: FIDs over fine-tune seeds (one seed today) of the four D7 models, {(teacher, pruned_from): FIDs} with
     teacher and pruned_from in "XL", "D14"; ``sd``/``df``: the pooled fine-tune-seed spread of notebook 01's
     recovery curves at the paper's 100K point (``Study.seed_noise_df``): a one-seed FID is weighed as one draw of it.
     For each teacher, D7 pruned from D14 is set against D7 pruned from XL with ``called``. Held: both wins; not held:
-    both losses; within noise: both ties; mixed otherwise.
+    both losses; within noise: both ties; mixed otherwise. ``teacher_layers``: {"XL": ..., "D14": ...}, the layers of
+    the 28-layer teacher each D7 keeps; the evidence says how many the two decisions share (when they share most, a
+    gain comes from the D14's recovery rather than from a different choice of layers). Not part of the status.
     """
     fid = {key: np.atleast_1d(np.asarray(v, dtype=float)) for key, v in fid.items()}
     calls = {t: called(fid[(t, "D14")], fid[(t, "XL")], sd, df) for t in ("XL", "D14")}
     wins = [{"a": "yes", "b": "no"}.get(c, "tie") for c in calls.values()]
     status = (HELD if wins.count("yes") == 2 else NOT_HELD if wins.count("no") == 2
               else WITHIN_NOISE if wins.count("tie") == 2 else MIXED)
+    shared = ""
+    if teacher_layers:
+        a, b = set(map(int, teacher_layers["D14"])), set(map(int, teacher_layers["XL"]))
+        shared = (f". The two D7s keep {len(a & b)} of {len(a)} teacher layers in common (from D14: {sorted(a)}; from "
+                  f"XL: {sorted(b)})")
     evidence = ("D7 from D14 vs from XL: " + "; ".join(
         f"teacher {t} {_mean_std(fid[(t, 'D14')])} vs {_mean_std(fid[(t, 'XL')])}: {_WORD3[c]}"
-        for t, c in calls.items()) + _sd_text(sd, df)
+        for t, c in calls.items()) + _sd_text(sd, df) + shared
         + multiplicity({f"teacher {t}": (fid[(t, 'D14')], fid[(t, 'XL')], c) for t, c in calls.items()}, sd, df))
     return Verdict(status, evidence, {"wins": wins, "calls": calls},
                    yardstick={"pooled_finetune_seed_sd": sd, "df": df, "k": t_critical(df), "call": _k_text(df, None),
