@@ -423,3 +423,42 @@ def test_resolve_nproc_with_fewer_gpus_than_asked(monkeypatch):
     for bad in ("abc", 2.5, [2]):
         with pytest.raises(ValueError, match=r"^nproc="):
             resolve_nproc(bad)
+
+
+# ---------------------------------------------------------------------- every wrong file named (issue 28, item 4)
+def test_a_checkpoint_that_is_not_a_dit_is_refused_by_name(tmp_path):
+    """The evaluator given as a DiT, a list or a bare tensor, a dict without weights: one line naming the file."""
+    import torch
+    from tinyfusion.io import save_checkpoint
+    from tinyfusion.models.dit import dit_weights, load_dit
+    evaluator = Path(__file__).resolve().parent.parent / "data" / "evaluator.pt"
+    with pytest.raises(ValueError, match=r"evaluator.pt holds weights without DiT blocks .*the evaluator's"):
+        load_dit(evaluator)
+    from tinyfusion.cli import prune_learn
+    with pytest.raises(ValueError, match=r"evaluator.pt holds weights without DiT blocks"):   # the entry point too
+        prune_learn.main(["--profile", "smoke", "--teacher", str(evaluator), "--out", str(tmp_path / "pl")])
+    for name, obj, says in (("list.pt", [1, 2, 3], "holds a list, not DiT weights"),
+                            ("tensor.pt", torch.zeros(3), "holds a Tensor, not DiT weights"),
+                            ("noweights.pt", {"config": {"depth": 4}}, "holds a dict with keys ['config'], not DiT"),
+                            ("classifier.pt", {"fc.weight": torch.zeros(2, 2)}, "weights without DiT blocks")):
+        path = tmp_path / name
+        save_checkpoint(obj, path)
+        with pytest.raises(ValueError, match=f"--teacher {path}"):
+            dit_weights(torch.load(path, weights_only=True), f"--teacher {path}")
+        with pytest.raises(ValueError) as e:
+            load_dit(path, name="DiT-T28/4")
+        assert says in str(e.value) and str(path) in str(e.value), e.value
+
+
+def test_negative_checkpoint_interval_is_refused():
+    from tinyfusion.training import LoopConfig, check_loop_inputs
+    from tinyfusion.models.dit import DiT
+    model = DiT(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=2, num_heads=2, num_classes=10)
+    import torch
+    labels = torch.zeros(4, dtype=torch.long)
+    check_loop_inputs(LoopConfig(steps=2, batch_size=2, ckpt_every=0), model, labels)   # 0: the time-based default
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match=r"--ckpt-every .* is not a number of steps; pass a whole number >= 1"):
+            check_loop_inputs(LoopConfig(steps=2, batch_size=2, ckpt_every=bad), model, labels)
+    with pytest.raises(ValueError, match="--stop-after -3"):
+        check_loop_inputs(LoopConfig(steps=2, batch_size=2, stop_after=-3), model, labels)

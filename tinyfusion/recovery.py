@@ -316,7 +316,7 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
     from tinyfusion.data import data_identity
     from tinyfusion.models.dit import model_name_for
     from tinyfusion.io import load_checkpoint
-    from tinyfusion.models.dit import depth_of_state_dict, state_dict_of
+    from tinyfusion.models.dit import depth_of_state_dict, dit_weights
     from tinyfusion.diffusion import check_objective
     from tinyfusion.profiles import check_budget, get_profile
 
@@ -357,7 +357,8 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
         if kept is None:
             raise ValueError(f"mode {mode!r} matches student layers to teacher layers: pass --kept (JSON list of the "
                              f"student's kept layer indices); {student} stores none")
-        teacher_depth = depth_of_state_dict(state_dict_of(load_checkpoint(teacher_path, weights_only=True)))
+        teacher_depth = depth_of_state_dict(dit_weights(load_checkpoint(teacher_path, weights_only=True),
+                                                        f"--teacher {teacher_path}"))
         lmap = layer_map(kept, groups, teacher_depth, parent_map)
     model = model_name_for((student, teacher_path), model, prof.model)
     return dict(profile=prof.name, data=data_identity(prof), student=student, teacher=teacher_path, mode=mode,

@@ -204,6 +204,10 @@ def check_loop_inputs(cfg, model, labels):
     """Refuse settings and labels that would fail mid-run or train garbage, before the first step."""
     validate.settings(steps=cfg.steps, batch_size=cfg.batch_size, ema_decay=cfg.ema_decay,
                       ema_warmup=cfg.ema_warmup, grad_clip=cfg.grad_clip, label_dropout=cfg.label_dropout)
+    for flag, value, zero in (("--ckpt-every", cfg.ckpt_every, f"0: every {CHECKPOINT_EVERY_S:g} seconds"),
+                              ("--stop-after", cfg.stop_after, "0: run to the end")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{flag} {value!r} is not a number of steps; pass a whole number >= 1 ({zero})")
     n_classes = getattr(model, "num_classes", None)
     if n_classes is not None and len(labels):
         lo, hi = int(labels.min()), int(labels.max())

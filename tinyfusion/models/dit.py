@@ -349,6 +349,24 @@ def state_dict_of(ckpt):
     return ckpt
 
 
+def dit_weights(ckpt, label):
+    """The DiT state dict in a loaded checkpoint ``ckpt`` (ours or a raw state dict), refusing with a one-line error
+    that names ``label`` (the file, or the flag and file) anything else: a list, a bare tensor, a dict without
+    weights, or weights with no ``blocks.*`` keys (not a DiT)."""
+    state = state_dict_of(ckpt)
+    what = (f"a {type(ckpt).__name__}" if not isinstance(ckpt, dict) else
+            f"a dict with keys {sorted(map(str, ckpt))[:6]}" if ckpt else "an empty dict")
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and torch.is_tensor(v)
+                                                           for k, v in state.items()):
+        raise ValueError(f"{label} holds {what}, not DiT weights (a state dict of tensors, or {{'ema' or 'model': "
+                         f"state dict, 'config': ...}}); pass a DiT checkpoint (cli.pretrain's teacher.pt, "
+                         f"cli.prune_learn's pruned.pt, cli.finetune's model.pt, or an official DiT/SiT .pt)")
+    if not any(k.startswith("blocks.") for k in state):
+        raise ValueError(f"{label} holds weights without DiT blocks (keys such as {sorted(state)[:4]}): not a DiT "
+                         f"checkpoint (the evaluator's data/evaluator.pt is a classifier); pass a DiT checkpoint")
+    return state
+
+
 def stored_config(path):
     """The config a checkpoint of ours stores, or None for a raw state dict (the official DiT/SiT/TinyDiT files),
     which needs a registered name (``--model DiT-XL/2``) to be built; its depth is read from its keys."""
@@ -403,11 +421,16 @@ def load_dit(path_or_state, name=None, config=None, strict=True, objective=None)
 
     label = str(path_or_state) if not isinstance(path_or_state, dict) else "<state dict>"
     ckpt = load_checkpoint(path_or_state, weights_only=True) if not isinstance(path_or_state, dict) else path_or_state
-    state = state_dict_of(ckpt)
-    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
-        raise ValueError(f"{label} holds a {type(ckpt).__name__}, not DiT weights (a state dict of tensors, or "
-                         f"{{'ema' or 'model': state dict, 'config': ...}}); pass a DiT checkpoint")
+    state = dit_weights(ckpt, label)
     stored_config = ckpt.get("config") if state is not ckpt else None
+    if stored_config is not None:
+        import inspect
+        extra = sorted(set(stored_config) - set(inspect.signature(DiT.__init__).parameters))
+        if extra:
+            raise ValueError(f"{label} is not a DiT checkpoint: its config has keys a DiT does not take ({', '.join(extra)}"
+                             f"{'; it looks like the evaluator, data/evaluator.pt' if 'widths' in extra else ''}); "
+                             f"pass a DiT checkpoint (cli.pretrain's teacher.pt, cli.prune_learn's pruned.pt, "
+                             f"cli.finetune's model.pt)")
     depth = depth_of_state_dict(state)
     override = {"objective": objective} if objective else {}
     if config is not None:
