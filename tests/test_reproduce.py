@@ -159,13 +159,18 @@ def test_summary_rows_stand_beside_the_papers_numbers(tmp_path):
     got = table.set_index("variant")[["paper IS", "paper FID"]]
     want = {"teacher (28 layers)": (paper.TABLE1[0]["IS"], paper.TABLE1[0]["FID"]),
             "learnable": paper.TABLE3["learnable"][1:], "max-loss random": (np.nan, np.nan),
+            "learnable + plain fine-tune": (np.nan, paper.TABLE5["finetune"]["FID"]),
             "learnable + logits KD": (np.nan, paper.TABLE5["kd"]["FID"]),
             "learnable + Masked KD 2σ": (np.nan, paper.TABLE5["masked_kd_2"]["FID"]),
             "D7 from XL, teacher XL": (np.nan, paper.TABLE7[("XL", "XL")]),
             "D7 from D14, teacher XL": (np.nan, paper.TABLE7[("XL", "D14")]),
             "D7 from XL, teacher D14": (np.nan, paper.TABLE7[("D14", "XL")]),
             "D7 from D14, teacher D14": (np.nan, paper.TABLE7[("D14", "D14")])}
-    assert set(got.index) == set(want)  # plain fine-tuning (Table 5's "finetune") is Table 3's learnable row
+    assert set(got.index) == set(want)
+    # like with like: the KD rows stand beside notebook 06's own plain fine-tune, each row names its schedule
+    sched = table.set_index("variant").schedule
+    assert "notebook 01" in sched["learnable"] and sched["learnable + plain fine-tune"] == sched["learnable + logits KD"]
+    assert sched["learnable"] != sched["learnable + plain fine-tune"] and "notebook 08" in sched["D7 from XL, teacher XL"]
     for variant, pair in want.items():
         np.testing.assert_array_equal(got.loc[variant].to_numpy(dtype=float), np.array(pair, dtype=float), variant)
     assert table.set_index("variant").loc["learnable", "seeds"] == 2

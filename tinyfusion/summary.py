@@ -10,7 +10,7 @@ from tinyfusion import paper
 from tinyfusion.io import load_json
 
 METRICS = ["is", "fid", "sfid", "precision", "recall", "class_accuracy"]
-KD_NAMES = {"kd": "learnable + logits KD", "masked_kd_2": "learnable + Masked KD 2σ",
+KD_NAMES = {"finetune": "learnable + plain fine-tune", "kd": "learnable + logits KD", "masked_kd_2": "learnable + Masked KD 2σ",
             "masked_kd_4": "learnable + Masked KD 4σ", "repkd": "learnable + RepKD",
             "masked_kd_0.1": "learnable + Masked KD 0.1σ"}
 
@@ -35,9 +35,9 @@ def _read(study, name):
     return pd.read_csv(p) if p.exists() else None
 
 
-def _agg(df, label, depth, budget):
+def _agg(df, label, depth, schedule):
     vals = {m: df[m].astype(float) for m in METRICS if m in df}
-    row = {"variant": label, "depth": depth, "fine-tuning": budget, "seeds": len(df)}
+    row = {"variant": label, "depth": depth, "schedule": schedule, "seeds": len(df)}
     for m, v in vals.items():
         row[m] = v.mean()
         row[f"{m}_std"] = v.std(ddof=1) if len(v) > 1 else np.nan
@@ -45,28 +45,35 @@ def _agg(df, label, depth, budget):
 
 
 def collect(study):
-    """(Table 1 analogue DataFrame, verdicts DataFrame) from what notebooks 00-08 wrote."""
+    """(Table 1 analogue DataFrame, verdicts DataFrame) from what notebooks 00-08 wrote. Each row names its
+    ``schedule``: notebook 01's models are read off the recovery curves (one cosine over the longest curve run, read at
+    the 100K point), notebook 06's and 08's ran the same number of steps on a cosine of their own; the learnable D14
+    appears under both (notebook 01's "learnable" and notebook 06's "learnable + plain fine-tune"), so the KD rows
+    stand beside a plain fine-tune of their own schedule."""
     p, rows = study.prof, []
-    ft = f"{p.finetune_steps} steps"
+    curve = (f"{p.finetune_steps} steps on the cosine of {p.curve_points[-1]} (notebook 01's curves)"
+             if p.curve_points else f"{p.finetune_steps} steps")
+    own = f"{p.finetune_steps} steps, own cosine (notebook 06)"
     t0 = _read(study, "00_teacher_metrics")
     if t0 is not None:
         ours = t0.iloc[-1]
-        rows.append({"variant": "teacher (28 layers)", "depth": 28, "fine-tuning": f"{p.pretrain_steps} steps pre-training",
+        rows.append({"variant": "teacher (28 layers)", "depth": 28, "schedule": f"{p.pretrain_steps} steps pre-training",
                      "seeds": 1, "is": ours["IS"], "fid": ours["FID"], "sfid": ours["sFID"], "precision": ours["Prec"],
                      "recall": ours["Rec"], "class_accuracy": ours["class acc"]})
     t3 = _read(study, "01_table3_runs")
     if t3 is not None:
         for method, grp in t3.groupby("method", sort=False):
-            rows.append(_agg(grp, method, 14, ft))
+            rows.append(_agg(grp, method, 14, curve))
     t5 = _read(study, "06_table5_runs")
     if t5 is not None:
         for variant, grp in t5.groupby("variant", sort=False):
             if variant in KD_NAMES:
-                rows.append(_agg(grp, KD_NAMES[variant], 14, ft))
+                rows.append(_agg(grp, KD_NAMES[variant], 14, own))
     t7 = _read(study, "08_table7")
     if t7 is not None:
         for _, r in t7.iterrows():
-            rows.append(_agg(pd.DataFrame([r]), d7_name(r["pruned_from"], r["teacher"]), 7, ft))
+            rows.append(_agg(pd.DataFrame([r]), d7_name(r["pruned_from"], r["teacher"]), 7,
+                             f"{p.finetune_steps} steps of logits KD, own cosine (notebook 08)"))
     speed = _read(study, "07_speedup")
     table = pd.DataFrame(rows)
     if len(table):
@@ -145,7 +152,7 @@ def write_summary(study, table, verdicts):
     p = study.prof
     v = verdicts.copy()
     v["notebook"] = [f"[{n}](notebooks/{n})" if n else "" for n in v.notebook]
-    keep = [c for c in ["variant", "depth", "seeds", "fid", "fid_std", "is", "sfid", "precision", "recall",
+    keep = [c for c in ["variant", "depth", "schedule", "seeds", "fid", "fid_std", "is", "sfid", "precision", "recall",
                         "class_accuracy", "paper FID", "paper IS", "speed-up (CPU)"] if c in table]
     timings = study.root / "timings.json"
     lines = [f"# TinyFusion replication: summary ({p.name} profile)", "",
