@@ -264,3 +264,21 @@ def test_save_fig_and_save_table_return_paths_relative_to_the_results_folder(tmp
     assert str(st.save_fig(fig, "x")) == "figures/x.png" and (tmp_path / "smoke" / "figures" / "x.png").exists()
     assert str(st.save_table(pd.DataFrame({"a": [1]}), "t")) == "tables/t.csv"
     plt.close(fig)
+
+
+def test_the_summary_leads_with_the_finding_written_from_the_verdicts(tmp_path):
+    """summary.md opens with three or four sentences generated from the verdicts, then a narrow verdict table."""
+    verdicts = pd.DataFrame({"claim": [1, 2, 3, 5], "verdict": ["not held", "held", "not held", "not testable here"],
+                             "evidence": ["a; b", "x " * 200, "c", "d"], "notebook": ["n1", "n2", "n3", "n5"]})
+    lines = summary.findings(verdicts)
+    assert lines[0] == ("Of the paper's 4 claims, 4 were judged at our scale: 1 is held (2); 2 are not held (1, 3); "
+                        "1 is not testable here (5).")
+    assert "'not held' and 'held' here" in lines[1] and len(lines) == 3
+    robust = pd.DataFrame({"verdict survives?": ["Claim 1: 'x' in all 3 settings — the verdict survives.",
+                                                 "Claim 2: 'x' in a, but 'y' in b — the verdict does not survive."]})
+    assert "survives for Claim 1, and not for Claim 2" in summary.findings(verdicts, robust)[2]
+    assert summary.findings(verdicts.assign(verdict="not run")) == ["No claim has a verdict yet: run `make reproduce`."]
+    assert len(summary.one_line("x " * 200)) <= 162 and summary.one_line("short. rest") == "short"
+    study = _study(tmp_path)
+    text = summary.write_summary(study, *summary.collect(study)).read_text()
+    assert text.splitlines()[2].startswith("No claim has a verdict yet")

@@ -147,6 +147,46 @@ def run_clock(clock):
     return from_empty_seconds(clock)
 
 
+def findings(verdicts, robustness=None):
+    """The first lines of ``summary.md``: what the replication found, in three or four sentences written from the
+    verdicts (``collect``'s DataFrame: claim, verdict, ...) and, when notebook 11 ran, its robustness table's
+    "verdict survives?" sentences; nothing here is written by hand."""
+    from tinyfusion.verdicts import HELD, MIXED, NOT_HELD, NOT_TESTABLE, WITHIN_NOISE
+    by = {st: [int(c) for c, v in zip(verdicts.claim, verdicts.verdict) if v == st]
+          for st in (HELD, NOT_HELD, MIXED, WITHIN_NOISE, NOT_TESTABLE)}
+    nums = lambda cs: ", ".join(map(str, cs))  # noqa: E731
+    parts = [f"{len(cs)} {'is' if len(cs) == 1 else 'are'} {st} ({nums(cs)})" for st, cs in by.items() if cs]
+    ran = sum(len(cs) for cs in by.values())
+    if not ran:
+        return ["No claim has a verdict yet: run `make reproduce`."]
+    out = [f"Of the paper's {len(verdicts)} claims, {ran} were judged at our scale: " + "; ".join(parts) + "."]
+    core = verdicts.set_index("claim").verdict
+    if 1 in core.index and 2 in core.index:
+        out.append(f"The method's core, that calibration loss right after pruning does not predict recovery (claim 1) "
+                   f"and that learnable pruning beats the baselines after the same fine-tuning (claim 2), is "
+                   f"'{core[1]}' and '{core[2]}' here.")
+    if robustness is not None and len(robustness):
+        text = list(robustness["verdict survives?"])
+        keep = [t.split(":")[0] for t in text if "the verdict survives" in t]
+        lose = [t.split(":")[0] for t in text if "does not survive" in t]
+        out.append("Notebook 11 re-judged the claims in other settings (gate budget, pruning seeds, a second teacher, "
+                   f"SiT): the verdict survives for {', '.join(keep) or 'none'}, and not for {', '.join(lose) or 'none'}.")
+    out.append("The table below gives each claim's status with one line of evidence; the full evidence, the rules "
+               "and their yardsticks follow it, and every number comes from the executed notebooks.")
+    return out
+
+
+def one_line(text, limit=160):
+    """A verdict's evidence cut to about ``limit`` characters for the narrow verdict table: its first sentence, cut
+    back to the last whole clause ("; ") that fits, or at ``limit`` with an ellipsis."""
+    text = str(text).split(". ")[0]
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    end = cut.rfind("; ")
+    return (cut[:end] if end > limit // 3 else cut.rstrip()) + " …"
+
+
 def write_summary(study, table, verdicts):
     """Write ``results/<profile>/summary.md``: verdicts first, then the main table and the run's timings."""
     p = study.prof
@@ -155,14 +195,20 @@ def write_summary(study, table, verdicts):
     keep = [c for c in ["variant", "depth", "schedule", "seeds", "fid", "fid_std", "is", "sfid", "precision", "recall",
                         "class_accuracy", "paper FID", "paper IS", "speed-up (CPU)"] if c in table]
     timings = study.root / "timings.json"
+    robust = study.root / "tables" / "11_robustness.csv"
+    rt = pd.read_csv(robust) if robust.exists() else None
+    narrow = pd.DataFrame({"claim": verdicts.claim, "status": verdicts.verdict,
+                           "evidence (first line)": [one_line(e) for e in verdicts.evidence], "notebook": v.notebook})
     lines = [f"# TinyFusion replication: summary ({p.name} profile)", "",
+             *findings(verdicts, rt), "",
+             markdown_table(narrow), "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M')} by notebooks/09_summary.ipynb. {p.notes}.", "",
              f"Budgets: fine-tuning {p.finetune_steps} steps (paper 100K; Table 4: {p.ablation_finetune_steps} vs 10K), "
              f"learnable pruning {p.prune_steps} steps of batch {p.prune_batch}, {p.random_candidates} random candidates "
              f"(paper 100,000). Every row is scored on {p.eval_samples} samples, {p.sampler} {p.sample_steps} steps, "
              f"CFG {p.cfg_scale}, against the Fashion-MNIST test set with the project's own evaluator; "
              f"seeds {list(p.seeds)} for the key comparisons.", "",
-             "## Verdicts on the paper's claims", "", markdown_table(v), "",
+             "## Verdicts on the paper's claims, with the full evidence", "", markdown_table(v), "",
              "## Table 1 analogue (ours beside the paper's ImageNet numbers; absolute values do not compare)", "",
              markdown_table(table[keep]) if len(table) else "(no runs found)", ""]
     shown = [(f, caption) for f, caption in KEY_FIGURES if (study.root / "figures" / f"{f}.png").exists()]
@@ -176,9 +222,7 @@ def write_summary(study, table, verdicts):
     if table2 is not None and table2.exists():  # notebook 10, written into the profile's SiT variant
         lines += [f"## Table 2 analogue: TinySiT, the flow-objective teacher ({sit.model}; notebook 10, "
                   f"{sit.sampler} {sit.sample_steps} steps)", "", markdown_table(pd.read_csv(table2)), ""]
-    robust = study.root / "tables" / "11_robustness.csv"
-    if robust.exists():  # notebook 11 (make robustness): the claims read again in other settings
-        rt = pd.read_csv(robust)
+    if rt is not None:  # notebook 11 (make robustness): the claims read again in other settings
         lines += ["## Does the verdict survive? (notebook 11, `make robustness`)", "",
                   markdown_table(rt.drop(columns=["verdict survives?"])), "",
                   *[f"- {s}" for s in rt["verdict survives?"]], ""]
