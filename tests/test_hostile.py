@@ -416,3 +416,32 @@ def test_an_unwritable_evaluator_cache_warns_and_scores(tmp_path, monkeypatch):
 def results_env(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path / "results"))
     return tmp_path
+
+
+def test_sigterm_mid_notebook_prints_one_line_and_exits_130(tmp_path, monkeypatch, capsys):
+    """SIGTERM while a notebook runs: one line saying where it stopped, that finished steps are cached and the
+    committed results untouched, and the command that resumes; exit status 130, no traceback."""
+    import os
+    import signal
+
+    import papermill
+
+    import tinyfusion.cli.reproduce as rep
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(), nbdir / "00_study.ipynb")
+
+    def terminated(input_path, output_path, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)   # delivered to this process while the "notebook" runs
+        raise AssertionError("SIGTERM did not interrupt the run")
+    monkeypatch.setattr(rep, "NOTEBOOKS", nbdir)
+    monkeypatch.setattr(papermill, "execute_notebook", terminated)
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        status = rep.main(["--profile", "smoke", "--out", str(tmp_path / "res"), "--no-progress"])
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 130 and len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith("[reproduce] stopped in 00_study.ipynb (signal SIGTERM): every step it finished is cached")
+    assert "`make reproduce PROFILE=smoke` resumes" in err[0]

@@ -282,3 +282,22 @@ def test_the_summary_leads_with_the_finding_written_from_the_verdicts(tmp_path):
     study = _study(tmp_path)
     text = summary.write_summary(study, *summary.collect(study)).read_text()
     assert text.splitlines()[2].startswith("No claim has a verdict yet")
+
+
+def test_the_progress_line_says_where_the_run_is_and_what_is_left():
+    todo = [Path(f"{i:02d}_x.ipynb") for i in range(3)]
+    line = rep.progress_line(1, todo, 125.0, {"00_x.ipynb": 60.0, "01_x.ipynb": 3000.0, "02_x.ipynb": 900.0}, "cpu")
+    assert line == ("[reproduce] notebook 2 of 3: 01_x.ipynb (profile=cpu); 2 min elapsed, left: about 1 h 05 min "
+                    "(the last finished run's times)")
+    assert "left: unknown" in rep.progress_line(0, todo, 0.0, {"00_x.ipynb": 1.0}, "cpu")
+
+
+def test_notebooks_run_on_a_kernel_over_ipc_without_the_tcp_warning(tmp_path, monkeypatch, capfd):
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    _notebook(nbdir / "00_a.ipynb", ["profile = 'smoke'", "print('ran')"], parameters=True)
+    monkeypatch.setattr(rep, "NOTEBOOKS", nbdir)
+    rep.reproduce("smoke", results_root=tmp_path / "res", progress=False)
+    out = capfd.readouterr()
+    assert "without encryption" not in out.out + out.err and "notebook 1 of 1: 00_a.ipynb" in out.out
+    assert rep._kernel_manager()().transport == "ipc"

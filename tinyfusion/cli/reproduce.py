@@ -245,17 +245,51 @@ def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError, study
     return this_run["notebooks"]
 
 
+RUNNING = {"notebook": None, "root": None}   # where a run is, for the one-line message of an interrupt
+
+
+def _kernel_manager():
+    """A kernel manager over IPC (unix sockets in a private temporary folder) instead of TCP on localhost: the
+    notebooks' kernel then has nothing to warn about ("Kernel is running over TCP without encryption")."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.transport = "ipc"
+            self.ip = str(Path(_ipc_dir()) / "kernel")
+
+    return IPCKernelManager
+
+
+_IPC = []
+
+
+def _ipc_dir():
+    """One private temporary folder per run for the kernels' sockets, removed when the run ends."""
+    if not _IPC:
+        import atexit
+        _IPC.append(tempfile.mkdtemp(prefix="tinyfusion-kernel-"))
+        atexit.register(shutil.rmtree, _IPC[0], True)
+    return _IPC[0]
+
+
 def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError, root, out_dir, partial_dir, timings,
                    timings_path, this_run, clock):
     from tinyfusion.io import save_json
-    for nb in todo:
+    RUNNING["root"] = root
+    last = dict(timings.get("latest", {}))   # each notebook's time in the last run that finished it
+    started = time.time()
+    for i, nb in enumerate(todo):
+        RUNNING["notebook"] = nb.name
         out, partial = out_dir / nb.name, partial_dir / nb.name
-        print(f"[reproduce] {nb.name} (profile={profile})", flush=True)
+        print(progress_line(i, todo, time.time() - started, last, profile), flush=True)
         t0 = time.time()
         snapshot = Snapshot(root)
         try:
             pm.execute_notebook(str(nb), str(partial), parameters={"profile": profile}, kernel_name=kernel,
-                                cwd=str(NOTEBOOKS), progress_bar=progress, log_output=False)
+                                cwd=str(NOTEBOOKS), progress_bar=progress, log_output=False,
+                                kernel_manager_class=_kernel_manager())
         except BaseException as e:  # failed, or interrupted: the previous outputs stay the current ones
             snapshot.restore()
             this_run["notebooks"][nb.name] = {"seconds": round(time.time() - t0, 1), "failed": True}
@@ -283,6 +317,22 @@ def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError,
         save_json(timings, timings_path)
         clock.done(nb.name)
         print(f"[reproduce] {nb.name} done in {dt:.0f} s", flush=True)
+
+
+def _minutes(seconds):
+    m = int(round(seconds / 60))
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
+
+
+def progress_line(i, todo, elapsed, last, profile):
+    """The line printed as notebook ``i`` of ``todo`` starts: its number of the total, the time so far and an
+    estimate of what is left from ``last`` ({notebook: seconds} of the last run that finished each; "unknown" when
+    a notebook left has no time there)."""
+    left = [last.get(nb.name) for nb in todo[i:]]
+    eta = "unknown (no finished run to go by)" if any(v is None for v in left) else \
+        f"about {_minutes(sum(left))} (the last finished run's times)"
+    return (f"[reproduce] notebook {i + 1} of {len(todo)}: {todo[i].name} (profile={profile}); "
+            f"{_minutes(elapsed)} elapsed, left: {eta}")
 
 
 def _numbers(text):
@@ -313,7 +363,15 @@ def parser():
 def main(argv=None):
     a = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # so a killed run rolls back like Ctrl-C
-    reproduce(a.profile, a.only or None, a.out, progress=a.progress, study=a.study)
+    try:
+        reproduce(a.profile, a.only or None, a.out, progress=a.progress, study=a.study)
+    except KeyboardInterrupt as e:
+        target = "reproduce" if a.study == "main" else a.study
+        where = f"in {RUNNING['notebook']}" if RUNNING["notebook"] else "before the first notebook"
+        print(f"[reproduce] stopped {where} ({e or 'Ctrl-C'}): every step it finished is cached under "
+              f"{RUNNING['root'] or 'the results folder'}, the last finished notebooks' results are untouched; "
+              f"`make {target} PROFILE={a.profile}` resumes", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":
