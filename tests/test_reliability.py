@@ -462,3 +462,25 @@ def test_negative_checkpoint_interval_is_refused():
             check_loop_inputs(LoopConfig(steps=2, batch_size=2, ckpt_every=bad), model, labels)
     with pytest.raises(ValueError, match="--stop-after -3"):
         check_loop_inputs(LoopConfig(steps=2, batch_size=2, stop_after=-3), model, labels)
+
+
+# ---------------------------------------------------------------------- integrity that travels with the file (issue 27)
+@pytest.mark.parametrize("kind", ["pt", "npz"])
+def test_a_damaged_copy_without_its_record_is_refused_by_name(tmp_path, kind):
+    """64 flipped bytes in a copy that travelled without its .sha256 record: the zip's CRC-32s catch it."""
+    import shutil
+    src = tmp_path / f"orig.{kind}"
+    if kind == "pt":
+        save_checkpoint({"ema": {"w": torch.randn(4096)}, "config": {"depth": 1}}, src)
+    else:
+        tio.save_npz(src, arr_0=np.arange(40000, dtype=np.uint8).reshape(100, 400))
+    copy = tmp_path / f"copy.{kind}"
+    shutil.copy(src, copy)                                   # the record stays behind
+    assert not tio.record_path(copy).exists()
+    (load_checkpoint if kind == "pt" else tio.load_npz)(copy)   # an intact copy loads
+    data = bytearray(copy.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+    copy.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtefactError, match=rf"{copy} is corrupted: .*CRC-32 check \(no integrity record"):
+        (load_checkpoint if kind == "pt" else tio.load_npz)(copy)

@@ -87,6 +87,25 @@ def check_integrity(path):
     return got
 
 
+def check_zip(path):
+    """For a file without an integrity record: a ``.pt`` or ``.npz`` is a zip whose members carry CRC-32s, which
+    ``torch.load`` and ``np.load`` do not check; check them, so a damaged copy that travelled without its record
+    (copied to another machine, attached to an e-mail) is refused by name instead of loading garbage."""
+    import zipfile
+    if record_path(path).is_file() or not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        bad = f"its zip structure ({type(e).__name__}: {e})"
+    if bad:
+        raise CorruptArtefactError(
+            f"{path} is corrupted: {bad if bad.startswith('its zip') else f'its member {bad}'} fails the zip's "
+            f"CRC-32 check (no integrity record beside it); delete it and recompute it, or copy it again from where "
+            f"it came")
+
+
 def check_writable(folder, what="output folder"):
     """Create ``folder`` if needed and prove it takes a file, before any work is done for it (a read-only or
     full results folder then fails at once, naming it, instead of after the last training step)."""
@@ -178,6 +197,7 @@ def load_checkpoint(path, map_location="cpu", weights_only=True):
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     check_integrity(path)
+    check_zip(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -215,6 +235,7 @@ def load_npz(path):
     path = Path(path)
     if path.exists():
         check_integrity(path)
+        check_zip(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
