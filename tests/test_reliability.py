@@ -484,3 +484,18 @@ def test_a_damaged_copy_without_its_record_is_refused_by_name(tmp_path, kind):
     copy.write_bytes(bytes(data))
     with pytest.raises(CorruptArtefactError, match=rf"{copy} is corrupted: .*CRC-32 check \(no integrity record"):
         (load_checkpoint if kind == "pt" else tio.load_npz)(copy)
+
+
+def test_samples_and_evaluator_files_of_the_wrong_kind_are_named(tmp_path):
+    from tinyfusion.evaluator import load_evaluator
+    from tinyfusion.metrics import sample_arrays
+    repo = Path(__file__).resolve().parent.parent
+    with pytest.raises(KeyError, match=r"--npz .*teacher_cpu.pt is a torch checkpoint \(.pt\), not samples; pass the "
+                                       r".npz that cli.sample writes"):
+        sample_arrays(repo / "data" / "teacher_cpu.pt")
+    tio.save_npz(tmp_path / "adm.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8))
+    with pytest.raises(KeyError, match=r"ADM layout \(arr_0\), which --reference \(the imagenet profile\) scores"):
+        sample_arrays(tmp_path / "adm.npz")
+    with pytest.raises(CorruptArtefactError, match=r"teacher_cpu.pt is not an evaluator checkpoint .*it is a DiT "
+                                                   r"checkpoint\); pass --evaluator data/evaluator.pt"):
+        load_evaluator(repo / "data" / "teacher_cpu.pt")

@@ -112,8 +112,11 @@ def load_evaluator(path=None, verify=True):
     digest = verify_sha256(path, sha_file) if verify and sha_file.exists() else None
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise CorruptArtefactError(f"{path} is not an evaluator checkpoint (expected keys 'model' and 'config'); "
-                                   f"retrain it with `python -m tinyfusion.cli.train_evaluator --out {path}`")
+        dit = isinstance(ckpt, dict) and ("ema" in ckpt or any(str(k).startswith("blocks.") for k in ckpt))
+        raise CorruptArtefactError(
+            f"{path} is not an evaluator checkpoint (expected keys 'model' and 'config' of the Fashion-MNIST "
+            f"classifier{'; it is a DiT checkpoint' if dit else ''}); pass --evaluator data/evaluator.pt, or train one "
+            f"with `python -m tinyfusion.cli.train_evaluator --out <a new file>`")
     try:
         model = FMNISTEvaluator(**ckpt["config"])
         model.load_state_dict(ckpt["model"])

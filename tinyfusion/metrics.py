@@ -233,12 +233,27 @@ def _reference_stats(ref, layer):
     return ref[key]
 
 
-def evaluate_npz(path, **kw):
-    """``evaluate_samples`` on an ``.npz`` holding ``images`` (uint8 (N, 28, 28)) and optionally ``labels``."""
+def sample_arrays(path, flag="npz"):
+    """The arrays of a samples file (``cli.sample``'s ``.npz``: ``images`` uint8, ``labels``), or a one-line error
+    naming ``flag`` and the file: a torch checkpoint given instead, the ADM layout (``arr_0``) outside the imagenet
+    profile, or any other keys."""
     from tinyfusion.io import load_npz
     z = load_npz(path)
-    if "images" not in z:
-        raise KeyError(f"{path} holds {sorted(z)}, not 'images'; write samples with keys images (uint8) and labels")
+    if "images" in z:
+        return z
+    keys = sorted(z)
+    if str(path).endswith(".pt") or any(k.startswith("archive/") for k in keys):
+        why = "is a torch checkpoint (.pt), not samples"
+    elif "arr_0" in keys:
+        why = "is in the ADM layout (arr_0), which --reference (the imagenet profile) scores"
+    else:
+        why = f"holds {keys[:6]}{' ...' if len(keys) > 6 else ''}, not 'images'"
+    raise KeyError(f"--{flag} {path} {why}; pass the .npz that cli.sample writes (keys images (uint8) and labels)")
+
+
+def evaluate_npz(path, **kw):
+    """``evaluate_samples`` on an ``.npz`` holding ``images`` (uint8 (N, 28, 28)) and optionally ``labels``."""
+    z = sample_arrays(path)
     return evaluate_samples(z["images"], z.get("labels"), **kw)
 
 
