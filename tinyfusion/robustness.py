@@ -151,3 +151,17 @@ def recorded_status(study, claim):
         return None
     v = load_json(path)
     return v["status"] if "call" in v.get("yardstick", {}) else None
+
+
+def claims_1_2(study, curves_by_setting):
+    """{setting: (claim 1, claim 2)} for ``curves_by_setting`` ({setting: curves DataFrame}), each with notebook 01's
+    rules and yardsticks (``Study.curve_verdicts`` at the paper's 100K point; no table saved: notebook 01's stays
+    its own; the sampling sd, which no rule reads, is left to notebook 01)."""
+    return {name: study.curve_verdicts(c, float("nan"), save=False)[:2] for name, c in curves_by_setting.items()}
+
+
+def kept_table(runs, label):
+    """One row per run of ``runs`` ({(scheme, seed): run}): the teacher/budget ``label``, scheme, pruning seed and the
+    layers it keeps."""
+    return pd.DataFrame([{"setting": label, "scheme": g, "pruning seed": s, "kept": " ".join(map(str, r["kept"]))}
+                         for (g, s), r in runs.items()])
