@@ -1,5 +1,5 @@
 # tinyfusion-replication: `make reproduce` runs the whole study, `make test` runs the tests.
-# Also: `make robustness` (notebook 11, its own clock), `make notebook NB=07` (one notebook), `make lab [LAB_ARGS="--port=8890 --ip=0.0.0.0 --no-browser"]`,
+# Also: `make robustness` (notebook 11, its own clock), `make mar` (notebook 13, its own clock), `make notebook NB=07` (one notebook), `make lab [LAB_ARGS="--port=8890 --ip=0.0.0.0 --no-browser"]`,
 # `make screenshots [SHOTS_ARGS="--all --height 16000 --split 2400"]` (the executed notebooks as JupyterLab shows them).
 PROFILE ?= cpu
 NB ?=
@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data reproduce robustness notebook test lab screenshots clean-results
+.PHONY: setup data reproduce robustness mar notebook test lab screenshots clean-results
 
 setup: $(STAMP) data
 
@@ -39,15 +39,21 @@ reproduce: setup
 robustness: setup
 	$(PY) -m tinyfusion.cli.reproduce --profile $(PROFILE) --study robustness
 
+# TinyMAR (notebook 13: paper Table 2's MAR row, claim 10) on the profile's "-mar" variant (smoke, cpu), its own from-empty
+# clock (results/<profile>/mar_clock.json); needs the MAR teacher data/mar_teacher_cpu.pt.
+mar: setup
+	$(PY) -m tinyfusion.cli.reproduce --profile $(PROFILE) --study mar
+
 # One notebook (or several: NB=00,06), run and saved as make reproduce does it.
 notebook: setup
 	@test -n "$(NB)" || { echo "usage: make notebook NB=07 [PROFILE=$(PROFILE)]   (NB: a notebook number, or a list: NB=00,06)"; exit 2; }
 	$(PY) -m tinyfusion.cli.reproduce --profile $(PROFILE) --only $(NB)
 
-# Unit and torchrun tests, then nbval over every notebook on the smoke profile; results go to a temp folder.
+# Unit and torchrun tests, and nbval over every notebook on the smoke profile, as two pytest processes side by side
+# (tools/run_tests.py; TEST_ARGS: more pytest options, e.g. --durations=25, or --serial); results go to temp folders.
+TEST_ARGS ?=
 test: setup
-	@export TINYFUSION_PROFILE=smoke TINYFUSION_RESULTS=$$(mktemp -d) OMP_NUM_THREADS=1; \
-	$(PY) -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider; rc=$$?; rm -rf "$$TINYFUSION_RESULTS"; exit $$rc
+	@$(PY) tools/run_tests.py $(TEST_ARGS)
 
 # JupyterLab on notebooks/ (--allow-root when run as root, as in Docker); LAB_ARGS: more options, e.g. --port=8890.
 lab: setup

@@ -1,6 +1,6 @@
 """pytest over the notebooks: nbval runs each numbered notebook once, then ``test_artefacts.py`` checks what they wrote.
 
-``pytest --nbval-lax notebooks/`` (what ``make test`` runs after the unit tests) uses the smoke profile unless
+``pytest --nbval-lax notebooks/`` (what ``make test`` runs beside the unit tests, in a process of its own) uses the smoke profile unless
 ``TINYFUSION_PROFILE`` says otherwise. pytest collects a folder's files in name order, so the numbered notebooks
 run before ``test_artefacts.py``, which reads the same results folder; the summary notebook runs after the others. The hooks below record, for
 that check, which numbered notebooks this session collected, which had a failing cell, and when the session began.

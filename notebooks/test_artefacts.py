@@ -28,6 +28,9 @@ TABLES = ["00_teacher_metrics", "01_table3", "01_table3_runs", "01_recovery_curv
           "11_robustness_evidence"]
 SIT_FIGURES = ["10_sit_teacher_samples", "10_kept_layers", "10_fid_by_method", "10_tinysit_samples"]  # <profile>-sit/
 SIT_TABLES = ["10_teachers", "10_table2", "10_table2_runs"]
+MAR_FIGURES = ["13_mar_teacher_samples", "13_kept_layers", "13_recovery_curves", "13_tinymar_samples"]  # <profile>-mar/
+MAR_TABLES = ["13_teachers", "13_kept_layers", "13_recovery_curves", "13_recovery_curves_summary", "13_table2",
+              "13_sampling_speed"]
 
 
 def test_notebooks_wrote_every_artefact(notebook_session):
@@ -43,8 +46,10 @@ def test_notebooks_wrote_every_artefact(notebook_session):
         pytest.skip(f"{', '.join(sorted(s['failed']))} failed above, so their artefacts are not checked")
     out = get_profile(os.environ["TINYFUSION_PROFILE"]).results
     sit = get_profile(os.environ["TINYFUSION_PROFILE"] + "-sit").results
+    mar = get_profile(os.environ["TINYFUSION_PROFILE"] + "-mar").results
     files = [out / "figures" / f"{f}.png" for f in FIGURES] + [out / "tables" / f"{t}.csv" for t in TABLES]
     files += [sit / "figures" / f"{f}.png" for f in SIT_FIGURES] + [sit / "tables" / f"{t}.csv" for t in SIT_TABLES]
+    files += [mar / "figures" / f"{f}.png" for f in MAR_FIGURES] + [mar / "tables" / f"{t}.csv" for t in MAR_TABLES]
     files += [out / "verdicts" / f"claim{c}.json" for c in CLAIMS] + [out / "summary.md"]
     missing = [str(f.relative_to(out.parent)) for f in files if not f.exists()]
     assert not missing, f"not written by the notebooks in {out}: {missing}"

@@ -143,8 +143,7 @@ def test_study_under_torchrun_reuses_its_cache_and_refuses_a_config_that_does_no
         return importlib.import_module(entry).run(**flags)
     monkeypatch.setattr(launch_mod, "launch", fake_launch)
     teacher = _tiny_teacher(results_env / "teacher.pt")
-    student = results_env / "student.pt"
-    student.write_bytes(b"a pruned model")
+    student = _tiny_teacher(results_env / "student.pt")   # the entry point checks it fits the profile's images
     study = Study(get_profile("smoke", nproc=2, finetune_steps=7, prune_lr=3e-4))
     study.learnable("1:2", "lora", seed=0, source=teacher)
     study.finetune(student, kept=[0, 2])
@@ -183,3 +182,50 @@ def test_fine_tune_budgets_spend_the_papers_share_of_the_teachers_pretraining(na
     assert p.curve_points[-1] >= 4 * p.finetune_long and list(p.curve_points) == sorted(p.curve_points)
     closest = min(range(1, 17), key=lambda r: abs(trainable_fraction(p.model, "lora", r) - 0.009))
     assert p.lora_rank == closest
+
+
+def test_records_are_relocatable_a_moved_root_is_reused_without_recomputing(tmp_path, monkeypatch):
+    """A record stores the paths inside its folder as $OUT/... and the rest of the results root as $RESULTS/..., and a
+    key names a file of the root by its place in it: a whole root moved elsewhere, or one finished step copied by
+    copy_step (tools/copy_steps.py) into another root, is found and reused with its paths pointing at the new place;
+    the resumable state is not copied."""
+    import shutil
+
+    from tinyfusion.io import load_json
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(a))
+    upstream = a / "cpu" / "pruned" / "x" / "model.pt"
+    upstream.parent.mkdir(parents=True)
+    upstream.write_bytes(b"student")
+    config = {"student": upstream, "steps": 3}
+    ran = []
+
+    def compute(out):
+        ran.append(out)
+        (out / "model.pt").write_bytes(b"weights")
+        (out / "state.pt").write_bytes(b"resume")
+        return {"model": str(out / "model.pt"), "student": str(upstream), "teacher": "/elsewhere/t.pt", "n": 1}
+    out_a = cache.folder(a / "cpu", "finetune", "ft", config)
+    first = cache.cached(out_a, config, compute)
+    stored = load_json(out_a / cache.RECORD)
+    assert stored["result"]["model"] == "$OUT/model.pt" and stored["result"]["student"] == "$RESULTS/cpu/pruned/x/model.pt"
+    assert stored["config"]["student"].startswith("$RESULTS/cpu/pruned/x/model.pt@")
+    assert first["model"] == str((out_a / "model.pt").resolve()) and first["teacher"] == "/elsewhere/t.pt"
+
+    shutil.move(a, b)  # the whole root moves
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(b))
+    config_b = {"student": b / "cpu" / "pruned" / "x" / "model.pt", "steps": 3}
+    out_b = cache.folder(b / "cpu", "finetune", "ft", config_b)
+    assert out_b.name == out_a.name  # the same key
+    again = cache.cached(out_b, config_b, compute)
+    assert len(ran) == 1 and again["model"] == str((out_b / "model.pt").resolve())
+    assert again["student"] == str(config_b["student"].resolve())
+
+    copied = cache.copy_step(out_b, c / "cpu" / "finetune" / out_b.name, b, c)  # one step into a third root
+    assert {p.name for p in copied} == {"model.pt", cache.RECORD}
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(c))
+    shutil.copytree(b / "cpu" / "pruned", c / "cpu" / "pruned")
+    config_c = {"student": c / "cpu" / "pruned" / "x" / "model.pt", "steps": 3}
+    out_c = cache.folder(c / "cpu", "finetune", "ft", config_c)
+    assert out_c == c / "cpu" / "finetune" / out_b.name and not (out_c / "state.pt").exists()
+    assert cache.cached(out_c, config_c, compute)["model"] == str((out_c / "model.pt").resolve()) and len(ran) == 1

@@ -445,3 +445,211 @@ def test_sigterm_mid_notebook_prints_one_line_and_exits_130(tmp_path, monkeypatc
     assert status == 130 and len(err) == 1 and "Traceback" not in err[0]
     assert err[0].startswith("[reproduce] stopped in 00_study.ipynb (signal SIGTERM): every step it finished is cached")
     assert "`make reproduce PROFILE=smoke` resumes" in err[0]
+
+
+def test_ctrl_c_in_a_real_kernel_prints_one_line_and_no_kernel_traceback(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) while a real kernel runs a cell: one line, exit 130; the
+    kernel's log of the cell it stopped goes to partial/kernel.log, not to the terminal."""
+    nbdir, started = tmp_path / "nbs", tmp_path / "started"
+    nbdir.mkdir()
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell("profile = 'cpu'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
+                                          "time.sleep(120)")]
+    nbformat.write(nb, nbdir / "00_study.ipynb")
+    code = (f"import sys, pathlib, tinyfusion.cli.reproduce as rep; rep.NOTEBOOKS = pathlib.Path({str(nbdir)!r}); "
+            f"sys.exit(rep.main(['--profile', 'smoke', '--out', {str(tmp_path / 'res')!r}, '--no-progress']))")
+    # a terminal's foreground job takes Ctrl-C; a test suite started in the background (`make test &` from a script)
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt: give the run the terminal's default
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while not started.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert started.exists(), proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGINT)   # what Ctrl-C in a terminal does
+    try:  # about 10 s on an idle machine
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"make reproduce did not stop within 240 s of Ctrl-C; its output:\n{proc.communicate()[0]}")
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert proc.returncode == 130 and "Traceback" not in out, out
+    assert lines[-1].startswith("[reproduce] stopped in 00_study.ipynb (Ctrl-C): every step it finished is cached")
+    assert (tmp_path / "res" / "smoke" / "partial" / "kernel.log").exists()
+
+
+# ======================================================================= 10. every wrong file named (issue 28, item 4)
+def tiny_dit(path, size=8, objective=None):
+    torch.manual_seed(0)
+    kw = dict(objective=objective, learn_sigma=False) if objective else {}
+    m = DiT(input_size=size, patch_size=4, in_channels=1, hidden_size=32, depth=2, num_heads=2, num_classes=10, **kw)
+    save_checkpoint({"ema": m.state_dict(), "config": m.config}, path)
+    return path
+
+
+@pytest.fixture
+def wrong_files(tmp_path, monkeypatch):
+    """One file of each wrong kind, by name: $npz, $pt (a tiny DiT), $text, $empty, $dir, $missing."""
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path / "results"))
+    tio.save_npz(tmp_path / "s.npz", images=np.zeros((4, 28, 28), np.uint8), labels=np.arange(4))
+    tiny_dit(tmp_path / "m.pt")
+    (tmp_path / "notes.txt").write_text("hello\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "folder").mkdir()
+    return {"$npz": tmp_path / "s.npz", "$pt": tmp_path / "m.pt", "$text": tmp_path / "notes.txt",
+            "$empty": tmp_path / "empty.pt", "$dir": tmp_path / "folder", "$missing": tmp_path / "nowhere.pt",
+            "$out": tmp_path / "out"}
+
+
+def run_cli(name, argv, files):
+    import importlib
+    module = importlib.import_module(f"tinyfusion.cli.{name}")
+    args = []
+    for a in map(str, argv):  # "$text/sub": a path under the file $text
+        key = a.split("/")[0]
+        args.append(str(files[key]) + a[len(key):] if key in files else a)
+    return module.main(args)
+
+
+DIT_PASS = r"; pass a DiT checkpoint \(\.pt: cli\.pretrain's teacher\.pt"
+
+
+@pytest.mark.parametrize("name, argv, error, match", [
+    ("sample", ["--checkpoint", "$npz"], ValueError, r"^--checkpoint \S+s\.npz is a NumPy \.npz archive, not a torch "
+                                                     r"checkpoint \(\.pt\)" + DIT_PASS),
+    ("sample", ["--checkpoint", "$text"], ValueError, r"^--checkpoint \S+notes\.txt is a text file \(it starts with "
+                                                      r"'hello'\), not a torch checkpoint \(\.pt\)" + DIT_PASS),
+    ("sample", ["--checkpoint", "$empty"], ValueError, r"^--checkpoint \S+empty\.pt is an empty file \(0 bytes\)"),
+    ("sample", ["--checkpoint", "$dir"], IsADirectoryError, r"^--checkpoint \S+folder is a folder, not a torch"),
+    ("sample", ["--checkpoint", "$missing"], FileNotFoundError,
+     r"^--checkpoint \S+nowhere\.pt does not exist" + DIT_PASS),
+    ("sample", ["--checkpoint", "$pt", "--vae", "$text"], ValueError, r"^--vae \S+notes\.txt is a text file .*not an "
+                                                                      r"SD-VAE; pass an SD-VAE: a diffusers folder"),
+    ("evaluate", ["--npz", "$pt"], ValueError, r"^--npz \S+m\.pt is a torch checkpoint \(\.pt\), not a NumPy \.npz "
+                                               r"archive; pass the \.npz that cli\.sample writes"),
+    ("evaluate", ["--npz", "$text"], ValueError, r"^--npz \S+notes\.txt is a text file"),
+    ("evaluate", ["--npz", "$empty"], ValueError, r"^--npz \S+empty\.pt is an empty file"),
+    ("evaluate", ["--npz", "$dir"], IsADirectoryError, r"^--npz \S+folder is a folder"),
+    ("evaluate", ["--npz", "$missing"], FileNotFoundError, r"^--npz \S+nowhere\.pt does not exist; pass the \.npz"),
+    ("evaluate", ["--checkpoint", "$npz"], ValueError,
+     r"^--checkpoint \S+s\.npz is a NumPy \.npz archive, not a torch checkpoint \(\.pt\)" + DIT_PASS),
+    ("evaluate", ["--checkpoint", "$missing"], FileNotFoundError, r"^--checkpoint \S+nowhere\.pt does not exist"),
+    ("evaluate", ["--npz", "$npz", "--evaluator", "$npz"], ValueError,
+     r"^--evaluator \S+s\.npz is a NumPy \.npz archive, not a torch checkpoint \(\.pt\); pass the evaluator "
+     r"checkpoint"),
+    ("evaluate", ["--npz", "$npz", "--evaluator", "$dir"], IsADirectoryError, r"^--evaluator \S+folder is a folder"),
+    ("evaluate", ["--npz", "$npz", "--reference", "$text"], ValueError,
+     r"^--reference \S+notes\.txt is a text file .*; pass the ADM reference batch \.npz"),
+    ("export", ["--checkpoint", "$text", "--out", "$out"], ValueError, r"^--checkpoint \S+notes\.txt is a text file"),
+    ("export", ["--checkpoint", "$pt", "--out", "$out", "--vae", "$empty"], ValueError,
+     r"^--vae \S+empty\.pt is an empty"),
+    ("finetune", ["--profile", "smoke", "--student", "$npz"], ValueError, r"^--student \S+s\.npz is a NumPy \.npz"),
+    ("finetune", ["--profile", "smoke", "--student", "$dir"], IsADirectoryError, r"^--student \S+folder is a folder"),
+    ("finetune", ["--profile", "smoke", "--student", "$pt", "--mode", "kd", "--teacher", "$text"], ValueError,
+     r"^--teacher \S+notes\.txt is a text file" + "(?s:.*)" + DIT_PASS),
+    ("prune_learn", ["--profile", "smoke", "--teacher", "$empty"], ValueError, r"^--teacher \S+empty\.pt is an empty"),
+    ("prune_learn", ["--profile", "smoke", "--teacher", "$npz"], ValueError, r"^--teacher \S+s\.npz is a NumPy"),
+    ("extract_features", ["--data-path", "$dir", "--vae", "$npz"], ValueError, r"^--vae \S+s\.npz is a NumPy \.npz"),
+])
+def test_a_file_of_the_wrong_kind_is_named_with_its_flag(wrong_files, name, argv, error, match):
+    """Each entry point's file flags: an .npz for a .pt and the reverse, a text, empty or missing file, a folder;
+    before: 'is truncated or corrupted ... delete it and recompute it' (about the user's own file), or a bare
+    '[Errno 2]' / '[Errno 21]' without the flag."""
+    with pytest.raises(error, match=match):
+        run_cli(name, argv, wrong_files)
+
+
+@pytest.mark.parametrize("name, argv, error, match", [
+    ("sample", ["--checkpoint", "$pt", "--out", "$dir"], IsADirectoryError,
+     r"^--out \S+folder is a folder; pass a file name \(such as \S+folder/out\.npz\)"),
+    ("sample", ["--checkpoint", "$pt", "--out", "$text/s.npz"], NotADirectoryError,
+     r"^--out \S+notes\.txt/s\.npz lies under \S+notes\.txt, which is a file, not a folder"),
+    ("sample", ["--checkpoint", "$pt", "--result-json", "$dir"], IsADirectoryError,
+     r"^--result-json \S+folder is a folder"),
+    ("evaluate", ["--checkpoint", "$pt", "--save-npz", "$missing"], ValueError, r"^--save-npz must end in \.npz, got "),
+    ("export", ["--checkpoint", "$pt", "--out", "$text"], NotADirectoryError,
+     r"^--out \S+notes\.txt is a file; pass a folder"),   # before: nothing written, and success returned
+    ("selftest", ["--out", "$text"], NotADirectoryError, r"^--out \S+notes\.txt is a file; pass a folder"),
+    ("pretrain", ["--profile", "smoke", "--out", "$text/sub"], NotADirectoryError,
+     r"^--out \S+sub lies under \S+notes"),
+    ("train_evaluator", ["--out", "$dir"], IsADirectoryError, r"^--out \S+folder is a folder; pass a file name"),
+    ("train_evaluator", ["--out", "$npz"], ValueError, r"^--out must end in \.pt or \.pth, got \S+s\.npz"),
+    ("train_evaluator", ["--out", "$missing", "--summary", "$dir"], IsADirectoryError, r"^--summary \S+folder is a"),
+])
+def test_an_output_path_that_cannot_be_written_is_named_before_any_work(wrong_files, name, argv, error, match):
+    """Before: the error came after the work ('[Errno 21] Is a directory: .dir.x.tmp -> dir' once the samples were
+    drawn), or never (cli.export --out <a file> returned success and wrote nothing)."""
+    with pytest.raises(error, match=match):
+        run_cli(name, argv, wrong_files)
+    assert wrong_files["$text"].read_text() == "hello\n"
+
+
+@pytest.mark.parametrize("name, argv, match", [
+    ("sample", ["--checkpoint", "$pt", "--seed", "-1"], r"^seed must be >= 0, got -1$"),  # before: ran
+    ("evaluate", ["--npz", "$npz", "--seed", "-1"], r"^seed must be >= 0, got -1$"),   # numpy's 'Seed must be ...'
+    ("finetune", ["--profile", "smoke", "--student", STUDENT, "--log-every", "-1"], r"^log_every must be >= 0"),
+    ("finetune", ["--profile", "smoke", "--student", STUDENT, "--max-skipped", "-5"],
+     r"^max_skipped must be >= -1 \(-1: 10% of the steps\), got -5"),
+    ("finetune", ["--profile", "smoke", "--student", STUDENT, "--snapshots", "3"],
+     r"^snapshots must be a JSON list of whole numbers >= 1 \(such as \[2, 4\]\), got 3"),   # TypeError before
+    ("finetune", ["--profile", "smoke", "--student", STUDENT, "--inject-nan-at", "3"],
+     r"^inject_nan_at must be a JSON"),
+    ("prune_learn", ["--profile", "smoke", "--ckpt-every", "-1"], r"^ckpt_every must be >= 0 \(0: write state\.pt by "),
+    ("prune_learn", ["--profile", "smoke", "--stop-after", "-2"], r"^stop_after must be >= 0 \(0: run to the end\)"),
+    ("selftest", ["--bar-steps", "-1"], r"^bar_steps must be >= 0, got -1"),
+    ("extract_features", ["--data-path", "$dir", "--workers", "-1"], r"^workers must be >= 0"),
+    ("extract_features", ["--data-path", "$dir", "--limit", "-1"], r"^limit must be >= 0 \(0: all\)"),
+    ("train_evaluator", ["--epochs", "0"], r"^epochs must be > 0, got 0"),            # ZeroDivisionError before
+    ("train_evaluator", ["--batch-size", "0"], r"^batch_size must be > 0, got 0"),
+    ("train_evaluator", ["--warmup", "0"], r"^warmup must be > 0, got 0"),
+    ("train_evaluator", ["--threads", "0"], r"^threads must be > 0, got 0"),          # torch's RuntimeError before
+    ("train_evaluator", ["--shift", "-1"], r"^shift must be >= 0, got -1"),
+    ("train_evaluator", ["--train-limit", "-5"], r"^train_limit must be >= 0, got -5"),
+    ("train_evaluator", ["--lr", "-1"], r"^lr must be > 0, got -1"),
+    ("train_evaluator", ["--min-accuracy", "2"], r"^min_accuracy must be in \[0, 1\], got 2"),
+    ("train_evaluator", ["--widths", "[16, 32]"], r"^widths must list 4 channel counts"),   # IndexError before
+    ("train_evaluator", ["--widths", "[0, 8, 8, 8]"], r"^widths\[0\] must be a whole number >= 1, got 0"),
+    ("train_evaluator", ["--lowres", "16"], r"^lowres must be a JSON list of whole numbers >= 1"),
+    ("train_evaluator", ["--lowres-prob", "2"], r"^lowres_prob must be in \[0, 1\], got 2"),
+])
+def test_a_number_out_of_range_is_refused_naming_it(wrong_files, name, argv, match):
+    with pytest.raises(ValueError, match=match):
+        run_cli(name, [*argv, *(["--out", "$missing"] if name == "train_evaluator" else [])], wrong_files)
+
+
+@pytest.mark.parametrize("name, argv, match", [
+    ("finetune", ["--student", "$pt"], r"^--student \S+m\.pt is a model for 1x8x8 inputs, but profile 'smoke' trains "
+                                       r"on 1x16x16 Fashion-MNIST images; pass one made for them"),
+    ("prune_learn", ["--teacher", "$pt"], r"^--teacher \S+m\.pt is a model for 1x8x8 inputs"),
+    ("pretrain", ["--model", "DiT-Mini/2", "--out", "$out"], r"^--model DiT-Mini/2 is a model for 4x32x32 inputs"),
+])
+def test_a_model_for_other_images_than_the_profiles_is_refused_before_training(wrong_files, name, argv, match):
+    """Before: AssertionError 'Input height (16) doesn't match model (8)' from the first step, as a traceback."""
+    with pytest.raises(ValueError, match=match):
+        run_cli(name, ["--profile", "smoke", *argv], wrong_files)
+
+
+def test_a_sit_exported_as_a_ddim_pipeline_is_refused(wrong_files, tmp_path):
+    sit = tiny_dit(tmp_path / "sit.pt", objective="flow")
+    with pytest.raises(ValueError, match=r"^--checkpoint \S+sit\.pt is a SiT \(flow objective\), but --vae writes a "
+                                         r"DiTPipeline, whose DDIM scheduler samples DDPM models only; export the "
+                                         r"transformer alone \(leave out --vae\)"):
+        run_cli("export", ["--checkpoint", sit, "--out", "$out", "--vae", "$dir"], wrong_files)
+
+
+def test_an_image_folder_without_classes_names_the_flag(wrong_files):
+    with pytest.raises(FileNotFoundError, match=r"^--data-path \S+folder: Couldn't find any class folder .*; pass an "
+                                                r"ImageNet-style folder \(one sub-folder of images per class\)"):
+        run_cli("extract_features", ["--data-path", "$dir", "--out", "$out", "--workers", "0"], wrong_files)
+
+
+def test_a_wrong_file_is_one_line_on_the_console(wrong_files, capsys):
+    from tinyfusion.cli import evaluate
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--npz", str(wrong_files["$text"])], console=True)
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 1 and len(err) == 2 and "Traceback" not in "".join(err)
+    assert err[0].startswith("python -m tinyfusion.cli.evaluate: error: --npz ") and "is a text file" in err[0]

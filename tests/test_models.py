@@ -91,3 +91,21 @@ def test_backward_reaches_every_block(tiny_dit):
     loss.backward()
     for i, b in enumerate(m.blocks):
         assert b.attn.qkv.weight.grad.abs().sum() > 0, i
+
+
+def test_scale_ladder_rungs_change_one_thing_each():
+    """Issue 26's rungs: DiT-T28/4 with only the width (128: 8.4M parameters) or only the resolution (28x28: 49
+    tokens) changed; their profiles keep the cpu profile's data, steps and budgets."""
+    from dataclasses import asdict
+
+    from tinyfusion.models.dit import build_model
+    from tinyfusion.profiles import get_profile
+    base = build_model("DiT-T28/4")
+    w128, t49 = build_model("DiT-T28/4-w128"), build_model("DiT-T28/4-t49")
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(w128) == 8_403_488 and w128.x_embedder.num_patches == base.x_embedder.num_patches == 16
+    assert t49.x_embedder.num_patches == 49 and len(t49.blocks) == len(w128.blocks) == len(base.blocks) == 28
+    cpu = asdict(get_profile("cpu"))
+    for rung, changed in (("cpu-w128", {"model", "teacher"}), ("cpu-t49", {"model", "teacher", "image_size"})):
+        p = asdict(get_profile(rung))
+        assert {k for k in cpu if cpu[k] != p[k]} == changed | {"name", "notes"}

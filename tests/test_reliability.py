@@ -499,3 +499,33 @@ def test_samples_and_evaluator_files_of_the_wrong_kind_are_named(tmp_path):
     with pytest.raises(CorruptArtefactError, match=r"teacher_cpu.pt is not an evaluator checkpoint .*it is a DiT "
                                                    r"checkpoint\); pass --evaluator data/evaluator.pt"):
         load_evaluator(repo / "data" / "teacher_cpu.pt")
+
+
+@pytest.mark.parametrize("kind", ["pt", "npz"])
+def test_a_copy_altered_and_saved_again_is_refused_by_its_embedded_digest(tmp_path, kind):
+    """A file of ours carries the digest of its content inside it: a copy whose tensors were changed and saved again
+    by other code (valid zip CRCs, no record beside it) is refused by name; an untouched copy loads without the key."""
+    import shutil
+    src, copy = tmp_path / f"orig.{kind}", tmp_path / f"copy.{kind}"
+    if kind == "pt":
+        save_checkpoint({"ema": {"w": torch.zeros(8)}, "config": {"depth": 1}, "kept": (0, 2)}, src)
+    else:
+        tio.save_npz(src, images=np.zeros((2, 4, 4, 1), np.uint8), labels=np.arange(2))
+    shutil.copy(src, copy)
+    if kind == "pt":
+        loaded = load_checkpoint(copy)
+        assert set(loaded) == {"ema", "config", "kept"} and loaded["kept"] == (0, 2)   # the digest is taken out
+        raw = torch.load(copy, weights_only=True)
+        assert tio.DIGEST_KEY in raw
+        raw["ema"]["w"][3] = 1.0
+        torch.save(raw, copy)
+    else:
+        assert set(tio.load_npz(copy)) == {"images", "labels"}
+        with np.load(copy) as z:
+            raw = {k: z[k] for k in z.files}
+        raw["labels"][0] = 7
+        np.savez(copy, **raw)
+    with pytest.raises(CorruptArtefactError, match=rf"{copy} was altered after it was written: its content does not "
+                                                   r"match the digest stored inside it"):
+        (load_checkpoint if kind == "pt" else tio.load_npz)(copy)
+    (load_checkpoint if kind == "pt" else tio.load_npz)(src)   # the original still loads

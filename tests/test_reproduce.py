@@ -32,7 +32,7 @@ def _notebook(path, sources, parameters=False):
     nbformat.write(nb, path)
 
 
-def test_planted_notebooks_run_in_order_with_the_profile_and_record_timings(tmp_path, monkeypatch):
+def test_planted_notebooks_run_in_order_with_the_profile_and_record_timings(tmp_path, monkeypatch, capfd):
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()
     _notebook(nbdir / "00_first.ipynb", ["profile = 'cpu'", "print(f'first ran with profile={profile}')",
@@ -40,12 +40,18 @@ def test_planted_notebooks_run_in_order_with_the_profile_and_record_timings(tmp_
               True)
     _notebook(nbdir / "01_second.ipynb", ["profile = 'cpu'", "import os, pathlib",
                                           "print('results root:', os.environ['TINYFUSION_RESULTS'])",
-                                          "print('cwd:', pathlib.Path.cwd().name)"], True)
+                                          "print('cwd:', pathlib.Path.cwd().name)",
+                                          "from tinyfusion import cache\nimport tempfile\nd = tempfile.mkdtemp()\n"
+                                          "for _ in range(2): cache.cached(pathlib.Path(d) / 'step', {'a': 1}, "
+                                          "lambda out: {'x': 1})"], True)
     _notebook(nbdir / "scratch.ipynb", ["raise RuntimeError('not a numbered notebook: never run')"])
     monkeypatch.setattr(rep, "NOTEBOOKS", nbdir)
     monkeypatch.delenv("TINYFUSION_RESULTS", raising=False)
     done = rep.reproduce("smoke", results_root=tmp_path / "res", progress=False)
-    assert "TINYFUSION_RESULTS" not in os.environ  # restored after the run
+    assert "TINYFUSION_RESULTS" not in os.environ and "TINYFUSION_CACHE_LOG" not in os.environ  # restored after the run
+    said = capfd.readouterr().out   # one line per notebook says how many cached steps it reused and computed
+    assert "00_first.ipynb done in" in said and "(0 cached steps reused, 0 computed)" in said
+    assert "01_second.ipynb done in" in said and "(1 cached steps reused, 1 computed)" in said
     out = tmp_path / "res" / "smoke"
     assert list(done) == ["00_first.ipynb", "01_second.ipynb"] and all(v["seconds"] >= 0 for v in done.values())
     assert sorted(p.name for p in (out / "notebooks").iterdir()) == ["00_first.ipynb", "01_second.ipynb"]

@@ -213,3 +213,18 @@ def test_masked_forward_block_dropped_by_every_row_keeps_zero_grads(dit):
     assert len(grads[0]) == len(grads[1])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * a.abs().max().item())
+
+
+def test_interleaved_sampling_times_whole_loops_of_any_model():
+    """MAR's sampling is not one forward per iteration: interleaved_sampling times objective.sample per model, round by
+    round, and reports each model's speed-up over the first in the same round."""
+    from tinyfusion.diffusion import objective_for
+    from tinyfusion.models import prunable
+    from tinyfusion.models.mar import build_mar
+    from tinyfusion.speed import interleaved_sampling
+    torch.manual_seed(0)
+    teacher = build_mar("MAR-T32/4", diffloss_depth=1, num_sampling_steps="2")
+    res = interleaved_sampling({"D32": teacher, "D16": prunable.pruned(teacher, list(range(0, 32, 2)))},
+                               objective_for(teacher), n=4, steps=2, repeats=2, warmup=0)
+    assert list(res) == ["D32", "D16"] and res["D32"]["speedup"] == 1.0 and res["D32"]["speedup_sd"] == 0.0
+    assert all(len(r["seconds"]) == 2 and r["img_s"] > 0 for r in res.values()) and res["D16"]["speedup"] > 0

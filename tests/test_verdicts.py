@@ -843,3 +843,15 @@ def test_claim8_evidence_says_how_many_layers_the_two_d7s_share():
     layers = {"D14": [1, 5, 8, 12, 16, 20, 24], "XL": [1, 5, 8, 12, 16, 20, 27]}
     v = V.claim8_iterative_called(fid, 0.1, 10, layers)
     assert "keep 6 of 7 teacher layers in common" in v.evidence and v.status == V.HELD
+
+
+def test_claim10_mar_is_claim_9s_rule_on_mar():
+    """Claim 10 (MAR, issue 29) is written before any MAR run as claim 9's rule: claim 2's status on MAR's curves,
+    not testable when the MAR teacher fails its check."""
+    from tinyfusion.verdicts import HELD, NOT_HELD, NOT_TESTABLE, Verdict, claim9_sit_recovery, claim10_mar_recovery
+    c2 = Verdict(NOT_HELD, "learnable 3.1 vs shortgpt 2.0", {"x": 1}, yardstick=0.1)
+    good, bad = Verdict(HELD, "teacher ok", {}), Verdict(NOT_HELD, "FID 40", {})
+    v = claim10_mar_recovery(c2, good)
+    assert v.status == NOT_HELD and v.evidence.startswith("MAR, claim 2's rule") and v.yardstick == 0.1
+    assert claim10_mar_recovery(c2, bad).status == NOT_TESTABLE and "MAR teacher" in claim10_mar_recovery(c2, bad).evidence
+    assert claim9_sit_recovery(c2, good).evidence.startswith("SiT, claim 2's rule")

@@ -14,6 +14,7 @@ when the record exists and its config matches. The notebooks (through ``Study``)
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -21,7 +22,79 @@ from tinyfusion import dist
 from tinyfusion.io import CorruptArtefactError, check_writable, config_key, folder_lock, load_json, plain, save_json, sha256
 
 RECORD = "run.json"
+LOG_ENV = "TINYFUSION_CACHE_LOG"   # a file to which every step appends "reused <folder>" or "computed <folder>"
+
+
+def log_step(event, out):
+    """Append ``event`` ("reused" or "computed") and the step's folder to the file ``$TINYFUSION_CACHE_LOG`` names,
+    when it names one (``cli.reproduce`` does, to say per notebook how many cached steps a run reused)."""
+    path = os.environ.get(LOG_ENV)
+    if path and dist.is_main():
+        with open(path, "a") as f:
+            f.write(f"{event} {out}\n")
+
+
+def count_steps(path):
+    """{"reused": n, "computed": n} of a step log written by :func:`log_step` (zeros when there is none)."""
+    counts = {"reused": 0, "computed": 0}
+    if path and os.path.isfile(path):
+        for line in open(path):
+            event = line.split(" ", 1)[0]
+            if event in counts:
+                counts[event] += 1
+    return counts
 _HASHES = {}  # (path, size, mtime) -> SHA-256: hash each input file once per process
+
+# Records are relocatable: a path a result holds inside its own step folder is written as "$OUT/<name>", one elsewhere
+# in the results root as "$RESULTS/<name>", and both are made absolute again when a record is read; cache keys name the
+# files of the root the same way (file_id). So a cache folder (or a finished step copied into a committed results
+# folder) is found and reused under another root, on another machine, with nothing recomputed.
+OUT_MARK, RESULTS_MARK = "$OUT", "$RESULTS"
+
+
+def results_root():
+    """The root every profile's results folder lives in: ``$TINYFUSION_RESULTS``, else ``<repository>/results``."""
+    from tinyfusion.profiles import ROOT
+    return Path(os.environ.get("TINYFUSION_RESULTS", ROOT / "results"))
+
+
+def _map_strings(value, fn):
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return fn(value) if isinstance(value, str) else value
+
+
+def relocatable(result, out, root=None):
+    """``result`` with absolute paths inside ``out`` as "$OUT/..." and other paths inside the results root (``root``,
+    default :func:`results_root`) as "$RESULTS/..." (what a record stores)."""
+    bases = ((OUT_MARK, Path(out).resolve()), (RESULTS_MARK, Path(root or results_root()).resolve()))
+
+    def rel(v):
+        if not v.startswith("/") or len(v) > 4096:
+            return v
+        p = Path(v).resolve()
+        for mark, base in bases:
+            if p == base or p.is_relative_to(base):
+                return f"{mark}/{p.relative_to(base)}" if p != base else mark
+        return v
+    return _map_strings(result, rel)
+
+
+def resolved(result, out, root=None):
+    """A stored result with its "$OUT" and "$RESULTS" paths made absolute again (``out``: the step's folder now;
+    ``root``: the results root now, default :func:`results_root`)."""
+    bases = {OUT_MARK: Path(out).resolve(), RESULTS_MARK: Path(root or results_root()).resolve()}
+
+    def absolute(v):
+        for mark, base in bases.items():
+            if v == mark:
+                return str(base)
+            if v.startswith(mark + "/"):
+                return str(base / v[len(mark) + 1:])
+        return v
+    return _map_strings(result, absolute)
 
 
 def file_id(path):
@@ -29,10 +102,13 @@ def file_id(path):
     the start of its SHA-256."""
     from tinyfusion.profiles import ROOT
     p = Path(path).resolve()
-    try:
-        name = str(p.relative_to(ROOT))
+    try:  # a step's output named by its place in the results root, so a moved root keeps its keys (relocate)
+        name = f"{RESULTS_MARK}/{p.relative_to(results_root().resolve())}"
     except ValueError:
-        name = str(p)
+        try:
+            name = str(p.relative_to(ROOT))
+        except ValueError:
+            name = str(p)
     if not p.is_file():
         return name
     st = p.stat()
@@ -84,9 +160,29 @@ def jsonable(config):
     return config
 
 
+def copy_step(src, dest, src_root, dest_root):
+    """Copy the finished step in folder ``src`` (under the results root ``src_root``) to folder ``dest`` (under
+    ``dest_root``): its artefacts, not the resumable ``state.pt``, the lock or integrity sidecars, and its record
+    rewritten relocatable (an older record's absolute paths too). Returns the files copied. Used to ship long finished
+    steps in a committed results folder (``tools/copy_steps.py``)."""
+    import shutil
+    src, dest = Path(src), Path(dest)
+    rec = load_json(src / RECORD)
+    rec["result"] = relocatable(resolved(rec["result"], src, src_root), src, src_root)  # the same under dest
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.name not in ("state.pt", ".lock", RECORD) and not f.name.endswith(".sha256"):
+            shutil.copy2(f, dest / f.name)
+            copied.append(dest / f.name)
+    save_json(rec, dest / RECORD)
+    return copied + [dest / RECORD]
+
+
 def read_record(out):
-    """The finished record in ``out`` (``{"config", "result", ...}``) or None; a record that is damaged or not of
-    that shape raises ``CorruptArtefactError`` naming it."""
+    """The finished record in ``out`` (``{"config", "result", ...}``, the result's paths made absolute for where
+    ``out`` is now) or None; a record that is damaged or not of that shape raises ``CorruptArtefactError`` naming
+    it."""
     record = Path(out) / RECORD
     if not record.exists():
         return None
@@ -94,7 +190,7 @@ def read_record(out):
     if not isinstance(rec, dict) or "config" not in rec or "result" not in rec:
         raise CorruptArtefactError(f"{record} is not a step record (a JSON object with 'config' and 'result'); "
                                    f"delete it and recompute it")
-    return rec
+    return {**rec, "result": resolved(rec["result"], out)}
 
 
 ARTEFACT_SUFFIXES = (".pt", ".npz", ".npy", ".json", ".csv", ".png", ".txt", ".md")
@@ -159,11 +255,13 @@ def cached(out, config, compute, recompute=False):
     record = out / RECORD
     fp = fingerprint(config)
     if not recompute and done(out, config):
-        return load_json(record)["result"]
+        log_step("reused", out)
+        return read_record(out)["result"]
     check_writable(out)
     with (folder_lock(out) if dist.is_main() else contextlib.nullcontext()):
         if not recompute and done(out, config):  # another run finished it while we waited for nothing
-            return load_json(record)["result"]
+            log_step("reused", out)
+            return read_record(out)["result"]
         if recompute and dist.is_main():
             for stale in (record, out / "state.pt"):
                 stale.unlink(missing_ok=True)
@@ -171,6 +269,7 @@ def cached(out, config, compute, recompute=False):
         t0 = time.time()
         result = plain(compute(out))
         if dist.is_main() and not (isinstance(result, dict) and result.get("stopped_at")):
-            save_json({"config": fp, "result": result, "wall_s": round(time.time() - t0, 2)}, record)
+            save_json({"config": fp, "result": relocatable(result, out), "wall_s": round(time.time() - t0, 2)}, record)
+            log_step("computed", out)
         dist.barrier()
     return result

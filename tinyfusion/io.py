@@ -177,8 +177,51 @@ def remove_stale_temps(folder):
     return stale
 
 
+# The digest a file of ours carries inside it (besides the zip's CRC-32s and the <file>.sha256 record beside it), so
+# that a copy travelling alone is checked against what was written, not only against damage to its bytes: a
+# checkpoint of ours (a dict with a "config") holds it under DIGEST_KEY, an .npz as the array NPZ_DIGEST. Raw state
+# dicts (the official layout, which the official code loads strictly) carry none. Loads check it and take it out.
+DIGEST_KEY = "content_sha256"
+NPZ_DIGEST = "__content_sha256__"
+
+
+def content_digest(obj):
+    """SHA-256 of every tensor, array and plain value in ``obj`` (nested dicts, lists, tuples) in a fixed order:
+    names, dtypes, shapes and bytes; the same for an object and what ``torch.load`` / ``np.load`` give back."""
+    h = hashlib.sha256()
+
+    def walk(o, name):
+        if isinstance(o, dict):
+            for k in sorted(o, key=str):
+                walk(o[k], f"{name}/{k}")
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{name}:{type(o).__name__}[{len(o)}]".encode())
+            for i, v in enumerate(o):
+                walk(v, f"{name}/{i}")
+        elif torch.is_tensor(o):
+            t = o.detach().to("cpu").contiguous().reshape(-1)
+            h.update(f"{name}:{t.dtype}:{tuple(o.shape)}".encode())
+            h.update(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"")
+        elif isinstance(o, np.ndarray):
+            h.update(f"{name}:{o.dtype.str}:{o.shape}".encode())
+            h.update(memoryview(np.ascontiguousarray(o).reshape(-1).view(np.uint8)) if o.size else b"")
+        else:
+            h.update(f"{name}={o!r}".encode())
+    walk(obj, "")
+    return h.hexdigest()
+
+
+def _altered(path, where):
+    return CorruptArtefactError(
+        f"{path} was altered after it was written: its content does not match the digest stored {where}; "
+        f"delete it and recompute it, or copy it again from where it came")
+
+
 def save_checkpoint(obj, path):
-    """torch.save ``obj`` to ``path`` atomically, with its integrity record."""
+    """torch.save ``obj`` to ``path`` atomically, with its integrity record; a checkpoint of ours (a dict with a
+    ``config``) also carries the digest of its content inside it (``DIGEST_KEY``)."""
+    if isinstance(obj, dict) and "config" in obj and DIGEST_KEY not in obj:
+        obj = {**obj, DIGEST_KEY: content_digest(obj)}
     return _atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -200,7 +243,7 @@ def load_checkpoint(path, map_location="cpu", weights_only=True):
     check_zip(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle garbage, or a pickle asking for more than data
         if "weights only load failed" in str(e).lower():
             raise CorruptArtefactError(
@@ -210,6 +253,11 @@ def load_checkpoint(path, map_location="cpu", weights_only=True):
         raise CorruptArtefactError(
             f"{path} is truncated or corrupted and cannot be loaded ({type(e).__name__}: {e}); "
             f"delete it and recompute it") from e
+    if isinstance(obj, dict) and DIGEST_KEY in obj:
+        stored = obj.pop(DIGEST_KEY)
+        if stored != content_digest(obj):
+            raise _altered(path, f"inside it ({DIGEST_KEY})")
+    return obj
 
 
 def save_json(obj, path):
@@ -226,8 +274,13 @@ def load_json(path):
         raise CorruptArtefactError(f"{path} is not valid JSON ({e}); delete it and recompute it") from e
 
 
-def save_npz(path, **arrays):
-    return _atomic_write(path, lambda f: np.savez(f, **arrays))
+def save_npz(path, embed_digest=True, **arrays):
+    """np.savez ``arrays`` to ``path`` atomically, with its integrity record and the digest of the arrays inside it
+    (the array ``NPZ_DIGEST``); ``embed_digest=False`` for a file in another tool's exact layout (the ADM
+    evaluator's ``arr_0``/``arr_1``), which then relies on its record and the zip's CRC-32s."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    extra = {NPZ_DIGEST: np.array(content_digest(arrays))} if embed_digest else {}
+    return _atomic_write(path, lambda f: np.savez(f, **arrays, **extra))
 
 
 def load_npz(path):
@@ -238,12 +291,15 @@ def load_npz(path):
         check_zip(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise
     except Exception as e:
         raise CorruptArtefactError(f"{path} is truncated or corrupted ({type(e).__name__}: {e}); "
                                    f"delete it and recompute it") from e
+    if NPZ_DIGEST in arrays and str(arrays.pop(NPZ_DIGEST)) != content_digest(arrays):
+        raise _altered(path, f"inside it (the array {NPZ_DIGEST})")
+    return arrays
 
 
 def sha256(path):

@@ -69,8 +69,14 @@ TABLE1 = [
 ]
 
 # Table 2: the same learnable pruning on other generators (FID-50K, ImageNet 256): {model: FID}. TinySiT-D14 is
-# SiT-XL/2 pruned 28 -> 14 (1:2) and recovered with Masked KD (beta 2e-4, Table 6); MAR is not replicated here.
+# SiT-XL/2 pruned 28 -> 14 (1:2) and recovered with Masked KD (beta 2e-4, Table 6); TinyMAR-D16 is MAR-Large pruned
+# 32 -> 16 and fine-tuned 40 epochs (MAR-L was trained 400, so 10% of its pre-training; notebook 13).
 TABLE2 = {"SiT-XL/2": 2.06, "TinySiT-D14": 3.02, "MAR-Large": 1.78, "MAR-Base": 2.31, "TinyMAR-D16": 2.28}
+# Table 2's MAR rows in full: {model: (layers, training, FID, IS)}.
+TABLE2_MAR = {"MAR-Large": (32, "400 epochs", TABLE2["MAR-Large"], 296.0),
+              "TinyMAR-D16": (16, "40 epochs (fine-tune)", TABLE2["TinyMAR-D16"], 283.4),
+              "MAR-Base": (24, "400 epochs", TABLE2["MAR-Base"], 281.7)}
+MAR_FINETUNE_SHARE = 40 / 400   # TinyMAR-D16's fine-tune as a share of MAR-L's pre-training epochs
 SIT_GAP = TABLE2["TinySiT-D14"] / TABLE2["SiT-XL/2"]   # the pruned SiT's FID over its teacher's
 
 # Table 7: D7, (teacher, pruned-from) -> FID.
@@ -95,6 +101,7 @@ CLAIMS = {
     7: "Depth pruning gives close to linear speed-up; width pruning does not.",
     8: "Pruning the crafted shallow model again beats pruning the original directly.",
     9: "Learnable pruning carries over to SiT (flow objective): TinySiT-D14 recovers close to SiT-XL/2.",
+    10: "Learnable pruning carries over to MAR (masked autoregressive): TinyMAR-D16 recovers close to MAR-Large.",
 }
 
 # Figure 6 (2:4 on DiT-XL/2, the official repository's assets/decisions.png), read off the figure: the official learnable

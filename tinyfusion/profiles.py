@@ -149,6 +149,34 @@ for _base, _fields in SIT_VARIANTS.items():
                                        notes=f"{_p.notes}; SiT variant: the flow-objective teacher {_fields['model']}")
 
 
+# The MAR variant of each cpu-scale profile ("cpu-mar", ...): the same data and budgets on the MAR-T32/4 teacher (16 +
+# 16 layers of width 64, 16 tokens, a per-token diffusion head; paper Table 2's third family), trained by
+# `python -m tinyfusion.cli.pretrain --profile cpu --model MAR-T32/4`. It samples with its own masked-autoregressive
+# loop: 16 iterations for 16 tokens (one token each, as the released evaluation's 256 for 256), the head's 100 steps.
+MAR_VARIANTS = {
+    # smoke: fewer random candidates and samples than the DiT smoke profile (each MAR sample runs the head's 100 steps)
+    "smoke": dict(model="MAR-T32/4", teacher="data/mar_teacher_cpu.pt", sampler="mar", sample_steps=4,
+                  random_candidates=16, eval_samples=32, batch_eval=32),
+    "cpu": dict(model="MAR-T32/4", teacher="data/mar_teacher_cpu.pt", sampler="mar", sample_steps=16),
+}
+for _base, _fields in MAR_VARIANTS.items():
+    _p = PROFILES[_base]
+    PROFILES[f"{_base}-mar"] = replace(_p, name=f"{_base}-mar", **_fields,
+                                       notes=f"{_p.notes}; MAR variant: the masked autoregressive teacher {_fields['model']}")
+
+
+# The scale ladder (issue 26, notebook 12): teachers of today's depth, data, steps, batch and learning rate with one
+# thing changed, each trained by `python -m tinyfusion.cli.pretrain --profile <rung>` and shipped in data/; every
+# budget derived from the teacher's pre-training samples is therefore the cpu profile's.
+SCALE_RUNGS = {
+    "cpu-w128": dict(model="DiT-T28/4-w128", teacher="data/teacher_cpu_w128.pt"),            # width 128, 16 tokens
+    "cpu-t49": dict(model="DiT-T28/4-t49", teacher="data/teacher_cpu_t49.pt", image_size=28),  # 49 tokens, width 64
+}
+for _name, _fields in SCALE_RUNGS.items():
+    PROFILES[_name] = replace(PROFILES["cpu"], name=_name, **_fields,
+                              notes=f"{PROFILES['cpu'].notes}; scale rung: {_fields['model']}")
+
+
 # A second DiT teacher (the robustness study, notebook 11): the cpu teacher's config and budget, trained with seed 1
 # (`python -m tinyfusion.cli.pretrain --profile cpu --seed 1`); "<profile>-seed1" runs every step on it.
 SEED1_VARIANTS = {"smoke": dict(teacher="data/teacher_cpu_seed1.pt"), "cpu": dict(teacher="data/teacher_cpu_seed1.pt")}

@@ -1,4 +1,4 @@
-"""Recovery of a pruned (shallow) DiT: plain fine-tuning and (masked) knowledge distillation (paper section 4.4).
+"""Recovery of a pruned (shallow) model: plain fine-tuning and (masked) knowledge distillation (paper section 4.4).
 
 The loss is ``L = a_KD * L_KD + a_Diff * L_Diff + beta * L_Rep`` (Eq. 8):
 
@@ -19,6 +19,12 @@ beta falls linearly from 1e-2 to 0 (SiT: from 2e-4, the profile's ``kd_beta``); 
 Label dropout (for classifier-free guidance) is drawn here, per step from the global batch's seed, and the
 models run with their own dropout switched off: so teacher and student see the same (possibly null) label,
 and 2 processes see exactly what 1 process sees.
+
+Any prunable model (``tinyfusion.models.prunable``) loads through ``registry.load_model``; plain fine-tuning trains
+on its own loss through the seam (``prunable.loss_terms``: a DiT/SiT's objective loss, exactly the call the
+distillation modes make, or the loss a model computes itself). Such a model (``prunable.computes_loss``) also draws
+its own label dropout (``prunable.loop_label_dropout`` is 0 for it) and has no output a teacher's can be matched
+to, so the distillation modes refuse it in one line.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import torch
 
 from tinyfusion import dist
 from tinyfusion.diffusion import objective_for
+from tinyfusion.models import prunable
 from tinyfusion.models.gates import parse_groups
 from tinyfusion.training import LoopConfig, cosine_lr, make_ema, train, unwrap
 
@@ -126,8 +133,12 @@ def masked_rep_loss(student_hidden, teacher_hidden, k_sigma=None):
 
 @contextmanager
 def labels_as_given(model):
-    """Run a DiT with its internal label dropout off (the labels passed in already carry the dropout)."""
+    """Run a DiT with its internal label dropout off (the labels passed in already carry the dropout). A model that
+    draws its own label dropout (``prunable.computes_loss``; the loop drops none for it) is left as it is."""
     m = unwrap(model)
+    if prunable.computes_loss(m):
+        yield
+        return
     was = m.training
     m.training = False  # only DiT.embed reads the top-level flag; submodules keep their mode
     try:
@@ -198,6 +209,15 @@ def beta_at(step, steps, beta):
     return b0 + (b1 - b0) * step / max(steps - 1, 1)
 
 
+def refuse_kd(mode, model, label="the student"):
+    """Refuse, in one line, a distillation ``mode`` for a model that computes its own loss (decided by the seam)."""
+    if mode in TEACHER_MODES and prunable.computes_loss(model):
+        net = prunable.base_model(model)
+        raise ValueError(f"--mode {mode} needs a model whose output the teacher's can be matched to; {label} "
+                         f"({type(net).__name__}, {prunable.depth(net)} layers) computes its own loss (its paper and "
+                         f"code give no KD recipe): use --mode finetune")
+
+
 # --------------------------------------------------------------------------- training loop
 def _check_teacher(student, teacher):
     s, t = unwrap(student).config, teacher.config
@@ -240,13 +260,16 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
     if mode in TEACHER_MODES and teacher is None:
         raise ValueError(f"mode {mode!r} distils from a teacher: pass teacher= (the model pruned from, or the "
                          f"original for a twice-pruned student)")
+    refuse_kd(mode, student)
+    if teacher is not None:
+        refuse_kd(mode, teacher, "the teacher")
     if mode == "masked_kd" and not k_sigma:
         raise ValueError("mode 'masked_kd' needs k_sigma > 0 (the paper uses 2 or 4)")
     if mode != "masked_kd" and k_sigma:
         raise ValueError(f"k_sigma={k_sigma} only applies to mode 'masked_kd' (repkd is the unmasked loss)")
     dev = dist.device()
     student = student.to(dev)
-    depth = unwrap(student).depth
+    depth = prunable.depth(student)
     if mode in REP_MODES:
         if layer_map is None:
             raise ValueError(f"mode {mode!r} needs layer_map; build it with recovery.layer_map(kept, groups, "
@@ -266,7 +289,7 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
                    layer_map=layer_map if mode in REP_MODES else None, grad_clip=grad_clip,
                    lr_steps=int(lr_steps or steps), snapshots=sorted(int(v) for v in snapshots))
     m = unwrap(student)
-    drop_p = m.y_embedder.dropout_prob if m.y_embedder.embedding_table.num_embeddings > m.num_classes else 0.0
+    drop_p = prunable.loop_label_dropout(m)  # 0 for a model that drops its labels itself
     loop = LoopConfig(steps=int(steps), batch_size=int(batch_size), seed=seed, grad_clip=grad_clip,
                       ema_decay=ema_decay, ema_warmup=ema_warmup, label_dropout=drop_p, log_every=log_every,
                       ckpt_every=ckpt_every, stop_after=stop_after, max_skipped=max_skipped,
@@ -277,6 +300,11 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
 
     def loss_fn(net, batch, step):
         x0, y, noise, t = batch
+        if mode == "finetune":  # the student's own training loss, through the seam
+            with labels_as_given(net):
+                d = prunable.loss_terms(net, objective, dict(x0=x0, y=y, t=t, noise=noise), keys=("loss", "mse", "vb"))
+            terms = {"diff": d["loss"].mean(), **{k: v.mean() for k, v in d.items() if k != "loss"}}
+            return {"loss": total_loss(terms, mode), **terms}
         x_t = objective.noised(x0, t, noise)
         terms = kd_losses(net, teacher, x_t, t, y, mode, layer_map, k_sigma, x0=x0, noise=noise, objective=objective)
         return {"loss": total_loss(terms, mode, a_kd, a_diff, beta_at(step, steps, beta)), **terms}
@@ -314,7 +342,7 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
     from pathlib import Path
 
     from tinyfusion.data import data_identity
-    from tinyfusion.models.dit import model_name_for
+    from tinyfusion.models.registry import model_name_for
     from tinyfusion.io import load_checkpoint
     from tinyfusion.models.dit import depth_of_state_dict, dit_weights
     from tinyfusion.diffusion import check_objective
@@ -348,6 +376,9 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
         if not teacher_path.exists():
             raise FileNotFoundError(f"teacher {teacher_path} does not exist; train it (tinyfusion.cli.pretrain) or "
                                     f"pass --teacher")
+    if mode in TEACHER_MODES:  # a model that computes its own loss has no output to distil (decided by the seam)
+        from tinyfusion.models.registry import load_model
+        refuse_kd(mode, load_model(student, name=model or None, default_name=prof.model), f"--student {student}")
     if kept is None:
         ckpt = load_checkpoint(student, weights_only=True)
         kept = ckpt.get("kept") if isinstance(ckpt, dict) else None
@@ -376,14 +407,14 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
 
 def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_skipped=None, progress=True):
     """Run the recovery of a :func:`recovery_config` into ``out``: ``state.pt`` (resumable), ``model.pt``
-    (``{"ema", "config", "kept", "recovery"}``, loads with ``load_dit``) and ``log.json``; returns the result
+    (``{"ema", "config", "kept", "recovery"}``, loads with ``registry.load_model``) and ``log.json``; returns the result
     dict (paths, losses, throughput), or ``{"stopped_at", ...}`` when ``stop_after`` ended it early."""
     from pathlib import Path
 
     from tinyfusion import cache
     from tinyfusion.data import load_data
     from tinyfusion.io import save_checkpoint, save_json
-    from tinyfusion.models import load_dit
+    from tinyfusion.models.registry import load_model
 
     c, out = config, Path(out)
     snaps = {int(v): out / f"ema_{int(v):07d}.pt" for v in c.get("snapshots") or ()}
@@ -393,11 +424,11 @@ def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_
             save_checkpoint({"ema": ema.state_dict(), "config": ema.config, "kept": c["kept"], "step": done},
                             snaps[done])
 
-    student = load_dit(c["student"], name=c.get("model"), objective=c.get("objective"))
-    teacher = load_dit(c["teacher"], name=c.get("model"), objective=c.get("objective")) if c["teacher"] else None
+    student = load_model(c["student"], name=c.get("model"), objective=c.get("objective"))
+    teacher = load_model(c["teacher"], name=c.get("model"), objective=c.get("objective")) if c["teacher"] else None
     images, labels = load_data(c["data"]).tensors()
-    dist.print0(f"recovery {c['mode']}: student {student.depth} layers from {c['student']}"
-                + (f", teacher {teacher.depth} layers, layer_map {c['layer_map']}" if teacher is not None else "")
+    dist.print0(f"recovery {c['mode']}: student {prunable.depth(student)} layers from {c['student']}"
+                + (f", teacher {prunable.depth(teacher)} layers, layer_map {c['layer_map']}" if teacher is not None else "")
                 + f"; {c['steps']} steps of batch {c['batch_size']} on {dist.world_size()} process(es)")
     res = finetune(student, images, labels, c["mode"], teacher, c["layer_map"], steps=c["steps"],
                    batch_size=c["batch_size"], lr=c["lr"], min_lr=c["min_lr"], a_kd=c["a_kd"], a_diff=c["a_diff"],

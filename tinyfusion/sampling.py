@@ -91,7 +91,7 @@ def sample_to_npz(model, n, path=None, sampler=None, steps=None, cfg_scale=1.5, 
         images = np.concatenate([merged[b] for b in range(n_batches)])
         out.update(images=images, labels=labels.numpy().astype(np.int64))
         if path is not None and vae is not None:
-            save_npz(path, arr_0=images, arr_1=out["labels"])  # the ADM evaluator's layout
+            save_npz(path, embed_digest=False, arr_0=images, arr_1=out["labels"])  # the ADM evaluator's layout, exactly
         elif path is not None:
             save_npz(path, images=images, labels=out["labels"])
     dist.barrier()
@@ -120,7 +120,7 @@ def score_config(profile=None, *, checkpoint, n=0, sampler="", steps=0, cfg_scal
     from pathlib import Path
 
     from tinyfusion.diffusion import create_objective
-    from tinyfusion.models.dit import model_name_for, objective_of
+    from tinyfusion.models.registry import model_name_for, objective_of
     from tinyfusion.profiles import check_budget, get_profile
 
     prof = get_profile(profile)
@@ -147,10 +147,10 @@ def score_config(profile=None, *, checkpoint, n=0, sampler="", steps=0, cfg_scal
 def sample_checkpoint(config, path, progress=True):
     """Draw the samples of a :func:`score_config` from its checkpoint into the ``.npz`` at ``path`` (every rank
     under torchrun; rank 0 writes)."""
-    from tinyfusion.models import load_dit
+    from tinyfusion.models.registry import load_model
 
     c = config
-    model = load_dit(c["checkpoint"], name=c.get("model"), objective=c.get("objective")).to(dist.device()).eval()
+    model = load_model(c["checkpoint"], name=c.get("model"), objective=c.get("objective")).to(dist.device()).eval()
     model.cfg_channels = c.get("cfg_channels") or None  # the imagenet profile: the official guidance of 3 channels
     vae = None
     if c.get("vae"):

@@ -203,3 +203,40 @@ def speed_sweep(config_name="DiT-T28/4", ratios=(0, 0.25, 0.5, 0.75, 0.893), bat
                          speedups_cpu=[round(v, 4) for v in per_round["speedups_cpu"]], speedup_cpu_mean=mean_cpu,
                          speedup_cpu_sd=sd_cpu))
     return rows
+
+
+@torch.no_grad()
+def interleaved_sampling(models, objective, n, steps, cfg_scale=1.5, sampler=None, repeats=5, warmup=1, seed=0):
+    """Whole sampling loops (``objective.sample`` of ``n`` class-balanced images, ``steps`` of ``sampler``) of several
+    models, measured round by round (A, B, A, B, ...) with the same noise: for a model whose sampler is not a plain
+    denoising loop (MAR: masked-autoregressive iterations, each running the per-token head), where
+    :func:`interleaved_throughput`'s one-forward iteration does not apply.
+
+    ``models``: {name: model}; the first is the reference. Returns {name: {"img_s": median images per second of wall
+    time, "seconds": every round's wall seconds, "speedup": mean, "speedup_sd": sd over rounds of the reference's time
+    over this model's in the same round}}.
+    """
+    labels = torch.arange(n) % next(iter(models.values())).num_classes
+    sampler = sampler or objective.default_sampler
+
+    def once(model):
+        g = torch.Generator().manual_seed(seed)
+        t0 = time.perf_counter()
+        objective.sample(model, labels, sampler, steps, cfg_scale, generator=g)
+        return time.perf_counter() - t0
+    for m in models.values():
+        m.eval()
+        for _ in range(warmup):
+            once(m)
+    times = {k: [] for k in models}
+    for _ in range(repeats):
+        for k, m in models.items():
+            times[k].append(once(m))
+    ref = times[next(iter(models))]
+    out = {}
+    for k, v in times.items():
+        ups = [r / t for r, t in zip(ref, v)]
+        mean, sd = _mean_sd(ups)
+        out[k] = {"img_s": round(n / statistics.median(v), 2), "seconds": [round(t, 4) for t in v],
+                  "speedup": mean, "speedup_sd": sd}
+    return out

@@ -18,7 +18,8 @@ import numpy as np
 from tinyfusion import cache, paper
 from tinyfusion.data import data_identity, load_dataset
 from tinyfusion.io import save_json
-from tinyfusion.models import load_dit
+from tinyfusion.models import prunable
+from tinyfusion.models.registry import load_model
 from tinyfusion.profiles import get_profile
 
 BASELINES = ("shortgpt", "flux-lite", "sensitivity", "oracle")
@@ -49,7 +50,8 @@ class Study:
         return self.prof.path(self.prof.teacher)
 
     def teacher(self):
-        """The profile's teacher (EMA weights), in eval mode."""
+        """The profile's teacher (EMA weights), in eval mode: a DiT/SiT or a MAR, built by the class its checkpoint
+        names (``models.registry.load_model``); every step reaches its layers through ``models.prunable``."""
         if self._teacher is None:
             if not self.teacher_path.exists():
                 raise FileNotFoundError(
@@ -60,8 +62,13 @@ class Study:
             if checksum.exists():  # the shipped teachers carry one; a damaged or swapped file is refused
                 from tinyfusion.io import verify_sha256
                 verify_sha256(self.teacher_path, checksum)
-            self._teacher = load_dit(self.teacher_path, name=self.prof.model).eval()
+            self._teacher = load_model(self.teacher_path, name=self.prof.model).eval()
         return self._teacher
+
+    @property
+    def depth(self):
+        """How many prunable layers the teacher has (``prunable.depth``: DiT/SiT blocks, MAR encoder + decoder)."""
+        return prunable.depth(self.teacher())
 
     @property
     def objective(self):
@@ -103,12 +110,12 @@ class Study:
         (the resolved settings), which resolves the same config and caches into the same folder."""
         if self.prof.nproc <= 1:
             return self.cached(kind, name, config, compute)
-        from tinyfusion.io import load_json
         from tinyfusion.launch import launch
         config = {"profile": self.prof.name, **config}
         out = cache.folder(self.root, kind, name, config)
         if not self.recompute and cache.done(out, config):
-            return load_json(out / cache.RECORD)["result"]
+            cache.log_step("reused", out)
+            return cache.read_record(out)["result"]
         from tinyfusion.io import check_writable
         check_writable(out)  # before torchrun starts, not after the run
         result = launch(f"tinyfusion.cli.{entry}", nproc=self.prof.nproc, **cache.jsonable(flags), out=str(out),
@@ -124,7 +131,7 @@ class Study:
         """Calibration losses of ``profile.random_candidates`` random 50% prunes on 32 samples (Figure 5), and the
         min/median/max-loss picks of Table 3, picked again on the whole calibration set (``rescore_picks``)."""
         from tinyfusion.pruning.random import random_candidate_study, rescore_picks
-        keep = self.teacher().depth // 2
+        keep = self.depth // 2
 
         def compute(folder):
             r = random_candidate_study(self.teacher(), self.calib(), self.prof.random_candidates, keep,
@@ -148,7 +155,7 @@ class Study:
         import torch
 
         from tinyfusion.pruning.random import all_masks, candidate_losses, rescore_picks
-        depth = self.teacher().depth
+        depth = self.depth
         masks = all_masks(depth, groups)
         if len(masks) > self.prof.mask_study_limit:  # the smoke profile scores a random subset
             masks = masks[torch.randperm(len(masks), generator=torch.Generator().manual_seed(0))[
@@ -176,11 +183,11 @@ class Study:
         from tinyfusion.pruning.indices import oracle_indices
         if method not in BASELINES:
             raise ValueError(f"unknown baseline {method!r}; choose from {BASELINES}")
-        keep = self.teacher().depth // 2
+        keep = self.depth // 2
 
         def compute(folder):
             if method == "oracle":
-                return {"kept": oracle_indices(self.teacher().depth, keep), "scores": None}
+                return {"kept": oracle_indices(self.depth, keep), "scores": None}
             f = {"shortgpt": scores.shortgpt, "flux-lite": scores.flux_lite, "sensitivity": scores.sensitivity}[method]
             kept, s = f(self.teacher(), self.calib(), keep, objective=self.objective)
             return {"kept": list(map(int, kept)), "scores": [float(v) for v in s]}
@@ -211,7 +218,7 @@ class Study:
     def calibration_loss(self, kept):
         from tinyfusion.pruning.indices import mask_from_kept
         from tinyfusion.pruning.scores import calibration_loss
-        return calibration_loss(self.teacher(), self.calib(), mask=mask_from_kept(kept, self.teacher().depth),
+        return calibration_loss(self.teacher(), self.calib(), mask=mask_from_kept(kept, self.depth),
                                 objective=self.objective)
 
     def pruned(self, kept, source=None, name="pruned"):
@@ -222,10 +229,10 @@ class Study:
         kept = list(map(int, kept))
 
         def compute(folder):
-            model = prune(load_dit(source, name=self.prof.model), kept)
+            model = prune(load_model(source, name=self.prof.model), kept)
             save_checkpoint({"ema": model.state_dict(), "config": model.config, "kept": kept,
                              "source": cache.file_id(source)}, folder / "model.pt")
-            return {"path": str(folder / "model.pt"), "depth": model.depth}
+            return {"path": str(folder / "model.pt"), "depth": prunable.depth(model)}
         return self.cached("pruned", name, {"kept": kept, "source": source}, compute)["path"]
 
     # ------------------------------------------------------------------ recovery and scoring
@@ -250,12 +257,11 @@ class Study:
         """The finished result of the fine-tune :meth:`finetune` would run with these settings, or None when it is not
         cached (nothing runs)."""
         from tinyfusion import recovery
-        from tinyfusion.io import load_json
         config = {"profile": self.prof.name, **recovery.recovery_config(
             self.prof, student=student, mode=mode, k_sigma=0.0, seed=seed, steps=steps or 0, teacher=None, kept=kept,
             groups="1:2", parent_map=None, lr_steps=lr_steps, snapshots=snapshots)}
         out = cache.folder(self.root, "finetune", "lookup", config)
-        return load_json(out / cache.RECORD)["result"] if cache.done(out, config) else None
+        return cache.read_record(out)["result"] if cache.done(out, config) else None
 
     def score(self, checkpoint, name=None, seed=0):
         """Sample ``profile.eval_samples`` images (sampling ``seed``, the profile's sampler, steps, CFG) and score them.
@@ -522,6 +528,31 @@ class Study:
         out += [("learnable", s, learned[s]["kept"]) for s in self.prof.seeds]
         return out
 
+    def candidates(self, methods, learned=None, groups="1:2"):
+        """The recovery-curve models of the named ``methods`` only (for :meth:`recovery_curves`): a list of (method,
+        prune seed, kept) in the order given, each computed by its own step (the random study for ``RANDOM_PICKS``,
+        :meth:`baseline` for ``BASELINES``, :meth:`mask_study` for ``REFERENCES``), and "learnable" (``groups``, LoRA)
+        once per pruning seed: ``learned`` {prune seed: learnable run}, default the profile's seeds. Unlike
+        :meth:`curve_candidates`, nothing else is computed (a teacher whose every-mask study would be too long, e.g.
+        2^16 masks of 32 layers, leaves ``REFERENCES`` out)."""
+        known = ("learnable", *RANDOM_PICKS, *BASELINES, *REFERENCES)
+        unknown = [m for m in methods if m not in known]
+        if unknown:
+            raise ValueError(f"unknown candidate methods {unknown}; choose from {known}")
+        out = []
+        for m in methods:
+            if m == "learnable":
+                runs = learned if learned is not None else {s: self.learnable(groups, "lora", seed=s)
+                                                            for s in self.prof.seeds}
+                out += [("learnable", s, r["kept"]) for s, r in runs.items()]
+            elif m in RANDOM_PICKS:
+                out.append((m, None, self.random_study()["picks"][m]["kept"]))
+            elif m in BASELINES:
+                out.append((m, None, self.baseline(m)["kept"]))
+            else:
+                out.append((m, None, self.mask_study(groups)["picks"][m]["kept"]))
+        return out
+
     def curve_run(self, method, kept, seed, stop=None):
         """One recovery-curve fine-tune: ``kept`` pruned from the teacher, fine-tuned (plain) with ``seed`` to the last
         curve point (``LONG_CURVES``) or to the 500K-equivalent point, on the cosine of the longest run, with the
@@ -557,18 +588,20 @@ class Study:
         done = dict(zip(unique, results))
         return jobs, [done[(tuple(k), s)] for _, _, k, s in jobs]
 
-    def recovery_curves(self, candidates=None, name="01_recovery_curves", stop=None):
+    def recovery_curves(self, candidates=None, name="01_recovery_curves", stop=None, points=None):
         """FID (IS, class accuracy; sFID, precision, recall) against fine-tuning steps for every Table 3 model and
         the 1:2 references, on every fine-tune seed (learnable: every pruning seed too); the fine-tunes and the scoring
         run ``prof.workers`` at a time, each distinct checkpoint scored once. Returns a DataFrame (method, prune_seed,
         seed, steps, fid, is, class_accuracy, sfid, precision, recall, calib_loss, kept; samples and checkpoint: their
         paths), saved without the paths as ``tables/<name>.csv``; ``candidates`` as for :meth:`curve_runs`. Rows of
         identical models (same ``kept`` and seed) carry the same numbers and are counted once by the verdicts.
-        ``stop``: every run ends there at the latest (the same cosine; :meth:`curve_run`)."""
+        ``stop``: every run ends there at the latest (the same cosine; :meth:`curve_run`). ``points``: score only these
+        of the curve points (None: every point the runs saved; the runs themselves are the same either way)."""
         import pandas as pd
         jobs, runs = self.curve_runs(candidates, stop)
+        scored_at = None if points is None else {int(p) for p in points}
         points = [(j, int(step), path) for j, r in zip(jobs, runs) for step, path in sorted(
-            r["snapshots"].items(), key=lambda kv: int(kv[0]))]
+            r["snapshots"].items(), key=lambda kv: int(kv[0])) if scored_at is None or int(step) in scored_at]
         paths = list(dict.fromkeys(path for _, _, path in points))
         names = {}
         for j, step, path in points:
@@ -712,11 +745,11 @@ class Study:
         summary = summarise(runs.to_dict("records"))
         paper_fid = {self.TABLE2_KD: paper.TABLE2["TinySiT-D14"]}
         table = pd.DataFrame(
-            [{"method": f"teacher ({self.prof.model}, {self.teacher().depth} layers)", "depth": self.teacher().depth,
+            [{"method": f"teacher ({self.prof.model}, {self.depth} layers)", "depth": self.depth,
               "FID (ours)": fmt(teacher["fid"]), "IS (ours)": fmt(teacher["is"]),
               "class acc (ours)": round(teacher["class_accuracy"], 3), "seeds": 1,
               "FID (paper, Table 2)": paper.TABLE2["SiT-XL/2"]}]
-            + [{"method": m, "depth": self.teacher().depth // 2, "FID (ours)": fmt(fm, fs), "IS (ours)": fmt(im, is_),
+            + [{"method": m, "depth": self.depth // 2, "FID (ours)": fmt(fm, fs), "IS (ours)": fmt(im, is_),
                 "class acc (ours)": round(acc, 3), "seeds": int(n), "FID (paper, Table 2)": paper_fid.get(m, np.nan)}
                for m, fm, fs, im, is_, acc, n in zip(summary.method, summary.fid_mean, summary.fid_std,
                                                       summary.is_mean, summary.is_std, summary.class_accuracy_mean,
@@ -740,7 +773,7 @@ class Study:
         beside the uniform 1 / candidates (``tables/02_block_confidence.csv``)."""
         import pandas as pd
         from tinyfusion.models.gates import candidate_matrix, parse_groups
-        depth = self.teacher().depth
+        depth = self.depth
         rows = [{"scheme": g, "block": b, "confidence": conf, "uniform": 1 / c, "candidates": c,
                  "settled": r.get("settled", [None] * (b + 1))[b], "last_change": r.get("last_change", [None] * (b + 1))[b]}
                 for g, r in runs.items()

@@ -988,20 +988,37 @@ def claim8_iterative_called(fid: Mapping[tuple, Sequence[float]], sd: float, df:
 
 
 @_named
-def claim9_sit_recovery(claim2_sit: Verdict, teacher: Verdict, claim1_sit: Verdict = None) -> Verdict:
-    """Claim 9 under the DiT rules: learnable pruning carries over to SiT.
+def carries_over(family: str, claim2_other: Verdict, teacher: Verdict, claim1_other: Verdict = None) -> Verdict:
+    """Learnable pruning carries over to another family (``family``: "SiT", "MAR"), under the DiT rules.
 
-    ``claim2_sit``: :func:`claim2_recovery` applied to the SiT teacher's recovery curves (``curve_verdicts`` at the
-    paper's 100K point, the same yardstick as for the DiT teacher); ``teacher``: the SiT teacher's
-    :func:`teacher_check`; ``claim1_sit``: :func:`claim1_recovery` on the same curves, reported beside it.
-    Not testable here when the SiT teacher fails its check; otherwise claim 2's status on SiT is claim 9's.
+    ``claim2_other``: :func:`claim2_recovery` applied to that family's teacher's recovery curves (``curve_verdicts`` at
+    the paper's 100K point, the same yardstick as for the DiT teacher); ``teacher``: its :func:`teacher_check`;
+    ``claim1_other``: :func:`claim1_recovery` on the same curves, reported beside it. Not testable here when the
+    teacher fails its check; otherwise claim 2's status on that family is the verdict's.
     """
-    extra = f" Claim 1 on SiT: {claim1_sit.status} ({claim1_sit.evidence})" if claim1_sit is not None else ""
+    extra = f" Claim 1 on {family}: {claim1_other.status} ({claim1_other.evidence})" if claim1_other is not None else ""
     if teacher.status != HELD:
-        return Verdict(NOT_TESTABLE, f"the SiT teacher fails its check: {teacher.evidence}" + extra, {})
-    return Verdict(claim2_sit.status, "SiT, claim 2's rule: " + claim2_sit.evidence + "." + extra,
-                   {"claim2": claim2_sit.details, "claim1": claim1_sit.status if claim1_sit else None},
-                   yardstick=claim2_sit.yardstick)
+        return Verdict(NOT_TESTABLE, f"the {family} teacher fails its check: {teacher.evidence}" + extra, {})
+    return Verdict(claim2_other.status, f"{family}, claim 2's rule: " + claim2_other.evidence + "." + extra,
+                   {"claim2": claim2_other.details, "claim1": claim1_other.status if claim1_other else None},
+                   yardstick=claim2_other.yardstick)
+
+
+def claim9_sit_recovery(claim2_sit: Verdict, teacher: Verdict, claim1_sit: Verdict = None) -> Verdict:
+    """Claim 9 under the DiT rules: learnable pruning carries over to SiT (:func:`carries_over`)."""
+    return carries_over("SiT", claim2_sit, teacher, claim1_sit)
+
+
+def claim10_mar_recovery(claim2_mar: Verdict, teacher: Verdict, claim1_mar: Verdict = None) -> Verdict:
+    """Claim 10 (paper Table 2's MAR row, issue 29) under the DiT rules: learnable pruning carries over to MAR.
+
+    Written before any MAR run. The same rule as claim 9 (:func:`carries_over`): :func:`claim2_recovery` on the MAR
+    teacher's recovery curves (learnable 1:2 over its 32 layers against the metric-based and hand-made baselines the
+    notebook recovers, ``study.BASELINES`` that are present: ShortGPT, sensitivity, Oracle; at the 100K-equivalent
+    point, called by :func:`called` at the pooled df), not testable when the MAR teacher fails
+    :func:`teacher_check`; claim 1's rule on the same curves is reported beside it.
+    """
+    return carries_over("MAR", claim2_mar, teacher, claim1_mar)
 
 
 def status_change(old: Verdict, new: Verdict, reason: str) -> str:

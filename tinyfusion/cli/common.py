@@ -3,8 +3,11 @@ set-up, the result JSON, and errors shown as one line.
 
 An entry point module defines ``DEFAULTS`` (the config keys and their defaults), ``HELP`` (a help text for every
 key), and where the default value does not tell, ``TYPES`` (e.g. ``int`` for a ``None`` default meaning "the
-profile's value") and ``CHOICES``. This module and those dictionaries import without torch, so a mistyped flag
-fails at once, before the slow imports of ``run``.
+profile's value") and ``CHOICES``; ``INPUTS`` (key -> (kind, what to pass)) names the files it reads and
+``OUTPUTS`` (key -> "folder" or the file suffixes allowed) those it writes, so that a wrong file or a path in a
+file is refused before any work, naming the flag, the file, what it is and what to pass (:func:`check_paths`).
+This module and those dictionaries import without torch, so a mistyped flag fails at once, before the slow
+imports of ``run``.
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import json
 import os
 import sys
 import traceback
+import zipfile
+from pathlib import Path
 
 TRACEBACK_ENV = "TINYFUSION_TRACEBACK"  # set to 1: an error shows its traceback, not one line
 BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
@@ -123,6 +128,155 @@ def parse_config(parser, defaults, choices=None, argv=None):
     return args, {**defaults, **from_file, **given}
 
 
+# what to pass, for the INPUTS of the entry points
+DIT = ("a DiT checkpoint (.pt: cli.pretrain's teacher.pt, cli.prune_learn's pruned.pt, cli.finetune's model.pt, or "
+       "an official DiT/SiT .pt)")
+SAMPLES = "the .npz that cli.sample writes (keys images (uint8) and labels)"
+EVALUATOR = ("the evaluator checkpoint (data/evaluator.pt, or one written by cli.train_evaluator; imagenet: "
+             "torch-fidelity's Inception weights .pth)")
+REFERENCE = "the ADM reference batch .npz (data/local/VIRTUAL_imagenet256_labeled.npz)"
+VAE = "an SD-VAE: a diffusers folder (with config.json) or a single .safetensors or .pt file"
+
+KINDS = {"folder": "a folder", "empty": "an empty file (0 bytes)",
+         "torch": "a torch checkpoint (.pt)", "npz": "a NumPy .npz archive", "npy": "a single NumPy .npy array",
+         "zip": "a zip archive of other files", "safetensors": "a safetensors file", "vae": "an SD-VAE"}
+
+# whole-number settings: their least value and what it means, refused below it by every entry point that has them
+# (the others are checked by tinyfusion.validate where the entry point resolves them)
+COUNTS = {"seed": (0, ""), "log_every": (0, ""), "ckpt_every": (0, "0: write state.pt by time"),
+          "stop_after": (0, "0: run to the end"), "workers": (0, "0: load in the main process"),
+          "limit": (0, "0: all"), "bar_steps": (0, ""), "max_skipped": (-1, "-1: 10% of the steps")}
+
+
+def file_kind(path):
+    """What ``path`` is, from its first bytes and (for a zip) its member names: one of :data:`KINDS`, "damaged"
+    (a zip whose directory cannot be read: left to the loader, which names the damage), "text" or "other"."""
+    p = Path(path)
+    if not p.exists():
+        return "missing"
+    if p.is_dir():
+        return "folder"
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "empty"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "damaged"
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "torch"
+        return "npz" if names and all(n.endswith(".npy") for n in names) else "zip"
+    if head.startswith(b"\x80"):
+        return "torch"  # the legacy torch.save format (a pickle stream)
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head[8:9] == b"{" and int.from_bytes(head[:8], "little") < p.stat().st_size:
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    try:
+        head.decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return "other"
+
+
+def check_input(flag, path, kind, what):
+    """Refuse a ``path`` given as ``flag`` that cannot be a ``kind`` file ("torch", "npz"; "vae": a folder, a
+    torch or a safetensors file), with one line naming both, what it is and ``what`` to pass instead. The
+    contents (a DiT or the evaluator, its keys and shapes) are left to the loaders, which name the file too."""
+    got = file_kind(path)
+    if got == "missing":
+        raise FileNotFoundError(f"{flag} {path} does not exist; pass {what}")
+    if got == kind or got == "damaged" or (kind == "vae" and got in ("folder", "torch", "safetensors")):
+        return
+    if got in ("text", "other"):
+        with open(path, "rb") as f:
+            head = f.read(40)
+        first = head.decode("utf-8", "replace").splitlines()[0] if head.strip() else ""
+        got_text = (f"a text file (it starts with {first!r})" if got == "text" and first else "a text file of blanks"
+                    if got == "text" else f"a file of another format (it starts with {head[:8]!r})")
+    else:
+        got_text = KINDS[got]
+    raise (IsADirectoryError if got == "folder" else ValueError)(
+        f"{flag} {path} is {got_text}, not {KINDS[kind]}; pass {what}")
+
+
+def check_output(flag, path, kind):
+    """Refuse an output ``path`` given as ``flag`` that cannot be written as ``kind`` ("folder", or a tuple of the
+    file suffixes allowed, () for any): a file where a folder goes or the reverse, a path under a file, another
+    suffix; nothing is created."""
+    p = Path(path)
+    if kind == "folder" and p.exists() and not p.is_dir():
+        raise NotADirectoryError(f"{flag} {p} is a file; pass a folder (a new one is created)")
+    if kind != "folder":
+        if p.is_dir():
+            example = p / ("out" + (kind[0] if kind else ".json"))
+            raise IsADirectoryError(f"{flag} {p} is a folder; pass a file name (such as {example})")
+        if kind and p.suffix not in kind:
+            raise ValueError(f"{flag} must end in {' or '.join(kind)}, got {p}")
+    above = p.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        raise NotADirectoryError(f"{flag} {p} lies under {above}, which is a file, not a folder; pass a path in a "
+                                 f"folder")
+
+
+def check_paths(module, config, result_json=None):
+    """The file checks of an entry point (``INPUTS``, ``OUTPUTS``, ``--result-json``) and the whole-number settings
+    of :data:`COUNTS` it has, for the values given (empty and None values are "not given"), before ``run``. A
+    missing input is left to ``run``, which checks the values it resolves before it reads any file."""
+    for key, (least, means) in COUNTS.items():
+        v = config.get(key)
+        if key in module.DEFAULTS and v is not None:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{key} must be a whole number, got {v!r}")
+            if v < least:
+                raise ValueError(f"{key} must be >= {least}{f' ({means})' if means else ''}, got {v}")
+    for key, (kind, what) in getattr(module, "INPUTS", {}).items():
+        if config.get(key) and Path(config[key]).exists():  # a missing file: its loader says so, after the values
+            check_input("--" + key.replace("_", "-"), config[key], kind, what)
+    for key, kind in getattr(module, "OUTPUTS", {}).items():
+        if config.get(key):
+            check_output("--" + key.replace("_", "-"), config[key], kind)
+    if result_json:
+        check_output("--result-json", result_json, ())
+
+
+def count_list(name, value, least=0):
+    """A list of whole numbers >= ``least`` given as ``name`` (a JSON list flag; None: not given, ``[]``)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a JSON list of whole numbers >= {least} (such as [{least + 1}, "
+                         f"{least + 3}]), got {value!r}")
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise ValueError(f"{name}[{i}] must be a whole number >= {least}, got {v!r} (in {name} = {list(value)})")
+    return list(value)
+
+
+def check_fits_profile(flag, value, profile, shape=None):
+    """Refuse a model given as ``flag`` (a DiT or MAR checkpoint ``value``; else ``shape``, its ``(in_channels,
+    input_size)``) whose input is not the shape of the profile's training images (Fashion-MNIST profiles: 1 x
+    image_size x image_size; the latent profiles are not checked), naming both and what fits."""
+    from tinyfusion.profiles import get_profile
+    prof = get_profile(profile)
+    if prof.dataset != "fashion-mnist":
+        return
+    if shape is None:
+        from tinyfusion.models.registry import input_shape
+        shape = input_shape(value, f"{flag} {value}")
+    (channels, size), want = shape, (1, prof.image_size)
+    if size is not None and (channels, size) != want:
+        raise ValueError(f"{flag} {value} is a model for {channels}x{size}x{size} inputs, but profile {prof.name!r} "
+                         f"trains on {want[0]}x{want[1]}x{want[1]} Fashion-MNIST images; pass one made for them (the "
+                         f"profile's model is {prof.model}, its teacher {prof.teacher}), or the --profile it was "
+                         f"made for")
+
+
 def _is_user_error(e):
     """An error that says what was wrong and what to do (bad values, missing or corrupt files, the library's own
     error classes): shown as one line. Anything else is a bug, shown with its traceback."""
@@ -162,6 +316,7 @@ def cli_main(run, module, argv=None, console=False):
     from tinyfusion import dist  # imported after the flags are checked: it imports torch
     status = None
     try:
+        check_paths(module, config, args.result_json)
         dist.init()
         result = run(**config)
         if args.result_json and dist.is_main():

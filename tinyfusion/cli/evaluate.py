@@ -26,23 +26,26 @@ import json
 import sys
 import time
 
-from tinyfusion.cli.common import cli_main
+from tinyfusion.cli.common import DIT, EVALUATOR, REFERENCE, SAMPLES, VAE, check_input, cli_main
 from tinyfusion.profiles import PROFILES
 
-SAMPLERS = ("ddim", "ddpm", "euler", "heun", "sde")  # the objectives' SAMPLERS (a test checks), without torch
+SAMPLERS = ("ddim", "ddpm", "euler", "heun", "sde", "mar")  # the objectives' SAMPLERS (a test checks), without torch
 DEFAULTS = dict(profile="cpu", npz="", checkpoint="", n=None, sampler="", steps=None, cfg_scale=None, seed=0,
                 batch=None, evaluator="", reference_limit=None, kid_subset_size=None, save_npz="", objective="", progress=True,
                 model="", vae="", reference="")
 TYPES = dict(n=int, steps=int, cfg_scale=float, batch=int, reference_limit=int, kid_subset_size=int)
+INPUTS = dict(npz=("npz", SAMPLES), checkpoint=("torch", DIT), evaluator=("torch", EVALUATOR),
+              reference=("npz", REFERENCE), vae=("vae", VAE))
+OUTPUTS = dict(save_npz=(".npz",))
 CHOICES = dict(profile=tuple(PROFILES), sampler=SAMPLERS, objective=("ddpm", "flow"))
 HELP = dict(profile="profile whose evaluator, sampling settings and reference set are used",
             npz="samples to score (.npz with images, labels); give this or --checkpoint",
-            checkpoint="DiT checkpoint to sample from and score; give this or --npz",
+            checkpoint="DiT, SiT or MAR checkpoint to sample from and score; give this or --npz",
             seed="seed of the sampling noise and of the KID subsets",
             batch="samples per batch (default: the profile's batch_eval)",
             progress="show a progress bar (rank 0)",
             n="samples to draw (default: the profile's eval_samples)",
-            sampler="ddim or ddpm (DDPM objective); euler, heun or sde (flow). Default: the profile's when it fits "
+            sampler="ddim or ddpm (DDPM objective); euler, heun or sde (flow); mar (a MAR). Default: the profile's when it fits "
                     "the checkpoint's objective, else the objective's (ddim, heun)",
             steps="sampling steps (default: as --sampler)",
             objective="ddpm or flow (default: the one the checkpoint's config names, else the profile model's)",
@@ -80,15 +83,18 @@ def run(**cfg):
     t0 = time.time()
     if cfg["npz"]:
         from tinyfusion.metrics import sample_arrays
+        check_input("--npz", cfg["npz"], "npz", SAMPLES)
         z = sample_arrays(cfg["npz"])
         images, labels = z["images"], z.get("labels")
         result.update(npz=str(cfg["npz"]))
     else:
         from tinyfusion.diffusion import objective_for
-        from tinyfusion.models import load_dit
+        from tinyfusion.models.registry import load_model
         from tinyfusion.sampling import sample_to_npz, sampling_defaults
         n = validate.given_count("n", cfg["n"]) or prof.eval_samples
-        model = load_dit(cfg["checkpoint"], name=cfg["model"] or prof.model, objective=cfg["objective"] or None)
+        check_input("--checkpoint", cfg["checkpoint"], "torch", DIT)
+        model = load_model(cfg["checkpoint"], name=cfg["model"] or None, default_name=prof.model,
+                           objective=cfg["objective"] or None)
         model = model.to(dist.device()).eval()
         default_sampler, default_steps = sampling_defaults(prof, objective_for(model))
         sampler, steps, cfg_scale = validate.sampling(

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import sys
 
-from tinyfusion.cli.common import cli_main
+from tinyfusion.cli.common import DIT, VAE, check_input, cli_main
 
 DEFAULTS = dict(checkpoint="", out="", model="", vae="")
+INPUTS = dict(checkpoint=("torch", DIT), vae=("vae", VAE))
+OUTPUTS = dict(out="folder")
 HELP = dict(checkpoint="DiT checkpoint to export (ours, or a raw official state dict with --model; required)",
             out="output folder (required)",
             model="registered config of a raw state dict (--model DiT-XL/2 for DiT-XL-2-256x256.pt, TinyDiT-D14/D7; "
@@ -26,6 +28,13 @@ def run(**cfg):
     cfg = {**DEFAULTS, **cfg}
     if not cfg["checkpoint"] or not cfg["out"]:
         raise ValueError("--checkpoint and --out are required")
+    check_input("--checkpoint", cfg["checkpoint"], "torch", DIT)
+    if cfg["vae"]:
+        from tinyfusion.models.registry import objective_of
+        if objective_of(cfg["checkpoint"], cfg["model"] or None) != "ddpm":
+            raise ValueError(f"--checkpoint {cfg['checkpoint']} is a SiT (flow objective), but --vae writes a "
+                             f"DiTPipeline, whose DDIM scheduler samples DDPM models only; export the transformer "
+                             f"alone (leave out --vae) or pass a DiT checkpoint")
     return export(cfg["checkpoint"], cfg["out"], cfg["model"], cfg["vae"])
 
 

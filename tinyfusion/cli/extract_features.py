@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 
-from tinyfusion.cli.common import cli_main
+from tinyfusion.cli.common import VAE, cli_main
 
 DEFAULTS = dict(data_path="", out="", vae="", image_size=256, flip=True, batch=32, seed=0, workers=4, limit=0,
                 recompute=False, progress=True)
@@ -36,6 +36,8 @@ HELP = dict(data_path="ImageNet-style folder: one sub-folder of images per class
             workers="data-loading worker processes per rank", limit="encode only the first N images (0: all)",
             recompute="encode again images whose files exist", progress="show a progress bar (rank 0)")
 VAE_DEFAULT = "data/local/sd-vae-ft-ema"
+INPUTS = dict(vae=("vae", VAE))
+OUTPUTS = dict(out="folder")
 
 
 def center_crop(image, size):
@@ -110,7 +112,11 @@ def run(**cfg):
     feat_dir, label_dir = out / "imagenet256_features", out / "imagenet256_labels"
     for d in (feat_dir, label_dir):
         check_writable(d)
-    folder = ImageFolder(cfg["data_path"])
+    try:
+        folder = ImageFolder(cfg["data_path"])
+    except FileNotFoundError as e:  # torchvision: no class folder, or no image in one
+        raise FileNotFoundError(f"--data-path {cfg['data_path']}: {str(e).rstrip('.')}; pass an ImageNet-style folder "
+                                f"(one sub-folder of images per class)") from None
     n = min(len(folder), cfg["limit"]) if cfg["limit"] else len(folder)
     mine = [i for i in range(dist.rank(), n, dist.world_size())
             if cfg["recompute"] or not (feat_dir / f"{i}.npy").exists() or not (label_dir / f"{i}.npy").exists()]

@@ -1,4 +1,5 @@
-"""Recover a pruned DiT: fine-tune it, or distil it from a teacher (logits KD, RepKD, masked RepKD).
+"""Recover a pruned model: fine-tune it, or distil it from a teacher (logits KD, RepKD, masked RepKD; DiT/SiT only:
+a model that computes its own loss, MAR, is fine-tuned with ``--mode finetune`` and refused by the KD modes).
 
     python -m tinyfusion.cli.finetune --profile cpu --student results/cpu/prune_learn/<label>-<key>/pruned.pt --mode finetune
     torchrun --nproc_per_node=2 -m tinyfusion.cli.finetune --student ... --mode masked_kd --k-sigma 2 \\
@@ -11,7 +12,7 @@ teacher) is needed by the KD modes; RepKD modes also need ``--kept`` and ``--gro
 when the student was pruned from an already pruned model but is distilled from the original).
 
 Writes ``<out>/state.pt`` (resumable), ``<out>/model.pt`` (``{"ema": ..., "config": ...}``, loads with
-``load_dit``), ``<out>/log.json`` and ``<out>/run.json`` (the fingerprint of the resolved config and the result,
+``registry.load_model``), ``<out>/log.json`` and ``<out>/run.json`` (the fingerprint of the resolved config and the result,
 written last).
 The default ``<out>`` is keyed by the resolved config (``tinyfusion.cache``), the folder the notebooks use too.
 Killed and started again with the same flags, it resumes from ``state.pt``; a finished run is reused unless
@@ -22,7 +23,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tinyfusion.cli.common import cli_main
+from tinyfusion.cli.common import DIT, check_fits_profile, cli_main, count_list
 from tinyfusion.profiles import PROFILES
 
 MODES = ("finetune", "kd", "repkd", "masked_kd")  # tinyfusion.recovery.MODES (a test checks), without importing torch
@@ -32,6 +33,8 @@ DEFAULTS = dict(profile="cpu", student="", teacher="", mode="finetune", k_sigma=
                 log_every=1, stop_after=0, max_skipped=-1, recompute=False, progress=True, inject_nan_at=None,
                 objective="", lr_steps=0, snapshots=None, model="")
 TYPES = dict(steps=int, batch_size=int, lr=float, min_lr=float, beta0=float, beta1=float)
+INPUTS = dict(student=("torch", DIT), teacher=("torch", DIT))
+OUTPUTS = dict(out="folder")
 CHOICES = dict(profile=tuple(PROFILES), mode=MODES, objective=("ddpm", "flow"))
 HELP = dict(profile="profile whose budgets and teacher are used (tinyfusion/profiles.py)",
             student="pruned checkpoint to recover (required)",
@@ -83,17 +86,22 @@ def run(**cfg):
                              a_kd=cfg["a_kd"], a_diff=cfg["a_diff"],
                              beta=(cfg["beta0"], cfg["beta1"]), ema_decay=cfg["ema_decay"],
                              ema_warmup=cfg["ema_warmup"], grad_clip=cfg["grad_clip"], seed=cfg["seed"],
-                             inject_nan_at=cfg["inject_nan_at"], objective=cfg["objective"],
-                             lr_steps=cfg["lr_steps"], snapshots=cfg["snapshots"] or (), model=cfg["model"])
+                             inject_nan_at=count_list("inject_nan_at", cfg["inject_nan_at"], 0) or None,
+                             objective=cfg["objective"],
+                             lr_steps=cfg["lr_steps"], snapshots=count_list("snapshots", cfg["snapshots"], 1),
+                             model=cfg["model"])
     prof = get_profile(cfg["profile"])
     out = Path(cfg["out"]) if cfg["out"] else cache.folder(prof.results, "finetune", cfg["mode"], config)
     reused = not cfg["recompute"] and cache.done(out, config)
     if reused:
         dist.print0(f"reusing {out / cache.RECORD} (pass --recompute to run again)")
-    result = cache.cached(out, config, lambda folder: run_recovery(
-        config, folder, log_every=cfg["log_every"], ckpt_every=cfg["ckpt_every"], stop_after=cfg["stop_after"],
-        max_skipped=None if cfg["max_skipped"] < 0 else cfg["max_skipped"], progress=cfg["progress"]),
-        recompute=cfg["recompute"])
+
+    def compute(folder):
+        check_fits_profile("--student", config["student"], cfg["profile"])  # before the first step (not when cached)
+        return run_recovery(config, folder, log_every=cfg["log_every"], ckpt_every=cfg["ckpt_every"],
+                            stop_after=cfg["stop_after"], progress=cfg["progress"],
+                            max_skipped=None if cfg["max_skipped"] < 0 else cfg["max_skipped"])
+    result = cache.cached(out, config, compute, recompute=cfg["recompute"])
     return {**result, "cached": reused}
 
 

@@ -1,7 +1,8 @@
-"""Train the teacher DiT (or SiT) from scratch on a profile's data (the stand-in for the 7M-step DiT-XL/2).
+"""Train the teacher DiT (or SiT, or MAR) from scratch on a profile's data (the stand-in for the 7M-step DiT-XL/2).
 
     python -m tinyfusion.cli.pretrain --profile cpu --out results/cpu/pretrain
     python -m tinyfusion.cli.pretrain --profile cpu-sit --out results/cpu-sit/pretrain   # SiT-T28/4, flow
+    python -m tinyfusion.cli.pretrain --profile cpu --model MAR-T32/4 --out results/cpu/pretrain-mar  # its own loss
     torchrun --nproc_per_node=2 -m tinyfusion.cli.pretrain --profile cpu --out ...
 
 Writes ``<out>/state.pt`` (resumable: model, EMA, optimiser, step, RNG) every ``ckpt_every`` steps,
@@ -14,17 +15,19 @@ import contextlib
 import sys
 from pathlib import Path
 
-from tinyfusion.cli.common import cli_main
+from tinyfusion.cli.common import check_fits_profile, cli_main
 from tinyfusion.profiles import PROFILES
 
 DEFAULTS = dict(profile="cpu", out="", model="", objective="", steps=None, batch_size=None, lr=None, min_lr_frac=0.1,
                 warmup=200, ema_decay=0.999, seed=0, ckpt_every=500, log_every=50, grad_clip=1.0, stop_after=0)
 TYPES = dict(steps=int, batch_size=int, lr=float)
+OUTPUTS = dict(out="folder")
 CHOICES = dict(profile=tuple(PROFILES), objective=("ddpm", "flow"))
 HELP = dict(profile="profile whose model, data and budgets are used (tinyfusion/profiles.py)",
             out="output folder (default: results/<profile>/pretrain)",
-            model="registered model name, e.g. DiT-T28/4 (default: the profile's)",
-            objective="ddpm or flow (default: the one the model's registered config names: DiT ddpm, SiT flow)",
+            model="registered model name, e.g. DiT-T28/4 or MAR-T32/4 (default: the profile's)",
+            objective="ddpm or flow (default: the one the model's registered config names: DiT ddpm, SiT flow; "
+                      "not for a model that computes its own loss, MAR)",
             steps="training steps (default: the profile's pretrain_steps)",
             batch_size="global batch size (default: the profile's pretrain_batch)",
             lr="peak learning rate (default: the profile's pretrain_lr)",
@@ -54,7 +57,8 @@ def _run(cfg):
     from tinyfusion import diffusion, dist, validate
     from tinyfusion.data import load_dataset
     from tinyfusion.io import save_checkpoint, save_json
-    from tinyfusion.models import build_model
+    from tinyfusion.models import prunable
+    from tinyfusion.models.registry import build
     from tinyfusion.profiles import check_budget, get_profile
     from tinyfusion.training import LoopConfig, cosine_lr, make_ema, train
 
@@ -70,8 +74,11 @@ def _run(cfg):
     dev = dist.device()
 
     torch.manual_seed(cfg["seed"])
-    model = build_model(cfg["model"], **({"objective": cfg["objective"]} if cfg["objective"] else {})).to(dev)
-    cfg["objective"] = model.objective  # default: the one the registered config names (DiT: ddpm, SiT: flow)
+    model = build(cfg["model"], objective=cfg["objective"] or None).to(dev)
+    check_fits_profile("--model", cfg["model"], prof.name, (model.config["in_channels"], model.config["input_size"]))
+    own_loss = prunable.computes_loss(model)  # MAR: its forward is its loss; the objective only draws the times
+    # default: the one the registered config names (DiT: ddpm, SiT: flow); None for a model with its own loss
+    cfg["objective"] = None if own_loss else model.objective
     ema = make_ema(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0)
     objective = diffusion.objective_for(model)
@@ -85,10 +92,10 @@ def _run(cfg):
                       ema_decay=cfg["ema_decay"], ema_warmup=10, log_every=cfg["log_every"],
                       ckpt_every=cfg["ckpt_every"], stop_after=cfg["stop_after"])
 
-    def loss_fn(net, batch, step):
+    def loss_fn(net, batch, step):  # through the seam: the objective's loss, or the model's own (prunable.py)
         x, y, noise, t = batch
-        terms = objective.training_losses(net, x, t, dict(y=y), noise=noise)
-        return {"loss": terms["loss"].mean(), "mse": terms["mse"].mean()}
+        terms = prunable.loss_terms(net, objective, dict(x0=x, y=y, t=t, noise=noise))
+        return {k: v.mean() for k, v in terms.items()}
 
     res = train(model, loss_fn, opt, images, labels, objective, loop,
                 lr_at=lambda s: cosine_lr(s, cfg["steps"], cfg["lr"], cfg["lr"] * cfg["min_lr_frac"], cfg["warmup"]),
@@ -101,7 +108,7 @@ def _run(cfg):
                "batch_size": cfg["batch_size"], "world_size": dist.world_size(), "wall_s": round(res["wall_s"], 1),
                "samples_per_s": round(res["samples_per_s"], 1), "skipped_steps": res["skipped_steps"],
                "final_loss": log[-1]["loss"] if log else None, "seed": cfg["seed"], "profile": prof.name,
-               "objective": objective.config}
+               "objective": None if own_loss else objective.config}
     if dist.is_main():
         save_checkpoint({"ema": ema.state_dict(), "config": model.config, "summary": summary}, out / "teacher.pt")
         save_json({**summary, "log": log}, out / "summary.json")

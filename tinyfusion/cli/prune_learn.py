@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tinyfusion.cli.common import cli_main
+from tinyfusion.cli.common import DIT, check_fits_profile, cli_main
 from tinyfusion.profiles import PROFILES
 
 UPDATES = ("lora", "full", "frozen")  # tinyfusion.pruning.learnable.UPDATES (a test checks), without importing torch
@@ -24,6 +24,8 @@ DEFAULTS = dict(profile="cpu", teacher="", groups="1:2", update="lora", steps=No
                 lora_rank=None, lora_alpha=16.0, ema_decay=0.0, grad_clip=1.0, objective="", recompute=False,
                 model="")
 TYPES = dict(steps=int, batch_size=int, lr=float, lora_rank=int)
+INPUTS = dict(teacher=("torch", DIT))
+OUTPUTS = dict(out="folder")
 CHOICES = dict(profile=tuple(PROFILES), update=UPDATES, objective=("ddpm", "flow"))
 HELP = dict(profile="profile whose budgets and teacher are used (tinyfusion/profiles.py)",
             teacher="teacher checkpoint (default: the profile's)",
@@ -65,9 +67,13 @@ def run(**cfg):
     label = f"{str(config['groups']).replace(':', 'of')}_{config['update']}_s{config['seed']}"
     out = Path(cfg["out"]) if cfg["out"] else cache.folder(get_profile(cfg["profile"]).results, "prune_learn",
                                                           label, config)
-    return cache.cached(out, config, lambda folder: run_learnable(
-        config, folder, log_every=cfg["log_every"], ckpt_every=cfg["ckpt_every"], stop_after=cfg["stop_after"]),
-        recompute=cfg["recompute"])
+
+    def compute(folder):
+        if cfg["teacher"]:  # before the first step (not when cached); the profile's own teacher fits it
+            check_fits_profile("--teacher", cfg["teacher"], cfg["profile"])
+        return run_learnable(config, folder, log_every=cfg["log_every"], ckpt_every=cfg["ckpt_every"],
+                             stop_after=cfg["stop_after"])
+    return cache.cached(out, config, compute, recompute=cfg["recompute"])
 
 
 def main(argv=None, console=False):

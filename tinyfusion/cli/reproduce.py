@@ -34,7 +34,8 @@ def run_order(path):
 
 
 # Studies with their own make target and from-empty clock; "main" (make reproduce) is every other notebook.
-STUDIES = {"robustness": ("11",)}   # notebook 11: does the negative verdict survive? (make robustness)
+STUDIES = {"robustness": ("11",),   # notebook 11: does the negative verdict survive? (make robustness)
+           "mar": ("13",)}          # notebook 13: TinyMAR, paper Table 2's MAR row (make mar)
 
 
 def notebooks(only=None, study="main"):
@@ -53,23 +54,25 @@ def notebooks(only=None, study="main"):
 
 
 def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", progress=True, study="main"):
-    """Execute the notebooks of ``study`` ("main": ``make reproduce``; "robustness": ``make robustness``); returns
+    """Execute the notebooks of ``study`` ("main": ``make reproduce``; "robustness": ``make robustness``; "mar":
+    ``make mar``); returns
     {notebook: seconds}. Raises ``SystemExit`` with a message on failure."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
-    saved_env = os.environ.get("TINYFUSION_RESULTS")
+    saved_env = {k: os.environ.get(k) for k in ("TINYFUSION_RESULTS", "TINYFUSION_CACHE_LOG")}  # set for the kernels
     if results_root:
         os.environ["TINYFUSION_RESULTS"] = str(Path(results_root).resolve())
     try:
         return _run_all(profile, only, kernel, progress, pm, PapermillExecutionError, study)
     finally:
-        if saved_env is None:
-            os.environ.pop("TINYFUSION_RESULTS", None)
-        else:
-            os.environ["TINYFUSION_RESULTS"] = saved_env
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def compact_streams(path, paths=None):
@@ -259,6 +262,14 @@ def _kernel_manager():
             self.transport = "ipc"
             self.ip = str(Path(_ipc_dir()) / "kernel")
 
+        async def start_kernel(self, **kw):
+            # the kernel's own log (not the cells' outputs, which the notebook keeps) goes to a file, so an interrupt
+            # shows one line, not the kernel's traceback of the cell it stopped
+            folder = Path(RUNNING["root"]) / "partial" if RUNNING["root"] else Path(_ipc_dir())
+            folder.mkdir(parents=True, exist_ok=True)
+            kw.setdefault("stderr", open(folder / "kernel.log", "a"))
+            return await super().start_kernel(**kw)
+
     return IPCKernelManager
 
 
@@ -276,6 +287,7 @@ def _ipc_dir():
 
 def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError, root, out_dir, partial_dir, timings,
                    timings_path, this_run, clock):
+    from tinyfusion import cache
     from tinyfusion.io import save_json
     RUNNING["root"] = root
     last = dict(timings.get("latest", {}))   # each notebook's time in the last run that finished it
@@ -286,6 +298,9 @@ def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError,
         print(progress_line(i, todo, time.time() - started, last, profile), flush=True)
         t0 = time.time()
         snapshot = Snapshot(root)
+        steps_log = partial_dir / f".{nb.stem}.steps"   # the kernel's cached steps append "reused"/"computed" here
+        steps_log.unlink(missing_ok=True)
+        os.environ[cache.LOG_ENV] = str(steps_log)
         try:
             pm.execute_notebook(str(nb), str(partial), parameters={"profile": profile}, kernel_name=kernel,
                                 cwd=str(NOTEBOOKS), progress_bar=progress, log_output=False,
@@ -316,7 +331,10 @@ def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError,
         timings["latest"] = {**timings.get("latest", {}), nb.name: dt}
         save_json(timings, timings_path)
         clock.done(nb.name)
-        print(f"[reproduce] {nb.name} done in {dt:.0f} s", flush=True)
+        steps = cache.count_steps(steps_log)
+        steps_log.unlink(missing_ok=True)
+        print(f"[reproduce] {nb.name} done in {dt:.0f} s ({steps['reused']} cached steps reused, "
+              f"{steps['computed']} computed)", flush=True)
 
 
 def _minutes(seconds):
@@ -353,8 +371,8 @@ def parser():
     p.add_argument("--only", type=_numbers, default=[], metavar="NN[,NN...]",
                    help="run only these notebooks, by number, e.g. 07 or 00,06 (default: all, the summary last)")
     p.add_argument("--study", default="main", choices=("main", *STUDIES),
-                   help="which notebooks: main (make reproduce: all but the other studies') or robustness (notebook "
-                        "11, make robustness); each has its own from-empty clock")
+                   help="which notebooks: main (make reproduce: all but the other studies'), robustness (notebook "
+                        "11, make robustness) or mar (notebook 13, make mar); each has its own from-empty clock")
     p.add_argument("--out", default=None, help="results root (default: $TINYFUSION_RESULTS, else results/)")
     add_switch(p, "--progress", True, "show papermill's progress bar (cells executed)")
     return p
@@ -368,7 +386,7 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         target = "reproduce" if a.study == "main" else a.study
         where = f"in {RUNNING['notebook']}" if RUNNING["notebook"] else "before the first notebook"
-        print(f"[reproduce] stopped {where} ({e or 'Ctrl-C'}): every step it finished is cached under "
+        print(f"[reproduce] stopped {where} ({str(e) or 'Ctrl-C'}): every step it finished is cached under "
               f"{RUNNING['root'] or 'the results folder'}, the last finished notebooks' results are untouched; "
               f"`make {target} PROFILE={a.profile}` resumes", file=sys.stderr, flush=True)
         return 130

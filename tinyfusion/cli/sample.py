@@ -1,4 +1,4 @@
-"""Sample a class-balanced evaluation set from a DiT checkpoint into one .npz (rank 0 writes it).
+"""Sample a class-balanced evaluation set from a DiT, SiT or MAR checkpoint into one .npz (rank 0 writes it).
 
     python -m tinyfusion.cli.sample --checkpoint results/cpu/finetune/<label>-<key>/model.pt --n 1000 --out s.npz
     torchrun --nproc_per_node=2 -m tinyfusion.cli.sample -- --checkpoint ... --n 1000 --out ...
@@ -25,24 +25,27 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tinyfusion.cli.common import cli_main
+from tinyfusion.cli.common import DIT, VAE, check_input, cli_main
 from tinyfusion.profiles import PROFILES
 
-SAMPLERS = ("ddim", "ddpm", "euler", "heun", "sde")  # the objectives' SAMPLERS (a test checks), without torch
+SAMPLERS = ("ddim", "ddpm", "euler", "heun", "sde", "mar")  # the objectives' SAMPLERS (a test checks), without torch
 DEFAULTS = dict(checkpoint="", n=1000, sampler="", steps=None, cfg_scale=1.5, seed=0, batch=250, out="",
                 objective="", progress=True, profile="", model="", vae="", cfg_channels=None)
 TYPES = dict(steps=int, cfg_channels=int)
+INPUTS = dict(checkpoint=("torch", DIT), vae=("vae", VAE))
+OUTPUTS = dict(out=(".npz",))
 CHOICES = dict(sampler=SAMPLERS, objective=("ddpm", "flow"), profile=("",) + tuple(PROFILES))
-HELP = dict(checkpoint="DiT checkpoint (teacher, pruned or recovered; ours or a raw official state dict; required)",
+HELP = dict(checkpoint="DiT, SiT or MAR checkpoint (teacher, pruned or recovered; ours or a raw official state dict; required)",
             n="number of samples (sample i has label i % num_classes)",
             cfg_scale="classifier-free guidance scale (1: none; 1.5 as the paper)",
             seed="seed of the noise (batch b draws from (seed, b))",
             batch="samples per batch; batch b draws its noise from (seed, b), so keep it to reproduce a file",
             progress="show a progress bar (rank 0)",
-            sampler="ddim or ddpm (DDPM objective), euler, heun or sde (flow); default: the profile's when it fits "
-                    "the objective, else the objective's (ddim, heun)",
-            steps="sampling steps (default: as --sampler: the profile's, else ddim 25, heun 13)",
-            objective="ddpm or flow (default: the one the checkpoint's config names)",
+            sampler="ddim or ddpm (DDPM objective), euler, heun or sde (flow), mar (a MAR's masked-autoregressive "
+                    "loop); default: the profile's when it fits the objective, else the objective's (ddim, heun, mar)",
+            steps="sampling steps; for mar, masked-autoregressive iterations (at most the tokens) (default: as "
+                  "--sampler: the profile's, else ddim 25, heun 13, mar 16)",
+            objective="ddpm or flow (default: the one the checkpoint's config names; a MAR samples with its own)",
             profile="profile whose sampler, model, VAE and guidance channels are the defaults (imagenet: DDPM 250, "
                     "DiT-XL/2, the SD-VAE, guidance on 3 channels; default: none, the checkpoint's own)",
             model="registered config that builds a raw state dict (--model DiT-XL/2 for the official "
@@ -56,15 +59,16 @@ HELP = dict(checkpoint="DiT checkpoint (teacher, pruned or recovered; ours or a 
 def run(**cfg):
     from tinyfusion import dist, validate
     from tinyfusion.diffusion import create_objective
-    from tinyfusion.models.dit import model_name_for, objective_of
+    from tinyfusion.models.registry import model_name_for, objective_of
     from tinyfusion.profiles import check_budget, get_profile
     from tinyfusion.sampling import sample_checkpoint, sampling_defaults
 
     cfg = {**DEFAULTS, **cfg}
     if not cfg["checkpoint"]:
-        raise ValueError("--checkpoint is required: the DiT checkpoint to sample from")
+        raise ValueError("--checkpoint is required: the DiT, SiT or MAR checkpoint to sample from")
     n = check_budget("n", cfg["n"])
     batch = check_budget("batch", cfg["batch"])
+    check_input("--checkpoint", cfg["checkpoint"], "torch", DIT)
     ckpt = Path(cfg["checkpoint"])
     prof = get_profile(cfg["profile"]) if cfg["profile"] else None
     model = model_name_for((ckpt,), cfg["model"], prof.model if prof else None)

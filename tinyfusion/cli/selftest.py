@@ -22,6 +22,7 @@ from tinyfusion.cli.common import cli_main
 DEFAULTS = dict(out="", fail_rank=-1, fail_mode="raise", message="selftest", bar_steps=3)
 FAIL_MODES = ("raise", "kill", "hang", "exit0")
 CHOICES = dict(fail_mode=FAIL_MODES)
+OUTPUTS = dict(out="folder")
 HELP = dict(out="folder where each rank tries to write saved_by_rank<r>.json (default: none)",
             fail_rank="rank that fails after the process group is up (-1: none)",
             fail_mode="how that rank fails: raise, kill (SIGKILL), hang or exit0 (status 0, no result)",

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import sys
 
-from tinyfusion.cli.common import cli_main
+from tinyfusion.cli.common import cli_main, count_list
 
 # train_evaluator's keyword defaults (a test checks), written out so that the parser imports without torch
 DEFAULTS = dict(out="data/evaluator.pt", summary="", epochs=6, batch_size=128, lr=1e-2, weight_decay=5e-4, warmup=200,
                 shift=0, widths=(16, 32, 64, 128), seed=0, threads=1, train_limit=0, test_limit=0, min_accuracy=0.9,
                 lowres=(16,), lowres_prob=0.5)
+OUTPUTS = dict(out=(".pt", ".pth"), summary=(".json",))
 HELP = dict(out="evaluator checkpoint to write (with <out>.sha256)",
             summary="training summary JSON (default: --out with the suffix .json)",
             epochs="training epochs", batch_size="batch size", lr="peak learning rate (AdamW)",
@@ -36,9 +37,28 @@ HELP = dict(out="evaluator checkpoint to write (with <out>.sha256)",
             lowres="JSON list: sizes images are taken down to and back up", lowres_prob="share of images taken down")
 
 
+def check(cfg):
+    """Refuse, naming it, a setting that would crash mid-run or train garbage (before minutes of training)."""
+    from tinyfusion import validate
+    for key in ("epochs", "batch_size", "warmup", "threads"):
+        validate.check_budget(key, cfg[key])
+    for key in ("shift", "train_limit", "test_limit"):
+        validate.check_budget(key, cfg[key], allow_zero=True)
+    validate.number("lr", cfg["lr"], 0.0, lo_open=True)
+    validate.number("weight_decay", cfg["weight_decay"], 0.0)
+    validate.number("min_accuracy", cfg["min_accuracy"], 0.0, 1.0, why="a share of the test images")
+    validate.number("lowres_prob", cfg["lowres_prob"], 0.0, 1.0)
+    widths = count_list("widths", cfg["widths"], 1)
+    if len(widths) != 4:
+        raise ValueError(f"widths must list 4 channel counts (one per convolution stage, such as [16, 32, 64, 128]), "
+                         f"got {widths}")
+    count_list("lowres", cfg["lowres"], 1)
+
+
 def run(**cfg):
     """``train_evaluator`` with these keyword arguments (the rest at their defaults); its summary."""
     from tinyfusion.evaluator import train_evaluator
+    check({**DEFAULTS, **cfg})
     return train_evaluator(**cfg)
 
 

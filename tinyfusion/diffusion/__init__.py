@@ -14,10 +14,11 @@ goes through an *objective* object with this interface and calls nothing else of
 * ``name`` and ``config``: what defines it (stored with results); ``SAMPLERS`` and ``default_sampler``, its
   samplers and the one a caller gets by default (with ``default_steps``).
 
-A new objective (flow matching for SiT) is one module implementing these plus one line in ``OBJECTIVES``.
+A new objective (flow matching for SiT, MAR's masked autoregression) is one module implementing these plus one line in ``OBJECTIVES``.
 """
 from tinyfusion.diffusion.flow import FlowMatching
 from tinyfusion.diffusion.gaussian import create_diffusion
+from tinyfusion.diffusion.masked_autoregressive import MaskedAutoregressive
 
 
 def _ddpm(learn_sigma=True, diffusion_steps=1000):
@@ -27,6 +28,7 @@ def _ddpm(learn_sigma=True, diffusion_steps=1000):
 OBJECTIVES = {
     "ddpm": _ddpm,          # DiT: 1000-step linear-beta diffusion, epsilon + learned variance
     "flow": FlowMatching,   # SiT: linear interpolant, velocity prediction, ODE/SDE sampling
+    "mar": MaskedAutoregressive,  # MAR: the model's own masked-token loss and masked-autoregressive sampler
 }
 
 

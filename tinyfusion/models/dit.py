@@ -170,6 +170,34 @@ class DiT(nn.Module):
     def depth(self):
         return len(self.blocks)
 
+    # ------------------------------------------------------------------ the pruning interface (models/prunable.py)
+    @property
+    def layers(self):
+        """The prunable layers in order: the blocks."""
+        return self.blocks
+
+    def pruned(self, kept):
+        """A compact DiT keeping the blocks ``kept`` (sorted): copies of their weights renumbered 0..D-1 in the
+        official key layout, ``config["depth"] = D``, built on the meta device and filled from the state dict (no
+        full-size model is initialised), every parameter trainable as in a newly built DiT (``pos_embed`` frozen), on
+        this model's device, in its training mode, with ``pruned_from = kept``. ``pruning.indices.prune`` is the entry
+        point (it checks ``kept`` and removes adapters first)."""
+        kept = [int(i) for i in kept]
+        state = {}
+        for key, value in self.state_dict().items():
+            if key.startswith("blocks."):
+                _, idx, rest = key.split(".", 2)
+                if int(idx) not in kept:
+                    continue
+                key = f"blocks.{kept.index(int(idx))}.{rest}"
+            state[key] = value
+        with torch.device("meta"):
+            small = DiT(**{**self.config, "depth": len(kept)})
+        small = small.to_empty(device=next(self.parameters()).device)
+        small.load_state_dict(state, strict=True)  # copies the values
+        small.pruned_from = kept
+        return small.train(self.training)
+
     def initialize_weights(self):
         def _basic_init(module):
             if isinstance(module, nn.Linear):
@@ -309,6 +337,9 @@ DiT_models = {
     "DiT-T28/7": DiT_T28_7,   # 28x28 input, width 64, 16 tokens of 49 values (too narrow; see above)
     "DiT-W28/4": DiT_W28_4,   # gpu profile teacher: width 256, 49 tokens
     "DiT-W28/2": DiT_W28_2,   # gpu profile, full resolution tokens: width 384, 196 tokens
+    # the scale ladder (issue 26): DiT-T28/4 with one thing changed each, trained with the cpu teacher's recipe
+    "DiT-T28/4-w128": partial(DiT_T28_4, hidden_size=128),  # width 128, 16 tokens (8.4M; profile cpu-w128)
+    "DiT-T28/4-t49": partial(DiT_T28_4, input_size=28),     # full 28x28 resolution: 49 tokens, width 64 (cpu-t49)
     # DiT-XL/2's input and layout (32x32x4 latents in 2x2 patches, 256 tokens, learned sigma) at toy width: the
     # end-to-end test of the imagenet path (tests/test_imagenet_path.py) trains, prunes, samples and exports it on CPU
     "DiT-Mini/2": partial(DiT, input_size=32, patch_size=2, in_channels=4, hidden_size=32, depth=4, num_heads=2,
@@ -361,6 +392,10 @@ def dit_weights(ckpt, label):
         raise ValueError(f"{label} holds {what}, not DiT weights (a state dict of tensors, or {{'ema' or 'model': "
                          f"state dict, 'config': ...}}); pass a DiT checkpoint (cli.pretrain's teacher.pt, "
                          f"cli.prune_learn's pruned.pt, cli.finetune's model.pt, or an official DiT/SiT .pt)")
+    if any(k.startswith(("encoder_blocks.", "decoder_blocks.")) for k in state):
+        raise ValueError(f"{label} is a MAR checkpoint (encoder and decoder blocks), not a DiT; this entry point takes "
+                         f"DiT/SiT checkpoints only (a MAR goes through cli.pretrain, prune_learn, finetune --mode finetune, "
+                         f"sample and evaluate)")
     if not any(k.startswith("blocks.") for k in state):
         raise ValueError(f"{label} holds weights without DiT blocks (keys such as {sorted(state)[:4]}): not a DiT "
                          f"checkpoint (the evaluator's data/evaluator.pt is a classifier); pass a DiT checkpoint")
@@ -375,6 +410,18 @@ def stored_config(path):
     if isinstance(ckpt, dict) and state_dict_of(ckpt) is not ckpt and isinstance(ckpt.get("config"), dict):
         return ckpt["config"]
     return None
+
+
+def input_shape(path, label=None):
+    """``(in_channels, input_size)`` of the DiT checkpoint at ``path``: its stored config's, else read from the
+    shapes of its weights (a raw state dict; ``(None, None)`` when they do not tell). ``label`` names it in errors."""
+    from tinyfusion.io import load_checkpoint
+    ckpt = load_checkpoint(path, weights_only=True)
+    state = dit_weights(ckpt, label or str(path))
+    config = ckpt.get("config") if state is not ckpt else None
+    if not (isinstance(config, dict) and {"in_channels", "input_size"} <= set(config)):
+        config = guess_config(state) or {}
+    return config.get("in_channels"), config.get("input_size")
 
 
 def model_name_for(paths, name, default):
@@ -399,7 +446,8 @@ def _is_raw(path):
 
 def objective_of(path, name=None):
     """The objective a checkpoint's model was trained with, read without building it: the stored config's, else the
-    registered ``name``'s (SiT names: flow), else DDPM (the official DiT layout)."""
+    registered ``name``'s (SiT names: flow), else DDPM (the official DiT layout). For a checkpoint of any
+    architecture: ``registry.objective_of``."""
     from tinyfusion.io import load_checkpoint
     ckpt = load_checkpoint(path, weights_only=True)
     if isinstance(ckpt, dict) and state_dict_of(ckpt) is not ckpt and isinstance(ckpt.get("config"), dict):
@@ -407,7 +455,7 @@ def objective_of(path, name=None):
     return getattr(DiT_models.get(name), "keywords", {}).get("objective", "ddpm")
 
 
-def load_dit(path_or_state, name=None, config=None, strict=True, objective=None):
+def load_dit(path_or_state, name=None, config=None, strict=True, objective=None, label=None):
     """Load a DiT checkpoint of any depth into the official layout.
 
     ``path_or_state``: a path to a ``.pt`` file (official raw state dict, or one of ours with ``model``/``ema``
@@ -416,10 +464,12 @@ def load_dit(path_or_state, name=None, config=None, strict=True, objective=None)
     A shape mismatch raises an error naming the checkpoint, the offending keys and the config it was built with.
     Only tensors and plain containers are read: a file carrying pickled objects is refused unread.
     ``objective`` (a registered name) replaces the objective the config names (default: its own; DDPM if none).
+    ``label``: how errors name the checkpoint (default: its path). A MAR checkpoint is refused in one line
+    (``dit_weights``); ``tinyfusion.models.registry.load_model`` loads either.
     """
     from tinyfusion.io import load_checkpoint
 
-    label = str(path_or_state) if not isinstance(path_or_state, dict) else "<state dict>"
+    label = label or (str(path_or_state) if not isinstance(path_or_state, dict) else "<state dict>")
     ckpt = load_checkpoint(path_or_state, weights_only=True) if not isinstance(path_or_state, dict) else path_or_state
     state = dit_weights(ckpt, label)
     stored_config = ckpt.get("config") if state is not ckpt else None

@@ -1,10 +1,11 @@
 """Layer index sets and model surgery: validate a set of kept layers, the Oracle pattern, the mask of a set,
 and ``prune``.
 
-``prune(model, kept)`` turns a decision into a compact shallow DiT: copies of the kept blocks' weights,
-renumbered 0..D-1 (official key layout ``blocks.0`` ... ``blocks.{D-1}``), with ``config["depth"] = D``.
-Its output equals the full model's output under the mask that keeps ``kept`` (Eq. 1, ``mask_from_kept``), and
-its state dict loads with ``tinyfusion.models.load_dit``.
+``prune(model, kept)`` turns a decision into a compact shallow model through the model's own surgery
+(``tinyfusion.models.prunable``). A DiT gives a DiT: copies of the kept blocks' weights, renumbered 0..D-1 (official
+key layout ``blocks.0`` ... ``blocks.{D-1}``), with ``config["depth"] = D``; its state dict loads with
+``tinyfusion.models.load_dit``. Either way its output equals the full model's output under the mask that keeps
+``kept`` (Eq. 1, ``mask_from_kept``).
 """
 from __future__ import annotations
 
@@ -86,36 +87,22 @@ def has_adapters(model):
 
 
 def prune(model, kept, merge_lora=True):
-    """A compact DiT keeping the blocks ``kept`` (a new model; the input model is untouched).
+    """A compact model keeping the layers ``kept`` (a new model; the input model is untouched).
 
-    LoRA adapters, if any, are merged first (``merge_lora=False`` drops them instead). The result is a
-    ``DiT(**config, depth=len(kept))`` holding copies of the weights: no gates, no adapters, blocks
-    renumbered 0..D-1, every parameter trainable as in a newly built DiT (``pos_embed`` frozen), on the model's
-    device, in its training mode, with ``pruned_from = kept``. It is built on the meta device and filled from
-    the state dict, so no full-size model is ever initialised (cheap for DiT-XL/2).
+    LoRA adapters, if any, are merged first (``merge_lora=False`` drops them instead); the surgery is the model's own
+    (``tinyfusion.models.prunable.pruned``). For a DiT the result is a ``DiT(**config, depth=len(kept))`` holding
+    copies of the weights: no gates, no adapters, blocks renumbered 0..D-1, every parameter trainable as in a newly
+    built DiT (``pos_embed`` frozen), on the model's device, in its training mode, with ``pruned_from = kept``. It is
+    built on the meta device and filled from the state dict, so no full-size model is ever initialised (cheap for
+    DiT-XL/2). A MAR gives a compact MAR (``models.mar.prune_mar``).
     """
-    from tinyfusion.models.dit import DiT
-    from tinyfusion.training import unwrap
+    from tinyfusion.models import prunable
 
-    model = unwrap(model)
-    if hasattr(model, "get_base_model"):  # peft.PeftModel
-        model = model.get_base_model()
-    if not hasattr(model, "blocks") or not hasattr(model, "config"):
-        raise TypeError(f"prune expects a DiT (a module with .blocks and .config), got {type(model).__name__}")
-    kept = check_kept(kept, len(model.blocks))
+    model = prunable.base_model(model)
+    if not all(hasattr(model, a) for a in ("layers", "depth", "pruned")):
+        raise TypeError(f"prune expects a prunable model (with .layers, .depth and .pruned(kept), e.g. a DiT), "
+                        f"got {type(model).__name__}")
+    kept = check_kept(kept, prunable.depth(model))
     if has_adapters(model):
         model = strip_adapters(copy.deepcopy(model), merge=merge_lora)
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("blocks."):
-            _, idx, rest = key.split(".", 2)
-            if int(idx) not in kept:
-                continue
-            key = f"blocks.{kept.index(int(idx))}.{rest}"
-        state[key] = value
-    with torch.device("meta"):
-        small = DiT(**{**model.config, "depth": len(kept)})
-    small = small.to_empty(device=next(model.parameters()).device)
-    small.load_state_dict(state, strict=True)  # copies the values
-    small.pruned_from = kept
-    return small.train(model.training)
+    return prunable.pruned(model, kept)

@@ -1,10 +1,11 @@
 """TinyFusion: learn which layers to keep while simulating the fine-tuning (Eq. 2, section 3).
 
 The N:M gates (``tinyfusion.models.gates.NMGates``) and a weight update dPhi are trained together on the
-ordinary diffusion loss of the masked model: every sample of every step draws its own hard mask by
+ordinary training loss of the masked model (``prunable.loss_terms``: the objective's diffusion loss of a DiT/SiT,
+a MAR's own loss): every sample of every step draws its own hard mask by
 Gumbel-softmax (straight-through), so the distributions learn which layer subsets recover best after a
-weight update, not which ones lose least right now. The update is LoRA on every linear layer (default,
-through peft), the full weights, or nothing ("frozen", the ablation). After training, each block keeps
+weight update, not which ones lose least right now. The update is LoRA on every linear layer (or the modules
+a model names as its ``lora_targets``; default, through peft), the full weights, or nothing ("frozen", the ablation). After training, each block keeps
 its most probable row of the EMA logits; dPhi is dropped and the kept layers of the *original* model are
 fine-tuned (``tinyfusion.pruning.indices.prune``).
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from tinyfusion import dist
+from tinyfusion.models import prunable
 from tinyfusion.models.gates import NMGates, parse_groups, settled, tau_schedule
 from tinyfusion.profiles import check_budget
 from tinyfusion.training import LoopConfig, train, unwrap
@@ -28,12 +30,17 @@ UPDATES = ("lora", "full", "frozen")
 
 
 def linear_module_names(model):
-    """Names of every ``nn.Linear`` in the model (the LoRA targets: "every linear layer")."""
-    return [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+    """Names of the modules LoRA adapts, as the model chooses them (``prunable.lora_targets``: its own
+    ``lora_targets``), else every ``nn.Linear`` (the LoRA targets: "every linear layer")."""
+    own = prunable.lora_targets(model)
+    if own is not None:
+        return own
+    return [name for name, mod in prunable.base_model(model).named_modules() if isinstance(mod, nn.Linear)]
 
 
 def add_lora(model, rank=8, alpha=16):
-    """Inject LoRA adapters (``W + alpha/rank * B A``, B = 0 at start) into every linear layer, in place.
+    """Inject LoRA adapters (``W + alpha/rank * B A``, B = 0 at start) into the model's LoRA targets (every linear
+    layer unless the model names its own), in place.
 
     Only the adapters stay trainable; the model keeps its class, ``forward`` and ``config``.
     """
@@ -66,12 +73,12 @@ def count_update_params(model, update, lora_rank=8):
 def trainable_fraction(model, update, lora_rank=8):
     """Fraction of the model's parameters that the weight update trains (the paper: LoRA ~0.9%).
 
-    ``model``: a DiT, or a registry name such as "DiT-XL/2" (then built on the meta device: no memory).
+    ``model``: a model, or a registry name such as "DiT-XL/2" (then built on the meta device: no memory).
     """
     if isinstance(model, str):
-        from tinyfusion.models import build_model
+        from tinyfusion.models.registry import build
         with torch.device("meta"):
-            model = build_model(model)
+            model = build(model)
     total = sum(p.numel() for p in model.parameters())
     return count_update_params(model, update, lora_rank) / total
 
@@ -95,9 +102,13 @@ class TrainableWeights:
 
 
 class GatedDiT(nn.Module):
-    """A DiT together with its gates: ``forward`` samples a per-sample mask and runs the masked model.
+    """A prunable model together with its gates: ``forward`` samples a per-sample mask and runs the masked model.
 
-    One module, so DDP averages the gradients of the gates and the weight update alike.
+    One module, so DDP averages the gradients of the gates and the weight update alike. Two calls:
+    ``forward(batch=..., objective=..., tau=...)`` returns the per-sample loss terms of the masked model on a batch
+    ({x0, y, t, noise}) through the seam (``prunable.loss_terms``: the objective's loss, or the model's own), what
+    learnable pruning trains on for any prunable model; ``forward(x, t, y, tau)`` returns the masked prediction
+    (``prunable.forward_masked``: models trained through an objective, which then calls it as its network).
     """
 
     def __init__(self, model, gates):
@@ -105,9 +116,15 @@ class GatedDiT(nn.Module):
         self.model = model
         self.gates = gates
 
-    def forward(self, x, t, y, tau=1.0):
+    def forward(self, x=None, t=None, y=None, tau=1.0, batch=None, objective=None):
+        if batch is not None:
+            mask = self.gates.sample(batch["x0"].shape[0], tau)
+            return prunable.loss_terms(self.model, objective, batch, layer_mask=mask)
         mask = self.gates.sample(x.shape[0], tau)
-        return self.model(x, t, y, mask=mask)
+        return prunable.forward_masked(self.model, x, t, y, mask)
+
+
+GatedModel = GatedDiT  # the name for any prunable model
 
 
 def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100, batch_size=64, lr=1e-4,
@@ -116,12 +133,13 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
                   scale=100.0, gate_init=0.02, objective=None, identity=None):
     """Train N:M gates jointly with a weight update and return the decision.
 
-    ``model``: the teacher DiT (not modified: a copy is trained). ``images``/``labels``: training tensors
-    (batches are drawn deterministically per step by ``training.global_batch``). ``groups``: "1:2", "2:4",
+    ``model``: the teacher, any prunable model (not modified: a copy is trained). ``images``/``labels``: training
+    tensors (batches are drawn deterministically per step by ``training.global_batch``). ``groups``: "1:2", "2:4",
     "7:14" or a list of [N, M] blocks. ``update``: "lora", "full" or "frozen". ``state_path``: resumable
     training state (written every ``ckpt_every`` steps, when stopped by ``stop_after`` and at the end;
     read back if present). Under torchrun the global batch is split across ranks and gradients averaged.
-    The loss is the objective's training loss of the masked model (one ``training.train`` loop). ``identity``:
+    The loss is the masked model's training loss through ``prunable.loss_terms`` (the objective's for a DiT/SiT,
+    the model's own for a MAR; one ``training.train`` loop). ``identity``:
     what a saved state must have been written for to be resumed (default: these settings and the data size).
 
     Returns a dict: kept, confidence, history (decision snapshots every ``log_every`` steps), log,
@@ -135,7 +153,7 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
     batch_size = check_budget("batch_size", batch_size)
     log_every = int(log_every) if log_every else max(1, steps // 50)
     base = unwrap(model)
-    depth = len(base.blocks)
+    depth = prunable.depth(base)
     pairs = parse_groups(groups, depth)
     dev = next(base.parameters()).device
     objective = objective or objective_for(base)
@@ -167,10 +185,10 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
                     f"of batch {batch_size} on {dist.world_size()} process(es)")
     gates.record(0, tau_schedule(0, steps, *tau))  # the start (a resumed run restores its own history)
 
-    def loss_fn(net_, batch, step):
+    def loss_fn(net_, batch, step):  # the masked model's loss through the seam (prunable.loss_terms)
         x, y, noise, t = batch
-        terms = objective.training_losses(net_, x, t, dict(y=y, tau=tau_schedule(step, steps, *tau)), noise=noise)
-        return {"loss": terms["loss"].mean(), "mse": terms["mse"].mean()}
+        terms = net_(batch=dict(x0=x, y=y, t=t, noise=noise), objective=objective, tau=tau_schedule(step, steps, *tau))
+        return {k: v.mean() for k, v in terms.items()}
 
     def on_log(step, entry):
         entry["tau"] = tau_schedule(step, steps, *tau)
@@ -208,7 +226,7 @@ def learnable_config(profile=None, *, source=None, groups="1:2", update="lora", 
 
     from tinyfusion.data import data_identity
     from tinyfusion.diffusion import check_objective
-    from tinyfusion.models.dit import DiT_models
+    from tinyfusion.models import registry
     from tinyfusion.profiles import get_profile
 
     from tinyfusion import validate
@@ -222,8 +240,8 @@ def learnable_config(profile=None, *, source=None, groups="1:2", update="lora", 
     if not source.exists():
         raise FileNotFoundError(f"teacher checkpoint {source} does not exist; train it first "
                                 f"(python -m tinyfusion.cli.pretrain --profile {prof.name}) or pass --teacher")
-    if model and model not in DiT_models:
-        raise ValueError(f"--model {model!r} is not a registered config; choose one of {', '.join(DiT_models)}")
+    if model:  # a registered name of the teacher's architecture, else refused in one line naming both
+        registry.check_name_fits(source, model, label=f"--teacher {source}")
     return dict(profile=prof.name, data=data_identity(prof), source=source, model=model or prof.model, groups=groups,
                 update=update,
                 steps=check_budget("steps", steps or prof.prune_steps),
@@ -244,11 +262,12 @@ def run_learnable(config, out, *, log_every=0, ckpt_every=50, stop_after=0, prog
     from tinyfusion import cache
     from tinyfusion.data import load_data
     from tinyfusion.io import save_checkpoint, save_json
-    from tinyfusion.models import load_dit
+    from tinyfusion.models.registry import load_model
     from tinyfusion.pruning.indices import prune
 
     c, out = config, Path(out)
-    teacher = load_dit(c["source"], name=c["model"], objective=c.get("objective")).to(dist.device())
+    # c["model"] builds a raw state dict of its architecture (a profile's default DiT name is ignored for a MAR)
+    teacher = load_model(c["source"], default_name=c["model"], objective=c.get("objective")).to(dist.device())
     images, labels = load_data(c["data"]).tensors()
     res = learn_pruning(teacher, images, labels, groups=c["groups"], update=c["update"], steps=c["steps"],
                         batch_size=c["batch_size"], lr=c["lr"], logit_lr_mult=c["logit_lr_mult"], tau=tuple(c["tau"]),

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tinyfusion.models import prunable
 from tinyfusion.models.gates import candidate_matrix, parse_groups
 from tinyfusion.pruning.scores import _flatten_calib, _objective_for, first_samples  # noqa: F401
 
@@ -45,14 +46,13 @@ def random_kept(depth, keep, groups=None, generator=None):
 
 @torch.no_grad()
 def _masked_forward_losses(model, objective, data, chunk):
-    """Scores a chunk of candidates with one ``DiT.forward``: the calibration batch tiled once per candidate,
-    each copy with its own hard mask."""
+    """Scores a chunk of candidates with one masked forward (``prunable.per_sample_loss``): the calibration batch
+    tiled once per candidate, each copy with its own hard mask."""
     n, k = len(data["y"]), len(chunk)
     tile = {key: v.repeat(k, *([1] * (v.dim() - 1))) for key, v in data.items()}
-    terms = objective.training_losses(model, tile["x0"], tile["t"],
-                                      {"y": tile["y"], "mask": chunk.repeat_interleave(n, dim=0)},
-                                      noise=tile["noise"])
-    return terms["loss"].view(k, n).double().mean(1)
+    loss = prunable.per_sample_loss(model, objective, tile, chunk.repeat_interleave(n, dim=0),
+                                    generator=torch.Generator().manual_seed(0))
+    return loss.view(k, n).double().mean(1)
 
 
 @torch.no_grad()
@@ -64,6 +64,7 @@ def _prefix_shared_losses(model, objective, data, chunk):
     the block runs once for every distinct prefix that keeps it. With the chunk sorted, the first layers
     are shared by most candidates, which saves about half of the work for random 50% prunes.
     """
+    prunable.require_parts(model, "the prefix-sharing random study", "embed", "blocks", "final_layer", "unpatchify")
     n, k = len(data["y"]), len(chunk)
     x_t = objective.noised(data["x0"], data["t"], data["noise"])
     h0, c = model.embed(x_t, objective.model_time(data["t"]), data["y"])
@@ -92,9 +93,11 @@ def candidate_losses(model, calib, masks, batch_candidates=256, objective=None, 
     """Calibration loss (mean ``loss`` term over the calibration samples) of every row of ``masks`` (C, depth).
 
     Candidates are scored ``batch_candidates`` at a time; ``share_prefixes`` (default) sorts them and runs
-    every distinct mask prefix once, else each chunk goes through one masked ``DiT.forward``.
+    every distinct mask prefix once, else each chunk goes through one masked forward. Prefix sharing needs DiT's
+    layout (``embed``, ``final_layer``); another model (MAR) is scored by the masked forward.
     """
 
+    share_prefixes = share_prefixes and prunable.has_parts(model, "embed", "blocks", "final_layer", "unpatchify")
     objective = _objective_for(model, objective)
     dev = next(model.parameters()).device
     data = {k: v.to(dev) for k, v in _flatten_calib(calib, n_samples).items()}
@@ -130,7 +133,7 @@ def random_candidate_study(model, calib, n_candidates, keep, batch_candidates=25
     (list of lists), ``rate`` (candidates per second), ``wall_s`` and the ``min``/``median``/``max``
     candidates (each {index, kept, loss}).
     """
-    depth = len(model.blocks)
+    depth = prunable.depth(model)
     g = torch.Generator().manual_seed(int(seed))
     masks = random_masks(int(n_candidates), depth, keep, groups, g)
     t0 = time.time()

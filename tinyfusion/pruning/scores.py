@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tinyfusion.models import prunable
+
 
 def calibration_set(images, labels, n_batches, batch_size, seed=0, objective=None):
     """Fixed calibration batches: a list of dicts {x0, y, t, noise} drawn once from ``seed`` (``t``: times).
@@ -69,20 +71,20 @@ def _objective_for(model, objective):
 
 @torch.no_grad()
 def calibration_losses(model, calib, mask=None, objective=None):
-    """Per-sample diffusion training losses (the ``loss`` term) of the (masked) model, concatenated."""
+    """Per-sample training losses (the ``loss`` term) of the (masked) model, concatenated
+    (``prunable.per_sample_loss``; a model that draws its own noise gets a generator seeded with the batch's index,
+    so every mask is scored on the same draws)."""
     objective = _objective_for(model, objective)
     dev = _device(model)
     was_training = model.training
     model.eval()
     try:
         out = []
-        for batch in calib:
-            kw = {"y": batch["y"].to(dev)}
-            if mask is not None:
-                kw["mask"] = torch.as_tensor(mask, dtype=torch.float32).to(dev)
-            terms = objective.training_losses(model, batch["x0"].to(dev), batch["t"].to(dev), kw,
-                                              noise=batch["noise"].to(dev))
-            out.append(terms["loss"].float().cpu())
+        for i, batch in enumerate(calib):
+            batch = {k: batch[k].to(dev) for k in ("x0", "y", "t", "noise")}
+            m = None if mask is None else torch.as_tensor(mask, dtype=torch.float32).to(dev)
+            loss = prunable.per_sample_loss(model, objective, batch, m, generator=torch.Generator().manual_seed(i))
+            out.append(loss.float().cpu())
         return torch.cat(out)
     finally:
         model.train(was_training)
@@ -103,10 +105,15 @@ def block_io_stats(model, calib, objective=None, clean=False):
 
     ``clean``: feed the clean images at times from the objective's ``clean_t`` (drawn from a fixed seed) instead of
     the calibration set's noised inputs (ShortGPT's official setting).
+
+    A model without DiT's layout (one token sequence and one condition through ``embed`` and ``blocks``; MAR) is
+    measured by :func:`_hooked_io_stats` on its own forward instead.
     """
+    if not prunable.has_parts(model, "embed", "blocks"):
+        return _hooked_io_stats(model, calib, objective, clean)
     objective = _objective_for(model, objective)
     dev = _device(model)
-    depth = len(model.blocks)
+    depth = prunable.depth(model)
     cos_sum = torch.zeros(depth, dtype=torch.float64)
     mse_sum = torch.zeros(depth, dtype=torch.float64)
     n_tokens = 0
@@ -132,13 +139,47 @@ def block_io_stats(model, calib, objective=None, clean=False):
 
 
 @torch.no_grad()
+def _hooked_io_stats(model, calib, objective=None, clean=False):
+    """:func:`block_io_stats` for any prunable model, from each layer's input and output on the full model's forward
+    (``prunable.layer_io``; batch ``i`` draws its random parts from a generator seeded with ``i``, as
+    :func:`calibration_losses`). Token counts are per layer (a MAR's encoder layers see the buffer and the known
+    tokens, its decoder layers every position). ``clean``: the batch's times from ``clean_t`` (fixed seed) and its
+    noise zeroed (a model that computes its own loss sees clean tokens in its layers whatever the times: its noise
+    enters only its head)."""
+    objective = _objective_for(model, objective)
+    dev = _device(model)
+    depth = prunable.depth(model)
+    cos_sum = torch.zeros(depth, dtype=torch.float64)
+    mse_sum = torch.zeros(depth, dtype=torch.float64)
+    n_tokens = torch.zeros(depth, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        g = torch.Generator().manual_seed(0)
+        for i, batch in enumerate(calib):
+            batch = {k: batch[k].to(dev) for k in ("x0", "y", "t", "noise")}
+            if clean:
+                batch["t"] = objective.clean_t(len(batch["x0"]), generator=g).to(dev)
+                batch["noise"] = torch.zeros_like(batch["noise"])
+            for j, (h, out) in enumerate(prunable.layer_io(model, objective, batch,
+                                                           generator=torch.Generator().manual_seed(i))):
+                cos_sum[j] += F.cosine_similarity(h.float(), out.float(), dim=-1).sum().double().cpu()
+                mse_sum[j] += ((out.float() - h.float()) ** 2).mean(-1).sum().double().cpu()
+                n_tokens[j] += h.shape[0] * h.shape[1]
+    finally:
+        model.train(was_training)
+    return (cos_sum / n_tokens).tolist(), (mse_sum / n_tokens).tolist()
+
+
+@torch.no_grad()
 def residual_sizes(model, calib, objective=None):
     """Per layer of the full model, how much it changes the hidden state: the mean over calibration tokens of
     ``||f(h) - h|| / ||h||`` (0: the layer passes its input through; large values are layers whose removal is hardest
     to paper over, and where a straight-through gate gradient is least reliable)."""
+    prunable.require_parts(model, "residual_sizes", "embed", "blocks")
     objective = _objective_for(model, objective)
     dev = _device(model)
-    total = torch.zeros(len(model.blocks), dtype=torch.float64)
+    total = torch.zeros(prunable.depth(model), dtype=torch.float64)
     n_tokens = 0
     was_training = model.training
     model.eval()
@@ -196,7 +237,7 @@ def sensitivity(model, calib, keep, objective=None, progress=False):
     """
     from tqdm.auto import tqdm
 
-    depth = len(model.blocks)
+    depth = prunable.depth(model)
     base = calibration_loss(model, calib, objective=objective)
     scores = []
     for i in tqdm(range(depth), disable=not progress, desc="sensitivity", leave=False):
