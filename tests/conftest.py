@@ -15,3 +15,17 @@ def tiny_dit():
     from tinyfusion.models import DiT
     torch.manual_seed(0)
     return DiT(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=6, num_heads=2, num_classes=10)
+
+
+@pytest.fixture(scope="session")
+def mar_teacher_3steps(tmp_path_factory):
+    """A MAR-T32/4 teacher pre-trained for 3 steps of batch 4 on the smoke profile (shared by the MAR tests):
+    (its folder, cli.pretrain's result)."""
+    from tinyfusion.cli import pretrain
+    tmp = tmp_path_factory.mktemp("mar_teacher")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TINYFUSION_RESULTS", str(tmp / "results"))
+        mp.setenv("TINYFUSION_QUIET", "1")
+        pre = pretrain.main(["--profile", "smoke", "--model", "MAR-T32/4", "--steps", "3", "--batch-size", "4",
+                             "--log-every", "1", "--out", str(tmp / "pretrain")])
+    return tmp, pre

@@ -17,13 +17,13 @@ PRETRAIN = ["--profile", "smoke", "--model", "MAR-T32/4", "--steps", "3", "--bat
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A MAR teacher pre-trained for 3 steps, then learnable pruning (1:2, LoRA, 3 steps) of it."""
+def runs(mar_teacher_3steps, tmp_path_factory):
+    """The shared 3-step MAR teacher (tests/conftest.py), then learnable pruning (1:2, LoRA, 3 steps) of it."""
+    _, pre = mar_teacher_3steps
     tmp = tmp_path_factory.mktemp("mar_pipeline")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TINYFUSION_RESULTS", str(tmp / "results"))
         mp.setenv("TINYFUSION_QUIET", "1")
-        pre = pretrain.main(PRETRAIN + ["--out", str(tmp / "pretrain")])
         pl = prune_learn.main(["--profile", "smoke", "--teacher", pre["teacher"], "--groups", "1:2", "--update",
                                "lora", "--steps", "3", "--batch-size", "4", "--out", str(tmp / "prune")])
     return tmp, pre, pl

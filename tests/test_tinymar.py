@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 
 from tinyfusion import paper, tinymar
-from tinyfusion.cli import pretrain
 
 
 def test_make_mar_runs_notebook_13_apart_from_make_reproduce():
@@ -47,15 +46,14 @@ def test_table2_sets_the_paper_beside_ours_at_each_point():
 
 
 @pytest.fixture(scope="module")
-def mar_study(tmp_path_factory):
-    """A Study on a MAR teacher pre-trained for 3 steps, at a budget smaller than the smoke profile's."""
+def mar_study(mar_teacher_3steps, tmp_path_factory):
+    """A Study on the shared 3-step MAR teacher (tests/conftest.py), at a budget smaller than the smoke profile's."""
+    _, pre = mar_teacher_3steps
     from tinyfusion.study import Study
     tmp = tmp_path_factory.mktemp("tinymar")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TINYFUSION_RESULTS", str(tmp / "results"))
         mp.setenv("TINYFUSION_QUIET", "1")
-        pre = pretrain.main(["--profile", "smoke", "--model", "MAR-T32/4", "--steps", "3", "--batch-size", "4",
-                             "--out", str(tmp / "pretrain")])
         study = Study("smoke-mar", teacher=pre["teacher"], random_candidates=8, prune_steps=2, eval_samples=20,
                       curve_points=(2, 3), finetune_steps=2, finetune_long=3, seeds=(0,))
         yield study
