@@ -30,7 +30,7 @@ SIT_FIGURES = ["10_sit_teacher_samples", "10_kept_layers", "10_fid_by_method", "
 SIT_TABLES = ["10_teachers", "10_table2", "10_table2_runs"]
 MAR_FIGURES = ["13_mar_teacher_samples", "13_kept_layers", "13_recovery_curves", "13_tinymar_samples"]  # <profile>-mar/
 MAR_TABLES = ["13_teachers", "13_kept_layers", "13_recovery_curves", "13_recovery_curves_summary", "13_table2",
-              "13_sampling_speed"]
+              "13_sampling_speed", "11_mar_curves", "11_mar_summary"]  # notebook 11's MAR column: same runs
 
 
 def test_notebooks_wrote_every_artefact(notebook_session):
@@ -66,4 +66,5 @@ def test_notebooks_wrote_every_artefact(notebook_session):
     assert all(f"| {claim} |" in summary for claim in CLAIMS)  # one verdict row per claim
     assert "Does the verdict survive?" in summary                # notebook 11 rewrote it with the robustness table
     robust = (out / "tables" / "11_robustness.csv").read_text()
-    assert all(s in robust for s in ("notebook 01's runs", "gate steps", "DiT teacher seed 1", "SiT teacher", "survive"))
+    assert all(s in robust for s in ("notebook 01's runs", "gate steps", "DiT teacher seed 1", "SiT teacher", "MAR teacher",
+                                          "survive"))

@@ -67,6 +67,14 @@ def teacher_row(study, family):
             "FID": s["fid"], "IS": s["is"], "class acc": s["class_accuracy"]}
 
 
+def recovery(study, candidates, name):
+    """The recovery curves of Table 2's MAR ``candidates`` (``Study.candidates(METHODS)``) on notebook 01's protocol:
+    every run on the cosine of the longest curve run, stopped at the 500K-equivalent point and scored at the 100K- and
+    500K-equivalent points. Notebook 13 and notebook 11's MAR column call it alike, so the runs are cached once."""
+    p = study.prof
+    return study.recovery_curves(candidates, name=name, stop=p.finetune_long, points=(p.finetune_steps, p.finetune_long))
+
+
 def table2(study, curves, teacher_score, points):
     """Table 2's MAR rows with ours beside them: the teacher, then every method of ``curves``
     (``Study.recovery_curves``) at each of ``points`` (the 100K- and 500K-equivalent steps), FID and IS mean ± sd over
