@@ -198,3 +198,33 @@ def test_token_diffusion_cosine_schedule():
     assert train.num_timesteps == 1000 and gen.num_timesteps == 100
     assert np.allclose(gen.alphas_cumprod, train.alphas_cumprod[gen.timestep_map])
     assert gen.config["noise_schedule"] == "cosine"
+
+
+def test_head_sampler_clamps_x0_of_pixel_tokens():
+    """A head whose noise prediction explains half the noise (data: zeros) leaves the 100-step cosine chain far out of
+    [-1, 1] without the clamp (the first step alone: x0 = x_t / sqrt(abar_999), abar_999 = 2.4e-9) and inside it
+    with the clamp, from the first step to the last."""
+    train = create_token_diffusion("")
+    abar = torch.tensor(train.alphas_cumprod, dtype=torch.float32)
+
+    def net(x, t, c):  # the true noise of x0 = 0 is x_t / sqrt(1 - abar_t); variance values at the middle
+        return torch.cat([0.5 * x / torch.sqrt(1 - abar[t]).unsqueeze(1), torch.zeros_like(x)], dim=1)
+
+    d = create_token_diffusion("100")
+    noise = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    cond = torch.zeros(64, 8)
+    first = torch.full((64,), d.num_timesteps - 1, dtype=torch.long)
+    out = net(noise, d._scale_t(first), cond)
+    assert d.p_mean_variance(out, noise, first)[0].abs().max() > 100
+    assert d.p_mean_variance(out, noise, first, clip_denoised=True)[0].abs().max() < 1
+    free = d.sample_loop(net, noise, cond, generator=torch.Generator().manual_seed(1))
+    clamped = d.sample_loop(net, noise, cond, generator=torch.Generator().manual_seed(1), clip_denoised=True)
+    assert free.abs().max() > 5
+    assert clamped.abs().max() <= 1.0 + 1e-5
+
+
+def test_mar_score_key_records_the_head_clamp():
+    """Scores of MAR samples drawn before the head clamped its x0 are not reused: the clamp is in the cache key."""
+    from tinyfusion.sampling import score_config
+    assert score_config("smoke-mar", checkpoint="data/mar_teacher_cpu.pt")["head_x0_clip"] is True
+    assert "head_x0_clip" not in score_config("smoke", checkpoint="data/teacher_cpu.pt")

@@ -137,6 +137,8 @@ def score_config(profile=None, *, checkpoint, n=0, sampler="", steps=0, cfg_scal
         extra.update(cfg_channels=int(prof.cfg_channels))
     if model:
         extra.update(model=model)
+    if objective.name == "mar":  # the head clamps its x0 for pixel tokens (not latents): scores from before differ
+        extra.update(head_x0_clip=not (prof.vae or vae))
     return dict(profile=prof.name, checkpoint=Path(checkpoint), n=check_budget("n", n or prof.eval_samples),
                 sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=int(seed),
                 batch=check_budget("batch", batch or prof.batch_eval),

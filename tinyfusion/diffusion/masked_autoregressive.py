@@ -74,7 +74,8 @@ class MaskedAutoregressive:
                clip=True, **model_kwargs):
         """Class-conditional images in [-1, 1] for ``labels``: ``steps`` masked-autoregressive iterations of
         ``model`` (a MAR, possibly wrapped), guidance ``cfg_scale`` on this objective's schedule (``clip=False``:
-        not clamped, for latent-space models)."""
+        not clamped, for latent-space models; with ``clip`` the head also clamps each step's predicted x0, as ADM
+        samples pixels: see ``TokenDiffusion.sample_loop``)."""
         from tinyfusion.training import unwrap
 
         if sampler not in SAMPLERS:
@@ -85,5 +86,6 @@ class MaskedAutoregressive:
             raise ValueError(f"steps (masked-autoregressive iterations) must be in 1..{net.seq_len}, the model's "
                              f"number of tokens; got {steps}")
         x = net.sample(labels, num_iter=steps, cfg=float(cfg_scale), temperature=self.temperature,
-                       generator=generator, cfg_schedule=self.cfg_schedule, progress=progress, **model_kwargs)
+                       generator=generator, cfg_schedule=self.cfg_schedule, progress=progress, clip_denoised=clip,
+                       **model_kwargs)
         return x.clamp(-1, 1) if clip else x

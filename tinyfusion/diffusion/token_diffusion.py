@@ -47,20 +47,25 @@ class TokenDiffusion(GaussianDiffusion):
         return {**super().config, "noise_schedule": "cosine"}
 
     @torch.no_grad()
-    def sample_loop(self, net, noise, cond, temperature=1.0, cfg_scale=1.0, generator=None):
+    def sample_loop(self, net, noise, cond, temperature=1.0, cfg_scale=1.0, generator=None, clip_denoised=False):
         """Denoise ``noise`` (N, C) over every (respaced) step, conditioned on ``cond`` (N, D).
 
         ``net(x, t, c)`` returns (N, 2C): noise prediction and variance values. With ``cfg_scale != 1`` the batch
         holds the conditional rows first and the unconditional rows second (same noise in both halves) and
         ``net.forward_with_cfg(x, t, c, cfg_scale)`` guides it. ``temperature`` scales the noise added at each
-        step (not the starting noise), as the official ``p_sample``.
+        step (not the starting noise), as the official ``p_sample``. ``clip_denoised``: clamp each step's predicted
+        x0 to [-1, 1], for tokens of pixels (the official MAR's latent tokens are not clamped). On the cosine schedule
+        the first respaced step (999 after 989) carries x0 into the mean with weight sqrt(alpha_bar_989) = 0.016, and
+        x0 = (x - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar_999) multiplies the noise prediction's error by 2e4: an
+        error of 0.02 becomes x0 of scale 400 and the chain never returns to [-1, 1] (the cpu MAR teacher's samples
+        before the clamp).
         """
         x = noise
         for i in range(self.num_timesteps - 1, -1, -1):
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
             t_model = self._scale_t(t)
             out = net.forward_with_cfg(x, t_model, cond, cfg_scale) if cfg_scale != 1.0 else net(x, t_model, cond)
-            mean, log_var, _, _ = self.p_mean_variance(out, x, t, clip_denoised=False)
+            mean, log_var, _, _ = self.p_mean_variance(out, x, t, clip_denoised=clip_denoised)
             # noise is drawn at every step, the last one included (where it is not used), as the official p_sample:
             # with the global RNG the draws are the official ones
             gen_device = generator.device if generator is not None else x.device

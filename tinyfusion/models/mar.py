@@ -161,14 +161,15 @@ class DiffLoss(nn.Module):
         return self._samplers[key]
 
     @torch.no_grad()
-    def sample(self, z, temperature=1.0, cfg=1.0, steps=None, generator=None):
+    def sample(self, z, temperature=1.0, cfg=1.0, steps=None, generator=None, clip_denoised=False):
         """Tokens (N, C) for conditions ``z`` (N, D); with ``cfg != 1`` the rows of ``z`` are the conditional ones
-        then the unconditional ones, and the returned rows too (both halves start from the same noise)."""
+        then the unconditional ones, and the returned rows too (both halves start from the same noise).
+        ``clip_denoised``: clamp the predicted x0 of every step to [-1, 1] (tokens of pixels)."""
         n = len(z) // 2 if cfg != 1.0 else len(z)
         noise = _draw("randn", (n, self.in_channels), generator, z.device).to(z.dtype)
         if cfg != 1.0:
             noise = torch.cat([noise, noise])
-        return self.sampler(steps).sample_loop(self.net, noise, z, temperature, cfg, generator)
+        return self.sampler(steps).sample_loop(self.net, noise, z, temperature, cfg, generator, clip_denoised)
 
 
 # --------------------------------------------------------------------------- layers and masks
@@ -410,12 +411,13 @@ class MAR(nn.Module):
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def sample(self, labels, num_iter=64, cfg=1.0, temperature=1.0, generator=None, cfg_schedule="linear",
-               sampling_steps=None, layer_mask=None, progress=False):
+               sampling_steps=None, layer_mask=None, progress=False, clip_denoised=False):
         """Latents (B, C, H, W) for class ``labels`` (B,) in the scale the model was trained on, by ``num_iter``
         masked-autoregressive steps (cosine schedule, random order); the head samples each token with
         ``sampling_steps`` (default the config's ``num_sampling_steps``) diffusion steps at ``temperature``.
         ``cfg``: classifier-free guidance, ramped linearly from 1 with the fraction of known tokens
-        (``cfg_schedule="linear"``) or ``"constant"``. ``layer_mask``: as in ``forward``."""
+        (``cfg_schedule="linear"``) or ``"constant"``. ``layer_mask``: as in ``forward``. ``clip_denoised``: the head
+        clamps its predicted x0 to [-1, 1] at every step (tokens of pixels; latent tokens, as the official, are not)."""
         from tqdm.auto import tqdm
 
         from tinyfusion.diffusion.common import eval_mode
@@ -443,7 +445,7 @@ class MAR(nn.Module):
                 scale = 1 + (cfg - 1) * (L - n_next) / L if cfg_schedule == "linear" else cfg
                 if bool(to_pred.any()):
                     cond = torch.cat([z[:b][to_pred], z[b:][to_pred]]) if guided else z[to_pred]
-                    new = self.diffloss.sample(cond, temperature, scale, sampling_steps, generator)
+                    new = self.diffloss.sample(cond, temperature, scale, sampling_steps, generator, clip_denoised)
                     tokens = tokens.clone()
                     tokens[to_pred] = new[: len(new) // 2] if guided else new
                 mask = mask_next
