@@ -20,12 +20,12 @@ def tiny_dit():
 @pytest.fixture(scope="session")
 def mar_teacher_3steps(tmp_path_factory):
     """A MAR-T32/4 teacher pre-trained for 3 steps of batch 4 on the smoke profile (shared by the MAR tests):
-    (its folder, cli.pretrain's result)."""
+    (the ``cli.pretrain`` arguments without ``--out``, so a test can train the same teacher again; its result)."""
     from tinyfusion.cli import pretrain
+    args = ["--profile", "smoke", "--model", "MAR-T32/4", "--steps", "3", "--batch-size", "4", "--log-every", "1"]
     tmp = tmp_path_factory.mktemp("mar_teacher")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TINYFUSION_RESULTS", str(tmp / "results"))
         mp.setenv("TINYFUSION_QUIET", "1")
-        pre = pretrain.main(["--profile", "smoke", "--model", "MAR-T32/4", "--steps", "3", "--batch-size", "4",
-                             "--log-every", "1", "--out", str(tmp / "pretrain")])
-    return tmp, pre
+        pre = pretrain.main(args + ["--out", str(tmp / "pretrain")])
+    return args, pre

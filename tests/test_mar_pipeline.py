@@ -13,7 +13,6 @@ from tinyfusion.models.registry import load_model
 from tinyfusion.pruning.learnable import add_lora, linear_module_names
 
 DIT_TEACHER = "data/teacher_cpu.pt"
-PRETRAIN = ["--profile", "smoke", "--model", "MAR-T32/4", "--steps", "3", "--batch-size", "4", "--log-every", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +47,13 @@ def test_pretrain_trains_a_mar_with_its_own_loss(runs):
     assert teacher.state_dict().keys() == fresh.state_dict().keys()
 
 
-def test_pretrain_resumed_equals_uninterrupted(runs, tmp_path, monkeypatch):
-    tmp, pre, _ = runs
+def test_pretrain_resumed_equals_uninterrupted(mar_teacher_3steps, tmp_path, monkeypatch):
+    args, pre = mar_teacher_3steps
     monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("TINYFUSION_QUIET", "1")
     out = str(tmp_path / "parts")
-    assert pretrain.main(PRETRAIN + ["--out", out, "--stop-after", "1"])["stopped_at"] == 1
-    resumed = pretrain.main(PRETRAIN + ["--out", out])
+    assert pretrain.main(args + ["--out", out, "--stop-after", "1"])["stopped_at"] == 1
+    resumed = pretrain.main(args + ["--out", out])
     whole, parts = torch.load(pre["teacher"]), torch.load(resumed["teacher"])
     assert whole["ema"].keys() == parts["ema"].keys()
     assert all(torch.equal(v, parts["ema"][k]) for k, v in whole["ema"].items())
@@ -99,7 +98,7 @@ def test_load_model_by_architecture(runs):
     one_line_error(lambda: load_model(pre["teacher"], objective="flow"), "is a MAR checkpoint", "--objective")
 
 
-def test_dit_only_entry_points_refuse_a_mar_in_one_line(runs, tmp_path, monkeypatch):
+def test_dit_only_entry_points_refuse_a_mar_in_one_line(runs, mar_teacher_3steps, tmp_path, monkeypatch):
     _, pre, pl = runs
     monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path / "results"))
     teacher, pruned = pre["teacher"], pl["pruned"]
@@ -111,7 +110,7 @@ def test_dit_only_entry_points_refuse_a_mar_in_one_line(runs, tmp_path, monkeypa
     one_line_error(lambda: prune_learn.main(["--profile", "smoke", "--teacher", teacher, "--model", "DiT-T28/4",
                                              "--steps", "2", "--out", str(tmp_path / "p2")]),
                    teacher, "is a MAR checkpoint", "--model DiT-T28/4")
-    one_line_error(lambda: pretrain.main(PRETRAIN + ["--objective", "flow", "--out", str(tmp_path / "p3")]),
+    one_line_error(lambda: pretrain.main(mar_teacher_3steps[0] + ["--objective", "flow", "--out", str(tmp_path / "p3")]),
                    "MAR-T32/4", "computes its own training loss")
 
 

@@ -100,12 +100,12 @@ def learned_1of2(runs):
     return {s: r for (g, s), r in runs.items() if g == "1:2"}
 
 
-def setting_curves(study, candidates, name):
+def setting_curves(study, candidates, name, points=None):
     """The recovery curves of ``candidates`` (``Study.curve_candidates``) up to the 500K-equivalent point
     (``prof.finetune_long``), every run on the cosine of notebook 01's longest run, so a point here is a point there:
     a model notebook 01 already fine-tuned to its last point is read from that run (``Study.curve_run``), a new one
-    stops at the 500K point."""
-    return study.recovery_curves(candidates, name=name, stop=study.prof.finetune_long)
+    stops at the 500K point. ``points``: score only these curve points (None: every one up to the 500K point)."""
+    return study.recovery_curves(candidates, name=name, stop=study.prof.finetune_long, points=points)
 
 
 def teacher_row(study, learned_kept, label):

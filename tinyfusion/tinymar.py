@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tinyfusion import paper
+from tinyfusion.robustness import setting_curves
 
 # learnable 1:2 (LoRA, one run per pruning seed), the metric-based baselines that read a MAR (ShortGPT, sensitivity),
 # the calibration-loss pick of the random study and the hand-made Oracle pattern (evenly spaced, first and last kept).
@@ -68,11 +69,10 @@ def teacher_row(study, family):
 
 
 def recovery(study, candidates, name):
-    """The recovery curves of Table 2's MAR ``candidates`` (``Study.candidates(METHODS)``) on notebook 01's protocol:
-    every run on the cosine of the longest curve run, stopped at the 500K-equivalent point and scored at the 100K- and
-    500K-equivalent points. Notebook 13 and notebook 11's MAR column call it alike, so the runs are cached once."""
-    p = study.prof
-    return study.recovery_curves(candidates, name=name, stop=p.finetune_long, points=(p.finetune_steps, p.finetune_long))
+    """The recovery curves of Table 2's MAR ``candidates`` (``Study.candidates(METHODS)``) as every setting of notebook
+    11 (``robustness.setting_curves``), scored only at the 100K- and 500K-equivalent points (each MAR sample runs the
+    head's chain per token). Notebook 13 and notebook 11's MAR column call it alike, so the runs are cached once."""
+    return setting_curves(study, candidates, name, points=(study.prof.finetune_steps, study.prof.finetune_long))
 
 
 def table2(study, curves, teacher_score, points):
