@@ -1,5 +1,5 @@
 # tinyfusion-replication: `make reproduce` runs the whole study, `make test` runs the tests.
-# Also: `make robustness` (notebook 11, its own clock), `make mar` (notebook 13, its own clock), `make notebook NB=07` (one notebook), `make lab [LAB_ARGS="--port=8890 --ip=0.0.0.0 --no-browser"]`,
+# Also: `make robustness` (notebook 11, its own clock), `make scale` (notebook 12), `make mar` (notebook 13, its own clock), `make notebook NB=07` (one notebook), `make lab [LAB_ARGS="--port=8890 --ip=0.0.0.0 --no-browser"]`,
 # `make screenshots [SHOTS_ARGS="--all --height 16000 --split 2400"]` (the executed notebooks as JupyterLab shows them).
 PROFILE ?= cpu
 NB ?=
@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data reproduce robustness mar notebook test lab screenshots clean-results
+.PHONY: setup data reproduce robustness scale mar notebook test lab screenshots clean-results
 
 setup: $(STAMP) data
 
@@ -38,6 +38,12 @@ reproduce: setup
 # (results/<profile>/robustness_clock.json); it reuses every step make reproduce cached.
 robustness: setup
 	$(PY) -m tinyfusion.cli.reproduce --profile $(PROFILE) --study robustness
+
+# The scale ladder (notebook 12: today's teacher, width 128, 49 tokens) on the profile's rungs, its own from-empty clock
+# (results/<profile>/scale_clock.json); needs the rung teachers data/teacher_cpu_w128.pt and data/teacher_cpu_t49.pt
+# (python -m tinyfusion.cli.pretrain --profile cpu-w128, ... cpu-t49); the smoke ladder pre-trains its own.
+scale: setup
+	$(PY) -m tinyfusion.cli.reproduce --profile $(PROFILE) --study scale
 
 # TinyMAR (notebook 13: paper Table 2's MAR row, claim 10) on the profile's "-mar" variant (smoke, cpu), its own from-empty
 # clock (results/<profile>/mar_clock.json); needs the MAR teacher data/mar_teacher_cpu.pt.

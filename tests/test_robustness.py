@@ -67,6 +67,7 @@ def test_make_reproduce_and_make_robustness_run_different_notebooks():
     robust = [p.name[:2] for p in notebooks(study="robustness")]
     assert robust == list(STUDIES["robustness"]) == ["11"] and "11" not in main and main[-1] == "09"
     assert [p.name[:2] for p in notebooks(["11"])] == ["11"]       # make notebook NB=11 finds it
+    assert [p.name[:2] for p in notebooks(study="scale")] == ["12"] and "12" not in main
     assert clock_name() == "reproduce_clock.json" and clock_name("robustness") == "robustness_clock.json"
     with pytest.raises(SystemExit, match="unknown study 'x'"):
         notebooks(study="x")

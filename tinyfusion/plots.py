@@ -462,3 +462,40 @@ def per_layer(values, ylabel, title):
     ax.set_title(title, fontsize=11)
     ax.legend(fontsize=8)
     return fig
+
+
+def scale_ladder(table, points=("100K", "500K")):
+    """The scale figure (notebook 12): left, learnable's FID over the best baseline's against the teacher's parameters
+    times its tokens (what a forward pass costs per image, to first order: the rungs that grow width and tokens
+    separate), one series per curve point with error bars of 1.96 standard errors and each rung labelled with its tokens (1 = the
+    baseline's FID; the paper's DiT-XL/2 as a star at 100K); right, max |h| / std and the calibration-loss span per
+    rung on log axes, beside the paper's values. ``table``: ``scale.scale_table``'s rows, the paper's last."""
+    import pandas as pd
+    ours, paper = table[table.rung != "paper DiT-XL/2"], table[table.rung == "paper DiT-XL/2"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    for i, p in enumerate(points):
+        x = ours.params * ours.tokens * (1 + 0.06 * (i - 0.5))  # side by side, so the bars do not hide each other
+        ax.errorbar(x, ours[f"learnable/best {p}"], yerr=1.96 * ours[f"se {p}"], marker="o", ls="", capsize=3,
+                    label=f"ours, {p}-equivalent point")
+    for _, r in ours.iterrows():
+        ax.annotate(f"{r.rung}: {r.params / 1e6:.1f}M x {r.tokens}", (r.params * r.tokens, r["learnable/best 100K"]),
+                    fontsize=7, xytext=(6, 6), textcoords="offset points")
+    if len(paper):
+        ax.plot(paper.params * paper.tokens, paper["learnable/best 100K"], "*", ms=12, color="k", label="paper DiT-XL/2, 100K")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher parameters x tokens")
+    ax.set_ylabel("learnable FID / best baseline FID")
+    ax.set_title("Learnable pruning against the best baseline (below 1: learnable better)", fontsize=10)
+    ax.legend(fontsize=8)
+    labels = list(ours.rung) + list(paper.rung)
+    both = pd.concat([ours, paper])
+    xs = np.arange(len(labels))
+    bx.bar(xs - 0.2, both["max|h|/std"], 0.4, label="max |h| / std")
+    bx.bar(xs + 0.2, both["calib loss span"], 0.4, label="calibration-loss span (max/min)")
+    bx.axhline(20, color="C0", lw=0.8, ls=":", label="'massive' declared: 20")
+    bx.set_yscale("log")
+    bx.set_xticks(xs, labels, rotation=15, fontsize=8)
+    bx.set_title("Per teacher: massive activations and calibration-loss span", fontsize=10)
+    bx.legend(fontsize=8)
+    return fig

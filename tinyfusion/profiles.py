@@ -175,6 +175,20 @@ SCALE_RUNGS = {
 for _name, _fields in SCALE_RUNGS.items():
     PROFILES[_name] = replace(PROFILES["cpu"], name=_name, **_fields,
                               notes=f"{PROFILES['cpu'].notes}; scale rung: {_fields['model']}")
+# The smoke profile's rungs: the same configs, each teacher pre-trained by the Study itself (10 steps, seconds: a
+# shipped 8.4M-parameter file for a test is not worth its size), fewer candidates and samples than smoke's so
+# notebook 12 stays a few seconds of make test per rung.
+TRAIN_HERE = "pretrain"  # a profile's teacher that Study.teacher_path pre-trains into its cache (smoke rungs only)
+_SMOKE_RUNG = dict(teacher=TRAIN_HERE, pretrain_steps=10, random_candidates=16, mask_study_limit=32, eval_samples=32,
+                   batch_eval=32)
+for _name, _fields in SCALE_RUNGS.items():
+    _smoke = _name.replace("cpu", "smoke", 1)
+    PROFILES[_smoke] = replace(PROFILES["smoke"], name=_smoke, **{**_fields, **_SMOKE_RUNG},
+                               notes=f"{PROFILES['smoke'].notes}; scale rung {_fields['model']}, its teacher "
+                                     f"pre-trained here for {_SMOKE_RUNG['pretrain_steps']} steps")
+# The ladder notebook 12 climbs for each base profile: the base teacher first, then one change per rung. The smoke
+# ladder (nbval) takes the rung that changes the image size, the one whose shapes differ from the base's.
+SCALE_LADDER = {"cpu": ("cpu", *SCALE_RUNGS), "smoke": ("smoke", "smoke-t49")}
 
 
 # A second DiT teacher (the robustness study, notebook 11): the cpu teacher's config and budget, trained with seed 1

@@ -111,7 +111,7 @@ def setting_curves(study, candidates, name, points=None):
 def teacher_row(study, learned_kept, label):
     """The cheap diagnostics of a teacher, before any fine-tuning: parameters, FID / IS / class accuracy of its
     samples, the calibration-loss span of the random study (max / min), max |h| / std over its layers (claim 5's
-    measure), the per-layer residual ratio ||f(h) - h|| / ||h|| (largest and which layer), and the layers its learned
+    measure, and the mean share of positions beyond 10 sigma), the per-layer residual ratio ||f(h) - h|| / ||h|| (largest and which layer), and the layers its learned
     1:2 masks keep in block 0. ``learned_kept``: {pruning seed: kept layers}."""
     from tinyfusion.activations import hidden_states, hidden_stats
     teacher = study.teacher()
@@ -122,9 +122,11 @@ def teacher_row(study, learned_kept, label):
     top = int(np.argmax(res))
     second = float(np.sort(res)[-2]) if len(res) > 1 else np.nan
     block0 = sorted({" ".join(str(k) for k in kept if k < 2) for kept in learned_kept.values()})
-    return {"teacher": label, "params": sum(p.numel() for p in teacher.parameters()), "fid": score["fid"],
+    return {"teacher": label, "params": sum(p.numel() for p in teacher.parameters()),
+            "tokens": (teacher.config["input_size"] // teacher.config["patch_size"]) ** 2, "fid": score["fid"],
             "is": score["is"], "class_accuracy": score["class_accuracy"],
             "calib loss span (max/min)": rs["max"] / rs["min"], "max|h|/std": float(stats.max_abs_over_std.max()),
+            "share beyond 10σ": float(stats.share_beyond_10sigma.mean()),
             "largest residual ratio": float(res[top]), "at layer": top, "next largest": second,
             "block 0 keeps (1:2 masks)": ", ".join(f"layer {b}" for b in block0)}
 

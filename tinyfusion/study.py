@@ -20,7 +20,7 @@ from tinyfusion.data import data_identity, load_dataset
 from tinyfusion.io import save_json
 from tinyfusion.models import prunable
 from tinyfusion.models.registry import load_model
-from tinyfusion.profiles import get_profile
+from tinyfusion.profiles import TRAIN_HERE, get_profile
 
 BASELINES = ("shortgpt", "flux-lite", "sensitivity", "oracle")
 RANDOM_PICKS = ("min-loss random", "median-loss random", "max-loss random")
@@ -42,12 +42,25 @@ class Study:
         self.recompute = recompute
         for sub in ("figures", "tables", "verdicts"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self._teacher = self._data = self._calib = None
+        self._teacher = self._data = self._calib = self._teacher_file = None
 
     # ------------------------------------------------------------------ inputs
     @property
     def teacher_path(self):
-        return self.prof.path(self.prof.teacher)
+        """The teacher's file: the profile's (shipped in ``data/``), or, for a profile whose teacher is
+        ``profiles.TRAIN_HERE`` (the smoke rungs of the scale ladder), one this study pre-trains into its cache with
+        the profile's pre-training budget (``cli.pretrain``; cached by the resolved settings like every step)."""
+        if self.prof.teacher != TRAIN_HERE:
+            return self.prof.path(self.prof.teacher)
+        if self._teacher_file is None:
+            from tinyfusion.cli import pretrain
+            p = self.prof
+            config = {"model": p.model, "steps": p.pretrain_steps, "batch_size": p.pretrain_batch, "lr": p.pretrain_lr,
+                      "seed": 0, "data": data_identity(p)}
+            result = self.cached("pretrain", "teacher", config, lambda folder: pretrain.run(
+                profile=p.name, out=str(folder), lock=False, log_every=max(1, p.pretrain_steps // 10)))
+            self._teacher_file = Path(result["teacher"])
+        return self._teacher_file
 
     def teacher(self):
         """The profile's teacher (EMA weights), in eval mode: a DiT/SiT or a MAR, built by the class its checkpoint
@@ -205,7 +218,7 @@ class Study:
         profile's (about the paper's 0.9% trained); ``steps``, ``ema_decay`` (of the gate logits): None are the
         profile's ``prune_steps`` and ``prune_ema_decay``."""
         from tinyfusion.pruning import learnable
-        config = learnable.learnable_config(self.prof, source=source, groups=groups, update=update, seed=seed,
+        config = learnable.learnable_config(self.prof, source=source or self.teacher_path, groups=groups, update=update, seed=seed,
                                             steps=steps or 0, lora_rank=lora_rank, ema_decay=ema_decay or 0.0)
         flags = {k: config[k] for k in ("profile", "groups", "update", "steps", "batch_size", "lr", "seed",
                                         "logit_lr_mult", "lora_rank", "lora_alpha", "ema_decay", "grad_clip")}

@@ -1057,3 +1057,74 @@ def robustness_sentences(table: Mapping[int, Mapping[str, str]], reference: str)
                 f"'{v}' in {s}" for s, v in differ.items()) + f" — the verdict does not survive every "
                 f"setting{tail}.")
     return out
+
+
+# ---------------------------------------------------------------------- the scale ladder (issue 26)
+# Written before any rung beyond today's teacher was trained or run (notebook 12). Per rung, claims 1 and 2 come from
+# notebook 01's rules on that teacher's curves (Study.curve_verdicts) and claim 5 from claim5_massive; the trend is
+# read from learnable's FID relative to the best baseline, a ratio, so rungs whose FIDs sit on different levels compare.
+SCALE_CLAIMS = (1, 2, 5)
+
+
+def relative_fid(learnable: Sequence[float], baselines: Mapping[str, Sequence[float]], sd: float, df: int):
+    """Learnable's mean FID over the best baseline's (the lowest mean FID of ``baselines``, {name: FIDs over fine-tune
+    seeds}): ``(ratio, standard error, df, best baseline's name)``. Each mean's standard error is the pooled
+    fine-tune-seed ``sd`` over its runs, learnable's at the larger of the pooled sd and its own spread over its
+    (pruning seed x fine-tune seed) runs (its pruning seeds are different models, as in :func:`called`); the ratio's
+    by the delta method; ``df`` is the pooled df. NaN when a side has no finite FID."""
+    a = np.asarray(learnable, dtype=float)
+    a = a[np.isfinite(a)]
+    means = {m: float(np.mean(v)) for m, v in baselines.items() if np.isfinite(np.asarray(v, dtype=float)).all()
+             and len(v)}
+    if not len(a) or not means:
+        return math.nan, math.nan, 0, None
+    best = min(means, key=means.get)
+    b = np.asarray(baselines[best], dtype=float)
+    sd_a = max(sd, float(np.std(a, ddof=1))) if len(a) > 1 else sd
+    se_a, se_b = sd_a / math.sqrt(len(a)), sd / math.sqrt(len(b))
+    ratio = float(a.mean() / b.mean())
+    se = ratio * math.sqrt((se_a / a.mean()) ** 2 + (se_b / b.mean()) ** 2)
+    return ratio, se, df, best
+
+
+def scale_change(a, b) -> str:
+    """Is rung ``b``'s relative FID lower or higher than rung ``a``'s beyond the noise? ``a``, ``b``: (ratio, se, df)
+    of :func:`relative_fid`. The difference is called when it exceeds the two-sided 95% t critical value at the
+    smaller of the two df times the combined standard error sqrt(se_a² + se_b²): "lower", "higher" or "within noise"
+    (also when either is NaN)."""
+    (ra, sa, da), (rb, sb, db) = a[:3], b[:3]
+    if not all(np.isfinite([ra, sa, rb, sb])):
+        return "within noise"
+    limit = t_critical(min(da, db)) * math.sqrt(sa ** 2 + sb ** 2)
+    return "lower" if rb - ra < -limit else "higher" if rb - ra > limit else "within noise"
+
+
+def scale_sentences(rows: Sequence[Mapping], points: Sequence[str] = ("100K", "500K")) -> dict:
+    """One sentence per claim of ``SCALE_CLAIMS`` on the trend along the ladder, written from the numbers. ``rows``:
+    one dict per rung, today's teacher first, with "rung", "params", "tokens", "claim 1", "claim 2", "claim 5",
+    "max|h|/std" and, per point label p of ``points``, "learnable/best p", "se p", "df p". Claims 1 and 5: the status
+    at each rung, "the same at every rung" or the rungs where it differs from the first. Claim 2 adds, per point, the
+    relative FID at each rung and, for each later rung, :func:`scale_change` against the first rung."""
+    base = rows[0]
+    name = lambda r: f"{r['rung']} ({r['params'] / 1e6:.1f}M, {r['tokens']} tokens)"  # noqa: E731
+
+    def statuses(claim):
+        cells = ", ".join(f"'{r[f'claim {claim}']}' at {name(r)}" for r in rows)
+        differ = [r["rung"] for r in rows[1:] if r[f"claim {claim}"] != base[f"claim {claim}"]]
+        return cells + ("; the same at every rung" if not differ else f"; it differs from {base['rung']} at "
+                        + ", ".join(differ))
+    out = {1: f"Claim 1 (calibration loss does not predict recoverability): {statuses(1)}.",
+           5: (f"Claim 5 (massive activations): max |h| / std " + " → ".join(
+               f"{r['max|h|/std']:.1f} ({r['rung']})" for r in rows) + f" against the declared {MASSIVE_RATIO:.0f}; "
+               f"{statuses(5)}.")}
+    trend = []
+    for p in points:
+        key = lambda r: (r[f"learnable/best {p}"], r[f"se {p}"], r[f"df {p}"])  # noqa: E731
+        calls = [f"{r['rung']}: " + {"lower": f"lower than {base['rung']} beyond the noise",
+                                      "higher": f"higher than {base['rung']} beyond the noise"}.get(
+            scale_change(key(base), key(r)), f"within the noise of {base['rung']}") for r in rows[1:]]
+        trend.append(f"at the {p} point " + ", ".join(f"{r[f'learnable/best {p}']:.2f} ± {r[f'se {p}']:.2f}"
+                                                       for r in rows) + f" ({'; '.join(calls)})")
+    out[2] = (f"Claim 2 (learnable beats every baseline): {statuses(2)}. Learnable's FID over the best baseline's, "
+              f"rung by rung, " + "; ".join(trend) + " (below 1: learnable is better).")
+    return out

@@ -39,15 +39,16 @@ HELP = dict(profile="profile whose model, data and budgets are used (tinyfusion/
             stop_after="stop after this many steps and save state.pt (0: run to the end; to test resuming)")
 
 
-def run(**cfg):
-    """Pre-train into ``--out`` while holding its lock (``io.folder_lock``: one run per output folder)."""
+def run(lock=True, **cfg):
+    """Pre-train into ``--out`` while holding its lock (``io.folder_lock``: one run per output folder); ``lock``
+    False when the caller already holds it (a cached step of ``Study``, ``cache.cached``)."""
     from tinyfusion import dist
     from tinyfusion.io import folder_lock
     from tinyfusion.profiles import get_profile
 
     cfg = {**DEFAULTS, **cfg}
     out = Path(cfg["out"] or get_profile(cfg["profile"]).results / "pretrain")
-    with folder_lock(out) if dist.is_main() else contextlib.nullcontext():
+    with folder_lock(out) if lock and dist.is_main() else contextlib.nullcontext():
         return _run(cfg)
 
 

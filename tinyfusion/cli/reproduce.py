@@ -35,6 +35,7 @@ def run_order(path):
 
 # Studies with their own make target and from-empty clock; "main" (make reproduce) is every other notebook.
 STUDIES = {"robustness": ("11",),   # notebook 11: does the negative verdict survive? (make robustness)
+           "scale": ("12",),        # notebook 12: the scale ladder of teachers (make scale)
            "mar": ("13",)}          # notebook 13: TinyMAR, paper Table 2's MAR row (make mar)
 
 
@@ -54,8 +55,8 @@ def notebooks(only=None, study="main"):
 
 
 def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", progress=True, study="main"):
-    """Execute the notebooks of ``study`` ("main": ``make reproduce``; "robustness": ``make robustness``; "mar":
-    ``make mar``); returns
+    """Execute the notebooks of ``study`` ("main": ``make reproduce``; "robustness": ``make robustness``; "scale":
+    ``make scale``; "mar": ``make mar``); returns
     {notebook: seconds}. Raises ``SystemExit`` with a message on failure."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -372,7 +373,8 @@ def parser():
                    help="run only these notebooks, by number, e.g. 07 or 00,06 (default: all, the summary last)")
     p.add_argument("--study", default="main", choices=("main", *STUDIES),
                    help="which notebooks: main (make reproduce: all but the other studies'), robustness (notebook "
-                        "11, make robustness) or mar (notebook 13, make mar); each has its own from-empty clock")
+                        "11, make robustness), scale (notebook 12, make scale) or mar (notebook 13, make mar); each "
+                        "has its own from-empty clock")
     p.add_argument("--out", default=None, help="results root (default: $TINYFUSION_RESULTS, else results/)")
     add_switch(p, "--progress", True, "show papermill's progress bar (cells executed)")
     return p

@@ -1,0 +1,85 @@
+"""The scale ladder (issue 26, notebook 12): its rungs, the smoke rungs' self-trained teachers, its trend rule."""
+import math
+
+import pytest
+
+from tinyfusion import verdicts as V
+from tinyfusion.profiles import PROFILES, SCALE_LADDER, TRAIN_HERE, get_profile
+
+
+def test_each_rung_changes_one_thing_of_the_cpu_teacher():
+    cpu = get_profile("cpu")
+    for rung in SCALE_LADDER["cpu"][1:]:
+        p = get_profile(rung)
+        assert p.teacher.startswith("data/teacher_cpu_") and p.model != cpu.model
+        assert (p.pretrain_steps, p.pretrain_batch, p.pretrain_lr) == (cpu.pretrain_steps, cpu.pretrain_batch,
+                                                                       cpu.pretrain_lr)
+        assert (p.finetune_steps, p.finetune_long, p.prune_steps) == (cpu.finetune_steps, cpu.finetune_long,
+                                                                      cpu.prune_steps)
+    assert get_profile("cpu-t49").image_size == 28 and get_profile("cpu-w128").image_size == cpu.image_size
+    assert SCALE_LADDER["smoke"][0] == "smoke" and all(PROFILES[r].teacher == TRAIN_HERE
+                                                        for r in SCALE_LADDER["smoke"][1:])
+
+
+def test_the_ladder_of_an_unknown_profile_is_refused():
+    from tinyfusion.scale import ladder
+    assert ladder("cpu") == ("cpu", "cpu-w128", "cpu-t49")
+    with pytest.raises(ValueError, match="no scale ladder for profile 'gpu'; choose one of cpu, smoke"):
+        ladder("gpu")
+
+
+def test_a_smoke_rung_pretrains_its_teacher_once_into_the_cache(tmp_path, monkeypatch):
+    """A profile whose teacher is TRAIN_HERE gets it from a cached pre-training step: run once, then reused by a new
+    Study; a missing shipped teacher still names the file and the command."""
+    from tinyfusion.cli import pretrain
+    from tinyfusion.io import save_checkpoint
+    from tinyfusion.study import Study
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path))
+    calls = []
+
+    def fake_run(lock=True, **cfg):
+        calls.append((lock, cfg))
+        save_checkpoint({"ema": {}}, f"{cfg['out']}/teacher.pt")
+        return {"teacher": f"{cfg['out']}/teacher.pt"}
+    monkeypatch.setattr(pretrain, "run", fake_run)
+    path = Study("smoke-t49").teacher_path
+    assert path.name == "teacher.pt" and path.exists() and tmp_path in path.parents
+    assert Study("smoke-t49").teacher_path == path and len(calls) == 1   # the second study reuses the cached step
+    lock, cfg = calls[0]
+    assert lock is False and cfg["profile"] == "smoke-t49" and cfg["out"] == str(path.parent)  # cache.cached locks
+    with pytest.raises(FileNotFoundError, match=r"nothing_w128.pt is missing for profile 'cpu-w128'; train it "
+                                                r"with `python -m tinyfusion.cli.pretrain --profile cpu-w128`"):
+        Study("cpu-w128", teacher="data/nothing_w128.pt").teacher()
+
+
+def test_relative_fid_takes_the_best_baseline_and_weighs_learnable_by_its_own_spread():
+    ratio, se, df, best = V.relative_fid([2.0, 2.2, 2.4, 2.6], {"shortgpt": [1.9, 2.1], "oracle": [1.0, 1.0]},
+                                         sd=0.05, df=3)
+    assert best == "oracle" and ratio == pytest.approx(2.3) and df == 3
+    own = math.sqrt(((2.0 - 2.3) ** 2 + 0.1 ** 2 * 2 + 0.3 ** 2) / 3)       # larger than the pooled 0.05
+    assert se == pytest.approx(2.3 * math.sqrt((own / 2 / 2.3) ** 2 + (0.05 / math.sqrt(2)) ** 2))
+    assert math.isnan(V.relative_fid([2.0], {"oracle": [math.nan, 1.0]}, 0.1, 2)[0])  # no finite baseline
+
+
+def test_scale_change_calls_only_beyond_the_t_critical_value():
+    t = V.t_critical(4)
+    se = 0.05
+    limit = t * math.sqrt(2) * se
+    assert V.scale_change((1.5, se, 4), (1.5 - 1.01 * limit, se, 8)) == "lower"
+    assert V.scale_change((1.5, se, 4), (1.5 + 1.01 * limit, se, 8)) == "higher"
+    assert V.scale_change((1.5, se, 4), (1.5 - 0.99 * limit, se, 8)) == "within noise"
+    assert V.scale_change((1.5, math.nan, 0), (0.5, se, 8)) == "within noise"
+
+
+def test_scale_sentences_are_written_from_the_rows():
+    row = lambda rung, params, tokens, r100, s2, ratio: {  # noqa: E731
+        "rung": rung, "params": params, "tokens": tokens, "claim 1": "not held", "claim 2": s2, "claim 5": "not testable here",
+        "max|h|/std": ratio, "learnable/best 100K": r100, "se 100K": 0.02, "df 100K": 8,
+        "learnable/best 500K": 1.2, "se 500K": 0.02, "df 500K": 8}
+    s = V.scale_sentences([row("cpu", 2.1e6, 16, 2.2, "not held", 10.1), row("cpu-w128", 8.4e6, 16, 0.9, "held", 25.0)])
+    assert set(s) == set(V.SCALE_CLAIMS)
+    assert "the same at every rung" in s[1]
+    assert "'held' at cpu-w128 (8.4M, 16 tokens)" in s[2] and "it differs from cpu at cpu-w128" in s[2]
+    assert "2.20 ± 0.02, 0.90 ± 0.02 (cpu-w128: lower than cpu beyond the noise)" in s[2]
+    assert "1.20 ± 0.02, 1.20 ± 0.02 (cpu-w128: within the noise of cpu)" in s[2]
+    assert "10.1 (cpu) → 25.0 (cpu-w128)" in s[5]

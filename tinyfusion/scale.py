@@ -1,0 +1,86 @@
+"""The scale ladder (issue 26, notebook 12): does recoverability, or do massive activations, appear as the teacher grows?
+
+Each rung is a profile (``profiles.SCALE_LADDER``): today's teacher (width 64, 16 tokens), then teachers of the same
+depth, data, steps, batch and learning rate with one thing changed: width 128, or the full 28x28 image (49 tokens).
+On each, before any fine-tuning, the cheap diagnostics of notebook 11 (``robustness.teacher_row``: residual ratios,
+calibration-loss span, max |h| / std, the block-0 decision of the learned 1:2 masks); then the core comparison on
+notebook 01's curve protocol, scored at the 100K- and 500K-equivalent points, judged with notebook 01's rules; and
+one row per rung for the scale figure: learnable's FID relative to the best baseline (``verdicts.relative_fid``).
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from tinyfusion import robustness
+from tinyfusion import verdicts as V
+from tinyfusion.profiles import SCALE_LADDER
+
+# The core comparison of every rung (the issue's list): learnable 1:2 on each pruning seed and the baselines.
+METHODS = ("learnable", "shortgpt", "sensitivity", "min-loss random", "best-calibration 1:2", "oracle")
+# "The best baseline" of the scale figure: the lowest mean FID among these (the metric-based, hand-made and
+# calibration-loss picks; best-calibration 1:2 is inside learnable's own rule and is a reference, as in claim 2).
+BEST_OF = ("shortgpt", "sensitivity", "oracle", "min-loss random")
+
+
+def ladder(profile):
+    """The rung profiles notebook 12 climbs from ``profile`` ("cpu", "smoke"), today's teacher first."""
+    if profile not in SCALE_LADDER:
+        raise ValueError(f"no scale ladder for profile {profile!r}; choose one of {', '.join(SCALE_LADDER)}")
+    return SCALE_LADDER[profile]
+
+
+def rung(study, pruning_seeds=(0, 1)):
+    """Everything notebook 12 reads of one rung ``study``: ``{"row": teacher_row + claim 5, "kept": {pruning seed:
+    kept layers}, "curves": the core comparison's recovery curves, "claims": (claim 1, claim 2, claim 5)}``. The learned
+    masks are the profile's gate budget (1:2, LoRA, as Table 3), so today's rung reuses notebooks 01-03's runs."""
+    name = study.prof.name
+    runs = robustness.learned_1of2(robustness.gate_runs(study, "profile", schemes=("1:2",), seeds=pruning_seeds))
+    kept = {s: r["kept"] for s, r in runs.items()}
+    row = robustness.teacher_row(study, kept, name)
+    v5 = V.claim5_massive([row["max|h|/std"]], [row["share beyond 10σ"]])
+    points = (study.prof.finetune_steps, study.prof.finetune_long)
+    curves = robustness.setting_curves(study, study.candidates(METHODS, learned=runs), f"12_curves_{name}",
+                                       points=points)
+    v1, v2 = robustness.claims_1_2(study, {name: curves})[name]
+    return {"row": row, "kept": kept, "curves": curves, "claims": (v1, v2, v5)}
+
+
+def rung_row(study, result, points=("100K", "500K")):
+    """The per-rung row of the scale table: the teacher's diagnostics, learnable's and the best baseline's mean FID at
+    the 100K- and 500K-equivalent points, their ratio (``verdicts.relative_fid``) and the claims' statuses."""
+    prof, row = study.prof, result["row"]
+    pts = study.curve_points(result["curves"])
+    out = {"rung": prof.name, "model": prof.model, "params": row["params"], "tokens": row["tokens"],
+           "teacher FID": row["fid"], "teacher class accuracy": row["class_accuracy"],
+           "calib loss span": row["calib loss span (max/min)"], "max|h|/std": row["max|h|/std"],
+           "block 0 keeps": row["block 0 keeps (1:2 masks)"]}
+    for label, steps in zip(points, (prof.finetune_steps, prof.finetune_long)):
+        p = pts[steps]
+        ratio, se, df, best = V.relative_fid(p["fid"]["learnable"], {m: p["fid"][m] for m in BEST_OF if m in p["fid"]},
+                                             p["sd"], p["df"])
+        out.update({f"learnable FID {label}": float(pd.Series(p["fid"]["learnable"]).mean()),
+                    f"best baseline {label}": best,
+                    f"best baseline FID {label}": float(pd.Series(p["fid"][best]).mean()) if best else float("nan"),
+                    f"learnable/best {label}": ratio, f"se {label}": se, f"df {label}": df})
+    out.update({f"claim {c}": v.status for c, v in zip(V.SCALE_CLAIMS, result["claims"])})
+    return out
+
+
+def paper_row():
+    """The paper's one point of the ladder, from ``paper.py``: DiT-XL/2 (675M parameters, 256 tokens), Table 3's
+    100K FIDs (learnable 5.73 against the best baseline, Oracle 7.43), its calibration-loss span and Figure 8's
+    max |h| / std. The paper gives no baseline at 500K."""
+    from tinyfusion import paper
+    t3 = {m: v[2] for m, v in paper.TABLE3.items()}
+    best = min(BEST_OF, key=lambda m: t3[m])
+    lo, hi = paper.TABLE3_SPAN
+    return {"rung": "paper DiT-XL/2", "model": "DiT-XL/2", "params": 675e6, "tokens": 256,
+            "teacher FID": paper.TABLE1[0]["FID"], "calib loss span": hi / lo,
+            "max|h|/std": paper.FIGURE8_MAX_OVER_STD["teacher"], "learnable FID 100K": t3["learnable"],
+            "best baseline 100K": best, "best baseline FID 100K": t3[best],
+            "learnable/best 100K": t3["learnable"] / t3[best], "claim 1": "held", "claim 2": "held", "claim 5": "held"}
+
+
+def scale_table(rows):
+    """The scale table (one row per rung, the paper's last) and the sentences of ``verdicts.scale_sentences``."""
+    return pd.DataFrame([*rows, paper_row()]), V.scale_sentences(rows)
