@@ -47,6 +47,11 @@ def test_a_smoke_rung_pretrains_its_teacher_once_into_the_cache(tmp_path, monkey
     assert Study("smoke-t49").teacher_path == path and len(calls) == 1   # the second study reuses the cached step
     lock, cfg = calls[0]
     assert lock is False and cfg["profile"] == "smoke-t49" and cfg["out"] == str(path.parent)  # cache.cached locks
+    assert (cfg["model"], cfg["steps"]) == ("DiT-T28/4-t49", 10)
+    longer = Study("smoke-t49", pretrain_steps=12).teacher_path   # another budget: another teacher, trained with it
+    assert longer != path and calls[-1][1]["steps"] == 12 and len(calls) == 2
+    with pytest.raises(ValueError, match="profile 'smoke-t49' has no teacher file: a Study pre-trains it"):
+        get_profile("smoke-t49").path(TRAIN_HERE)   # what an entry point without --teacher would resolve
     with pytest.raises(FileNotFoundError, match=r"nothing_w128.pt is missing for profile 'cpu-w128'; train it "
                                                 r"with `python -m tinyfusion.cli.pretrain --profile cpu-w128`"):
         Study("cpu-w128", teacher="data/nothing_w128.pt").teacher()
@@ -59,6 +64,9 @@ def test_relative_fid_takes_the_best_baseline_and_weighs_learnable_by_its_own_sp
     own = math.sqrt(((2.0 - 2.3) ** 2 + 0.1 ** 2 * 2 + 0.3 ** 2) / 3)       # larger than the pooled 0.05
     assert se == pytest.approx(2.3 * math.sqrt((own / 2 / 2.3) ** 2 + (0.05 / math.sqrt(2)) ** 2))
     assert math.isnan(V.relative_fid([2.0], {"oracle": [math.nan, 1.0]}, 0.1, 2)[0])  # no finite baseline
+    assert V.relative_fid([2.0, math.nan], {"oracle": [1.0, 1.0]}, 0.1, 2)[0] == math.inf  # a diverged learnable run
+    # learnable's own spread (df 3) against the pooled sd's df 11: Welch-Satterthwaite, near learnable's own 3
+    assert 3 <= V.relative_fid([2.0, 2.6, 3.2, 3.8], {"oracle": [1.0, 1.0]}, 0.05, 11)[2] < 4
 
 
 def test_scale_change_calls_only_beyond_the_t_critical_value():

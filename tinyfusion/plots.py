@@ -467,15 +467,19 @@ def per_layer(values, ylabel, title):
 def scale_ladder(table, points=("100K", "500K")):
     """The scale figure (notebook 12): left, learnable's FID over the best baseline's against the teacher's parameters
     times its tokens (what a forward pass costs per image, to first order: the rungs that grow width and tokens
-    separate), one series per curve point with error bars of 1.96 standard errors and each rung labelled with its tokens (1 = the
-    baseline's FID; the paper's DiT-XL/2 as a star at 100K); right, max |h| / std and the calibration-loss span per
+    separate), one series per curve point with error bars of the t critical value the rule calls with
+    (``verdicts.t_critical`` at the ratio's df) times its standard error, each rung labelled with its parameters and
+    tokens (1 = the baseline's FID; the paper's DiT-XL/2 as a star at 100K); right, max |h| / std and the calibration-loss span per
     rung on log axes, beside the paper's values. ``table``: ``scale.scale_table``'s rows, the paper's last."""
     import pandas as pd
+
+    from tinyfusion.verdicts import t_critical
     ours, paper = table[table.rung != "paper DiT-XL/2"], table[table.rung == "paper DiT-XL/2"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     for i, p in enumerate(points):
         x = ours.params * ours.tokens * (1 + 0.06 * (i - 0.5))  # side by side, so the bars do not hide each other
-        ax.errorbar(x, ours[f"learnable/best {p}"], yerr=1.96 * ours[f"se {p}"], marker="o", ls="", capsize=3,
+        half = [t_critical(d) * s if np.isfinite(s) and d else np.nan for s, d in zip(ours[f"se {p}"], ours[f"df {p}"])]
+        ax.errorbar(x, ours[f"learnable/best {p}"], yerr=half, marker="o", ls="", capsize=3,
                     label=f"ours, {p}-equivalent point")
     for _, r in ours.iterrows():
         ax.annotate(f"{r.rung}: {r.params / 1e6:.1f}M x {r.tokens}", (r.params * r.tokens, r["learnable/best 100K"]),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
+TRAIN_HERE = "pretrain"  # a profile's teacher that Study.teacher_path pre-trains into its cache (smoke rungs only)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,12 @@ class Profile:
         return self.finetune_steps / self.paper_finetune_steps
 
     def path(self, rel):
-        """Absolute path of a profile-relative artefact (repo-relative strings resolve against the repo)."""
+        """Absolute path of a profile-relative artefact (repo-relative strings resolve against the repo). A teacher
+        that a Study pre-trains (``TRAIN_HERE``) has no path before it runs: refused, naming what to pass instead."""
+        if rel == TRAIN_HERE:
+            raise ValueError(f"profile {self.name!r} has no teacher file: a Study pre-trains it into its cache; pass "
+                             f"that file (Study({self.name!r}).teacher_path) as --teacher, or use a profile whose "
+                             f"teacher ships in data/")
         p = Path(rel)
         return p if p.is_absolute() else ROOT / p
 
@@ -178,7 +184,6 @@ for _name, _fields in SCALE_RUNGS.items():
 # The smoke profile's rungs: the same configs, each teacher pre-trained by the Study itself (10 steps, seconds: a
 # shipped 8.4M-parameter file for a test is not worth its size), fewer candidates and samples than smoke's so
 # notebook 12 stays a few seconds of make test per rung.
-TRAIN_HERE = "pretrain"  # a profile's teacher that Study.teacher_path pre-trains into its cache (smoke rungs only)
 _SMOKE_RUNG = dict(teacher=TRAIN_HERE, pretrain_steps=10, random_candidates=16, mask_study_limit=32, eval_samples=32,
                    batch_eval=32)
 for _name, _fields in SCALE_RUNGS.items():

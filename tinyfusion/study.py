@@ -55,10 +55,14 @@ class Study:
         if self._teacher_file is None:
             from tinyfusion.cli import pretrain
             p = self.prof
-            config = {"model": p.model, "steps": p.pretrain_steps, "batch_size": p.pretrain_batch, "lr": p.pretrain_lr,
-                      "seed": 0, "data": data_identity(p)}
-            result = self.cached("pretrain", "teacher", config, lambda folder: pretrain.run(
-                profile=p.name, out=str(folder), lock=False, log_every=max(1, p.pretrain_steps // 10)))
+            # what cli.pretrain trains with: its defaults, this study's budget, and the data of the profile it names
+            # (the named profile's, which a Study override of the data does not reach)
+            train = {**pretrain.DEFAULTS, "profile": p.name, "model": p.model, "steps": p.pretrain_steps,
+                     "batch_size": p.pretrain_batch, "lr": p.pretrain_lr, "log_every": max(1, p.pretrain_steps // 10)}
+            config = {k: v for k, v in train.items() if k not in ("out", "ckpt_every", "log_every", "stop_after")}
+            config["data"] = data_identity(get_profile(p.name))
+            result = self.cached("pretrain", "teacher", config,
+                                 lambda folder: pretrain.run(lock=False, **{**train, "out": str(folder)}))
             self._teacher_file = Path(result["teacher"])
         return self._teacher_file
 

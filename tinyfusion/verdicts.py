@@ -1068,30 +1068,33 @@ SCALE_CLAIMS = (1, 2, 5)
 
 def relative_fid(learnable: Sequence[float], baselines: Mapping[str, Sequence[float]], sd: float, df: int):
     """Learnable's mean FID over the best baseline's (the lowest mean FID of ``baselines``, {name: FIDs over fine-tune
-    seeds}): ``(ratio, standard error, df, best baseline's name)``. Each mean's standard error is the pooled
-    fine-tune-seed ``sd`` over its runs, learnable's at the larger of the pooled sd and its own spread over its
-    (pruning seed x fine-tune seed) runs (its pruning seeds are different models, as in :func:`called`); the ratio's
-    by the delta method; ``df`` is the pooled df. NaN when a side has no finite FID."""
+    seeds}, a baseline with a non-finite FID left out): ``(ratio, standard error, df, best baseline's name)``. Each
+    side is weighed as in :func:`called`: the baseline's mean by the pooled fine-tune-seed ``sd`` over its runs with
+    the pooled ``df``; learnable's (its pruning seeds are different models) by the larger of the pooled sd and its own
+    spread, with its own n - 1 df when that is the larger. The ratio's standard error is the delta method's, its df
+    the Welch-Satterthwaite combination of the two (:func:`welch_df`). A learnable run with a non-finite FID (a
+    diverged run) makes the ratio infinite, as a non-finite side loses in :func:`called`; NaN when no baseline has
+    every FID finite."""
     a = np.asarray(learnable, dtype=float)
-    a = a[np.isfinite(a)]
-    means = {m: float(np.mean(v)) for m, v in baselines.items() if np.isfinite(np.asarray(v, dtype=float)).all()
-             and len(v)}
-    if not len(a) or not means:
+    means = {m: float(np.mean(v)) for m, v in baselines.items() if len(v)
+             and np.isfinite(np.asarray(v, dtype=float)).all()}
+    if not means or not len(a):
         return math.nan, math.nan, 0, None
     best = min(means, key=means.get)
+    if not np.isfinite(a).all():
+        return math.inf, math.nan, 0, best
     b = np.asarray(baselines[best], dtype=float)
-    sd_a = max(sd, float(np.std(a, ddof=1))) if len(a) > 1 else sd
-    se_a, se_b = sd_a / math.sqrt(len(a)), sd / math.sqrt(len(b))
+    (var_a, df_a), (var_b, df_b) = _side(a, sd, df, True), _side(b, sd, df, False)
     ratio = float(a.mean() / b.mean())
-    se = ratio * math.sqrt((se_a / a.mean()) ** 2 + (se_b / b.mean()) ** 2)
-    return ratio, se, df, best
+    parts = [(ratio ** 2 * var_a / a.mean() ** 2, df_a), (ratio ** 2 * var_b / b.mean() ** 2, df_b)]
+    return ratio, math.sqrt(sum(v for v, _ in parts)), welch_df(parts), best
 
 
 def scale_change(a, b) -> str:
     """Is rung ``b``'s relative FID lower or higher than rung ``a``'s beyond the noise? ``a``, ``b``: (ratio, se, df)
     of :func:`relative_fid`. The difference is called when it exceeds the two-sided 95% t critical value at the
     smaller of the two df times the combined standard error sqrt(se_a² + se_b²): "lower", "higher" or "within noise"
-    (also when either is NaN)."""
+    (also when either is NaN or infinite: a rung where learnable diverged is named in the sentence by its ratio)."""
     (ra, sa, da), (rb, sb, db) = a[:3], b[:3]
     if not all(np.isfinite([ra, sa, rb, sb])):
         return "within noise"
@@ -1123,8 +1126,9 @@ def scale_sentences(rows: Sequence[Mapping], points: Sequence[str] = ("100K", "5
         calls = [f"{r['rung']}: " + {"lower": f"lower than {base['rung']} beyond the noise",
                                       "higher": f"higher than {base['rung']} beyond the noise"}.get(
             scale_change(key(base), key(r)), f"within the noise of {base['rung']}") for r in rows[1:]]
-        trend.append(f"at the {p} point " + ", ".join(f"{r[f'learnable/best {p}']:.2f} ± {r[f'se {p}']:.2f}"
-                                                       for r in rows) + f" ({'; '.join(calls)})")
-    out[2] = (f"Claim 2 (learnable beats every baseline): {statuses(2)}. Learnable's FID over the best baseline's, "
-              f"rung by rung, " + "; ".join(trend) + " (below 1: learnable is better).")
-    return out
+        se = lambda r: f" ± {r[f'se {p}']:.2f}" if np.isfinite(r[f"se {p}"]) else " (no seed spread)"  # noqa: E731
+        trend.append(f"at the {p} point " + ", ".join(f"{r[f'learnable/best {p}']:.2f}{se(r)}" for r in rows)
+                     + (f" ({'; '.join(calls)})" if calls else ""))
+    out[2] = (f"Claim 2 (learnable beats every baseline): {statuses(2)}. Learnable's FID over the best of claim 2's "
+              f"baselines, rung by rung, " + "; ".join(trend) + " (below 1: learnable is better).")
+    return {c: out[c] for c in SCALE_CLAIMS}
