@@ -31,11 +31,13 @@ def ladder(profile):
     return SCALE_LADDER[profile]
 
 
-def rung(study, pruning_seeds=(0, 1)):
+def rung(study, pruning_seeds=None):
     """Everything notebook 12 reads of one rung ``study``: ``{"row": teacher_row + claim 5, "kept": {pruning seed:
     kept layers}, "curves": the core comparison's recovery curves, "claims": (claim 1, claim 2, claim 5)}``. The learned
-    masks are the profile's gate budget (1:2, LoRA, as Table 3), so today's rung reuses notebooks 01-03's runs."""
+    masks are the profile's gate budget (1:2, LoRA, as Table 3), so today's rung reuses notebooks 01-03's runs;
+    ``pruning_seeds`` None: the profile's seeds (cpu: 0 and 1)."""
     name = study.prof.name
+    pruning_seeds = tuple(study.prof.seeds if pruning_seeds is None else pruning_seeds)
     runs = robustness.learned_1of2(robustness.gate_runs(study, "profile", schemes=("1:2",), seeds=pruning_seeds))
     kept = {s: r["kept"] for s, r in runs.items()}
     row = robustness.teacher_row(study, kept, name)
