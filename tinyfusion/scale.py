@@ -71,14 +71,14 @@ def rung_row(study, result, points=("100K", "500K")):
 
 
 def paper_row():
-    """The paper's one point of the ladder, from ``paper.py``: DiT-XL/2 (675M parameters, 256 tokens), Table 3's
+    """The paper's one point of the ladder, from ``paper.py``: DiT-XL/2 (``paper.DIT_XL_PARAMS``, ``paper.DIT_XL_TOKENS``), Table 3's
     100K FIDs (learnable 5.73 against the best baseline, Oracle 7.43), its calibration-loss span and Figure 8's
     max |h| / std. The paper gives no baseline at 500K."""
     from tinyfusion import paper
     t3 = {m: v[2] for m, v in paper.TABLE3.items()}
     best = min(BEST_OF, key=lambda m: t3[m])
     lo, hi = paper.TABLE3_SPAN
-    return {"rung": "paper DiT-XL/2", "model": "DiT-XL/2", "params": 675e6, "tokens": 256,
+    return {"rung": "paper DiT-XL/2", "model": "DiT-XL/2", "params": paper.DIT_XL_PARAMS, "tokens": paper.DIT_XL_TOKENS,
             "teacher FID": paper.TABLE1[0]["FID"], "calib loss span": hi / lo,
             "max|h|/std": paper.FIGURE8_MAX_OVER_STD["teacher"], "learnable FID 100K": t3["learnable"],
             "best baseline 100K": best, "best baseline FID 100K": t3[best],
