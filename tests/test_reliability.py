@@ -230,6 +230,29 @@ def test_truncated_checkpoint_names_the_file(tmp_path, keep):
         assert str(path) in str(e.value) and "delete it and recompute it" in str(e.value)
 
 
+def test_checkpoint_skeleton_reads_each_version_of_a_file_once(tmp_path, monkeypatch):
+    """Facts about a checkpoint (config, keys, shapes) come from one read per version of the file; a rewrite or a
+    damaged file is read again, and damage is refused as load_checkpoint refuses it."""
+    path = tmp_path / "model.pt"
+    model = random_dit(2)
+    save_dit(model, path, kept=[0, 3])
+    reads = []
+    real = tio.load_checkpoint
+    monkeypatch.setattr(tio, "load_checkpoint", lambda p, *a, **k: reads.append(p) or real(p, *a, **k))
+    first = tio.checkpoint_skeleton(path)
+    assert tio.checkpoint_skeleton(path)["kept"] == [0, 3] and len(reads) == 1
+    assert {k: (v.shape, v.dtype) for k, v in first["ema"].items()} == \
+        {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+    assert all(v.device.type == "meta" for v in first["ema"].values())
+    first["config"]["depth"] = 99  # a copy: the next caller sees the file's config
+    assert tio.checkpoint_skeleton(path)["config"]["depth"] == 2
+    save_dit(random_dit(3), path)  # written atomically: a new file under the same name
+    assert tio.checkpoint_skeleton(path)["config"]["depth"] == 3 and len(reads) == 2
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CorruptArtefactError, match="model.pt"):
+        tio.checkpoint_skeleton(path)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_damaged_json_names_the_file(tmp_path, damage):
     path = tmp_path / "result.json"

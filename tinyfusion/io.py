@@ -14,6 +14,7 @@ once with a message instead of deleting the first one's temporary files or mixin
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import json
@@ -258,6 +259,34 @@ def load_checkpoint(path, map_location="cpu", weights_only=True):
         if stored != content_digest(obj):
             raise _altered(path, f"inside it ({DIGEST_KEY})")
     return obj
+
+
+_SKELETONS = {}  # (resolved path, size, mtime_ns, inode) -> skeleton; a rewritten file (atomic: a new inode) misses
+
+
+def _to_meta(obj):
+    if isinstance(obj, torch.Tensor):
+        return torch.empty(obj.shape, dtype=obj.dtype, device="meta")
+    if isinstance(obj, dict):
+        return {k: _to_meta(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_meta(v) for v in obj)
+    return obj
+
+
+def checkpoint_skeleton(path):
+    """The checkpoint at ``path`` as :func:`load_checkpoint` returns it (same checks, same errors) with every tensor
+    a meta tensor of its shape and dtype: what reading a stored config, the keys or the shapes needs. Read once
+    per version of the file in a process (a changed size, mtime or inode reads it again), so asking a checkpoint
+    its architecture, objective or depth many times does not unpickle its weights each time. Not for weights."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _SKELETONS:
+        _SKELETONS[key] = _to_meta(load_checkpoint(path))
+    return copy.deepcopy(_SKELETONS[key])
 
 
 def save_json(obj, path):

@@ -343,7 +343,7 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
 
     from tinyfusion.data import data_identity
     from tinyfusion.models.registry import model_name_for
-    from tinyfusion.io import load_checkpoint
+    from tinyfusion.io import checkpoint_skeleton
     from tinyfusion.models.dit import depth_of_state_dict, dit_weights
     from tinyfusion.diffusion import check_objective
     from tinyfusion.profiles import check_budget, get_profile
@@ -380,7 +380,7 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
         from tinyfusion.models.registry import load_model
         refuse_kd(mode, load_model(student, name=model or None, default_name=prof.model), f"--student {student}")
     if kept is None:
-        ckpt = load_checkpoint(student, weights_only=True)
+        ckpt = checkpoint_skeleton(student)
         kept = ckpt.get("kept") if isinstance(ckpt, dict) else None
     groups = None if str(groups).lower() in ("none", "") else groups
     lmap = None
@@ -388,7 +388,7 @@ def recovery_config(profile=None, *, student, mode="finetune", teacher=None, k_s
         if kept is None:
             raise ValueError(f"mode {mode!r} matches student layers to teacher layers: pass --kept (JSON list of the "
                              f"student's kept layer indices); {student} stores none")
-        teacher_depth = depth_of_state_dict(dit_weights(load_checkpoint(teacher_path, weights_only=True),
+        teacher_depth = depth_of_state_dict(dit_weights(checkpoint_skeleton(teacher_path),
                                                         f"--teacher {teacher_path}"))
         lmap = layer_map(kept, groups, teacher_depth, parent_map)
     model = model_name_for((student, teacher_path), model, prof.model)

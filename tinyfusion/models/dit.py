@@ -405,8 +405,8 @@ def dit_weights(ckpt, label):
 def stored_config(path):
     """The config a checkpoint of ours stores, or None for a raw state dict (the official DiT/SiT/TinyDiT files),
     which needs a registered name (``--model DiT-XL/2``) to be built; its depth is read from its keys."""
-    from tinyfusion.io import load_checkpoint
-    ckpt = load_checkpoint(path, weights_only=True)
+    from tinyfusion.io import checkpoint_skeleton
+    ckpt = checkpoint_skeleton(path)
     if isinstance(ckpt, dict) and state_dict_of(ckpt) is not ckpt and isinstance(ckpt.get("config"), dict):
         return ckpt["config"]
     return None
@@ -415,8 +415,8 @@ def stored_config(path):
 def input_shape(path, label=None):
     """``(in_channels, input_size)`` of the DiT checkpoint at ``path``: its stored config's, else read from the
     shapes of its weights (a raw state dict; ``(None, None)`` when they do not tell). ``label`` names it in errors."""
-    from tinyfusion.io import load_checkpoint
-    ckpt = load_checkpoint(path, weights_only=True)
+    from tinyfusion.io import checkpoint_skeleton
+    ckpt = checkpoint_skeleton(path)
     state = dit_weights(ckpt, label or str(path))
     config = ckpt.get("config") if state is not ckpt else None
     if not (isinstance(config, dict) and {"in_channels", "input_size"} <= set(config)):
@@ -448,8 +448,8 @@ def objective_of(path, name=None):
     """The objective a checkpoint's model was trained with, read without building it: the stored config's, else the
     registered ``name``'s (SiT names: flow), else DDPM (the official DiT layout). For a checkpoint of any
     architecture: ``registry.objective_of``."""
-    from tinyfusion.io import load_checkpoint
-    ckpt = load_checkpoint(path, weights_only=True)
+    from tinyfusion.io import checkpoint_skeleton
+    ckpt = checkpoint_skeleton(path)
     if isinstance(ckpt, dict) and state_dict_of(ckpt) is not ckpt and isinstance(ckpt.get("config"), dict):
         return ckpt["config"].get("objective", "ddpm")
     return getattr(DiT_models.get(name), "keywords", {}).get("objective", "ddpm")

@@ -88,8 +88,8 @@ def _check_arch(label, arch, name):
 def check_name_fits(path, name, label=None):
     """Refuse, in one line naming both, a registered ``name`` of another architecture than the checkpoint at
     ``path`` (before any work; :func:`load_model` checks the same)."""
-    from tinyfusion.io import load_checkpoint
-    _check_arch(label or str(path), arch_of_checkpoint(load_checkpoint(path, weights_only=True)), name)
+    from tinyfusion.io import checkpoint_skeleton
+    _check_arch(label or str(path), arch_of_checkpoint(checkpoint_skeleton(path)), name)
 
 
 def load_model(path_or_state, name=None, config=None, strict=True, objective=None, default_name=None, label=None):
@@ -136,11 +136,11 @@ def model_name_for(paths, name, default):
 def objective_of(path, name=None):
     """The objective a checkpoint's model samples and trains with, read without building it: "mar" for a MAR
     checkpoint or a MAR ``name`` (its own, ``diffusion.masked_autoregressive``), else ``models.dit.objective_of``."""
-    from tinyfusion.io import load_checkpoint
+    from tinyfusion.io import checkpoint_skeleton
     from tinyfusion.models.dit import objective_of as dit_objective_of
     if name and arch_of_name(name) == "mar":
         return "mar"
-    if arch_of_checkpoint(load_checkpoint(path, weights_only=True)) == "mar":
+    if arch_of_checkpoint(checkpoint_skeleton(path)) == "mar":
         return "mar"
     return dit_objective_of(path, name)
 
@@ -148,11 +148,11 @@ def objective_of(path, name=None):
 def input_shape(path, label=None):
     """``(in_channels, input_size)`` of the checkpoint at ``path`` (either architecture; ``(None, None)`` when a raw
     DiT state dict does not tell)."""
-    from tinyfusion.io import load_checkpoint
+    from tinyfusion.io import checkpoint_skeleton
     from tinyfusion.models import dit
     from tinyfusion.models.mar import mar_weights
 
-    ckpt = load_checkpoint(path, weights_only=True)
+    ckpt = checkpoint_skeleton(path)
     if arch_of_checkpoint(ckpt) == "mar":
         config = _stored_config(ckpt, mar_weights(ckpt)) or {}
         return config.get("in_channels"), config.get("input_size")
