@@ -184,8 +184,8 @@ for _name, _fields in SCALE_RUNGS.items():
 # The smoke profile's rungs: the same configs, each teacher pre-trained by the Study itself (10 steps, seconds: a
 # shipped 8.4M-parameter file for a test is not worth its size), fewer candidates and samples than smoke's so
 # notebook 12 stays a few seconds of make test per rung.
-_SMOKE_RUNG = dict(teacher=TRAIN_HERE, pretrain_steps=10, random_candidates=8, mask_study_limit=8, eval_samples=32,
-                   batch_eval=32)
+_SMOKE_RUNG = dict(teacher=TRAIN_HERE, pretrain_steps=10, pretrain_batch=16, prune_batch=8, finetune_batch=8,
+                   random_candidates=8, mask_study_limit=8, eval_samples=32, batch_eval=32)
 for _name, _fields in SCALE_RUNGS.items():
     _smoke = _name.replace("cpu", "smoke", 1)
     PROFILES[_smoke] = replace(PROFILES["smoke"], name=_smoke, **{**_fields, **_SMOKE_RUNG},
