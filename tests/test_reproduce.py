@@ -233,6 +233,19 @@ def test_the_reproduce_clock_adds_up_killed_attempts_of_a_run_from_empty(tmp_pat
     assert from_empty_seconds({"attempts": [{"from_empty": False, "finished": True, "elapsed_s": 1}]}) == (None, 0)
 
 
+def test_the_reproduce_clock_leaves_out_a_pause(tmp_path):
+    """A run stopped with SIGSTOP (its heartbeat thread frozen) and continued: the gap beyond a few heartbeats is
+    recorded as paused_s, not as elapsed time."""
+    from tinyfusion.cli.reproduce import Clock
+    c = Clock(tmp_path, "smoke", every=0.05)
+    c._stop.set()
+    c._thread.join()
+    c._last -= 1000.0  # as if the process had been stopped for 1000 s since its last heartbeat
+    c.stop(finished=True)
+    attempt = json.loads((tmp_path / "reproduce_clock.json").read_text())["attempts"][0]
+    assert attempt["elapsed_s"] <= 6.0 and attempt["paused_s"] >= 994.0
+
+
 def test_the_summary_reports_the_run_it_is_written_in():
     """Notebook 09 writes summary.md inside the last attempt, before that attempt is marked finished: the attempt
     counts as finished when every other notebook is done in it, so the summary shows its own run's time."""

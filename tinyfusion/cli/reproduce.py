@@ -152,7 +152,11 @@ class Clock:
     every ``every`` seconds with this attempt's elapsed time, so a run cut off (a machine's session ending, SIGKILL)
     and resumed later still adds up. Each attempt records whether the cache was empty when it started
     (``from_empty``) and whether it finished every notebook; :func:`from_empty_seconds` sums the attempts of the last
-    reproduction that started from an empty cache up to the one that finished it."""
+    reproduction that started from an empty cache up to the one that finished it.
+
+    The elapsed time is the sum of the intervals between heartbeats, each counted up to ``max(3 * every, 5)``
+    seconds: a run paused with SIGSTOP (to lend the cores to a test run) does not count the pause; the time left out
+    is recorded as ``paused_s``."""
 
     def __init__(self, root, profile, every=30.0, name=CLOCK):
         import threading
@@ -161,16 +165,21 @@ class Clock:
         self.clock = load_json(self.path) if self.path.exists() else {"attempts": []}
         empty = not any((Path(root) / k).is_dir() and any((Path(root) / k).iterdir()) for k in CACHE_KINDS)
         self.attempt = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "profile": profile, "from_empty": empty,
-                        "elapsed_s": 0.0, "finished": False, "notebooks_done": []}
+                        "elapsed_s": 0.0, "paused_s": 0.0, "finished": False, "notebooks_done": []}
         self.clock["attempts"].append(self.attempt)
-        self.t0, self.every, self._stop = time.time(), every, threading.Event()
+        self._last, self.every, self._stop = time.time(), every, threading.Event()
+        self._cap, self._elapsed, self._paused = max(3 * every, 5.0), 0.0, 0.0
         self.save()
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
 
     def save(self):
         from tinyfusion.io import save_json
-        self.attempt["elapsed_s"] = round(time.time() - self.t0, 1)
+        now = time.time()
+        gap, self._last = now - self._last, now
+        self._elapsed += min(gap, self._cap)
+        self._paused += max(0.0, gap - self._cap)
+        self.attempt["elapsed_s"], self.attempt["paused_s"] = round(self._elapsed, 1), round(self._paused, 1)
         save_json(self.clock, self.path)
 
     def _beat(self):
