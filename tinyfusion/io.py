@@ -261,12 +261,14 @@ def load_checkpoint(path, map_location="cpu", weights_only=True):
     return obj
 
 
-_SKELETONS = {}  # (resolved path, size, mtime_ns, inode) -> skeleton; a rewritten file (atomic: a new inode) misses
+_SKELETONS = {}  # a file version's key (see checkpoint_skeleton) -> its skeleton
+_SKELETON_VALUES = 64  # tensors of at most this many elements keep their values (a stored ``kept`` list as a tensor)
 
 
 def _to_meta(obj):
     if isinstance(obj, torch.Tensor):
-        return torch.empty(obj.shape, dtype=obj.dtype, device="meta")
+        return obj.clone() if obj.numel() <= _SKELETON_VALUES else torch.empty(obj.shape, dtype=obj.dtype,
+                                                                                device="meta")
     if isinstance(obj, dict):
         return {k: _to_meta(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -276,14 +278,18 @@ def _to_meta(obj):
 
 def checkpoint_skeleton(path):
     """The checkpoint at ``path`` as :func:`load_checkpoint` returns it (same checks, same errors) with every tensor
-    a meta tensor of its shape and dtype: what reading a stored config, the keys or the shapes needs. Read once
-    per version of the file in a process (a changed size, mtime or inode reads it again), so asking a checkpoint
-    its architecture, objective or depth many times does not unpickle its weights each time. Not for weights."""
+    of more than 64 elements a meta tensor of its shape and dtype: what reading a stored config, the keys or the
+    shapes needs. Read once per version of the file in a process, so asking a checkpoint its architecture,
+    objective or depth many times does not unpickle its weights each time. A version is the file's size, mtime,
+    ctime and inode and the digest in its integrity record: any rewrite, rename onto it, copy over it or change of
+    its record reads it again (and checks it again). Not for weights."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    record = record_path(path)
+    digest = record.read_text()[:64] if record.is_file() else None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, digest)
     if key not in _SKELETONS:
         _SKELETONS[key] = _to_meta(load_checkpoint(path))
     return copy.deepcopy(_SKELETONS[key])

@@ -50,11 +50,11 @@ def _t3(method):
 
 _D14_ITS = 13.54  # sampling iterations/s of the 14-layer models in Table 1
 
-# Table 1: DiT-XL/2 on ImageNet 256 (IS, FID, sFID, Prec, Rec, it/s); a key is absent where the paper gives no value.
 # DiT-XL/2, the teacher of Tables 1 and 3: parameters (DiT's Table 4: 675M) and tokens (256x256 images -> 32x32 latents,
 # patch 2 -> 16x16 tokens).
 DIT_XL_PARAMS, DIT_XL_TOKENS = 675e6, 256
 
+# Table 1: DiT-XL/2 on ImageNet 256 (IS, FID, sFID, Prec, Rec, it/s); a key is absent where the paper gives no value.
 TABLE1 = [
     dict(method="DiT-XL/2 (teacher)", depth=28, steps="7M", IS=278.24, FID=2.27, sFID=4.60, Prec=0.83, Rec=0.57, its=6.91),
     dict(method="ShortGPT 28->14", depth=14, steps="100K", **_t3("shortgpt"), sFID=6.20, Prec=0.63, Rec=0.56,

@@ -182,8 +182,8 @@ for _name, _fields in SCALE_RUNGS.items():
     PROFILES[_name] = replace(PROFILES["cpu"], name=_name, **_fields,
                               notes=f"{PROFILES['cpu'].notes}; scale rung: {_fields['model']}")
 # The smoke profile's rungs: the same configs, each teacher pre-trained by the Study itself (10 steps, seconds: a
-# shipped 8.4M-parameter file for a test is not worth its size), fewer candidates and samples than smoke's so
-# notebook 12 stays a few seconds of make test per rung.
+# shipped 8.4M-parameter file for a test is not worth its size), smaller batches (16 to pre-train, 8 to prune and
+# fine-tune) and fewer candidates and samples than smoke's, so notebook 12 stays short in make test.
 _SMOKE_RUNG = dict(teacher=TRAIN_HERE, pretrain_steps=10, pretrain_batch=16, prune_batch=8, finetune_batch=8,
                    random_candidates=8, mask_study_limit=8, eval_samples=32, batch_eval=32)
 for _name, _fields in SCALE_RUNGS.items():

@@ -202,8 +202,8 @@ def write_summary(study, table, verdicts):
     lines = [f"# TinyFusion replication: summary ({p.name} profile)", "",
              *findings(verdicts, rt), "",
              markdown_table(narrow), "",
-             f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the verdicts under results/{p.name}/verdicts (notebook 09 writes "
-             f"it; notebooks 11 and 13 add their claims). {p.notes}.", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the profile's verdicts (notebook 09 writes it; notebook 11 adds "
+             f"the robustness table, notebook 13 claim 10). {p.notes}.", "",
              f"Budgets: fine-tuning {p.finetune_steps} steps (paper 100K; Table 4: {p.ablation_finetune_steps} vs 10K), "
              f"learnable pruning {p.prune_steps} steps of batch {p.prune_batch}, {p.random_candidates} random candidates "
              f"(paper 100,000). Every row is scored on {p.eval_samples} samples, {p.sampler} {p.sample_steps} steps, "

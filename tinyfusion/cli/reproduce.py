@@ -156,7 +156,8 @@ class Clock:
 
     The elapsed time is the sum of the intervals between heartbeats, each counted up to ``max(3 * every, 5)``
     seconds: a run paused with SIGSTOP (to lend the cores to a test run) does not count the pause; the time left out
-    is recorded as ``paused_s``."""
+    is recorded as ``paused_s``. Stop the whole process group (``kill -STOP -- -<pgid>``): a kernel stopped alone
+    leaves this heartbeat running. ``timings.json``'s per-notebook seconds are plain wall time, pauses included."""
 
     def __init__(self, root, profile, every=30.0, name=CLOCK):
         import threading
@@ -167,7 +168,7 @@ class Clock:
         self.attempt = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "profile": profile, "from_empty": empty,
                         "elapsed_s": 0.0, "paused_s": 0.0, "finished": False, "notebooks_done": []}
         self.clock["attempts"].append(self.attempt)
-        self._last, self.every, self._stop = time.time(), every, threading.Event()
+        self._last, self.every, self._stop, self._lock = time.time(), every, threading.Event(), threading.Lock()
         self._cap, self._elapsed, self._paused = max(3 * every, 5.0), 0.0, 0.0
         self.save()
         self._thread = threading.Thread(target=self._beat, daemon=True)
@@ -175,12 +176,13 @@ class Clock:
 
     def save(self):
         from tinyfusion.io import save_json
-        now = time.time()
-        gap, self._last = now - self._last, now
-        self._elapsed += min(gap, self._cap)
-        self._paused += max(0.0, gap - self._cap)
-        self.attempt["elapsed_s"], self.attempt["paused_s"] = round(self._elapsed, 1), round(self._paused, 1)
-        save_json(self.clock, self.path)
+        with self._lock:  # the heartbeat thread and done()/stop() on the main thread
+            now = time.time()
+            gap, self._last = now - self._last, now
+            self._elapsed += min(gap, self._cap)
+            self._paused += max(0.0, gap - self._cap)
+            self.attempt["elapsed_s"], self.attempt["paused_s"] = round(self._elapsed, 1), round(self._paused, 1)
+            save_json(self.clock, self.path)
 
     def _beat(self):
         while not self._stop.wait(self.every):
