@@ -28,6 +28,25 @@ def test_the_ladder_of_an_unknown_profile_is_refused():
         ladder("gpu")
 
 
+def test_rungs_come_as_a_list_json_or_comma_separated_names():
+    from tinyfusion.scale import rungs
+    assert rungs("smoke") == ["smoke", "smoke-t49"]
+    for given in (["cpu", "cpu-w128"], '["cpu", "cpu-w128"]', "cpu,cpu-w128", " cpu , cpu-w128 "):
+        assert rungs("cpu", given) == ["cpu", "cpu-w128"]
+    with pytest.raises(ValueError, match="unknown profile.*'s'.*known: smoke"):
+        rungs("cpu", ["cpu", "s"])
+    with pytest.raises(ValueError, match="empty"):
+        rungs("cpu", " , ")
+
+
+def test_pruning_seeds_come_as_papermill_passes_them():
+    from tinyfusion.scale import seed_list
+    for given, want in ((0, [0]), ("0,1", [0, 1]), ("[0, 1]", [0, 1]), ([2], [2])):
+        assert seed_list("pruning_seeds", given) == want
+    with pytest.raises(ValueError, match=r"pruning_seeds\[1\] must be a whole number, got 'x'"):
+        seed_list("pruning_seeds", "0,x")
+
+
 def test_a_smoke_rung_pretrains_its_teacher_once_into_the_cache(tmp_path, monkeypatch):
     """A profile whose teacher is TRAIN_HERE gets it from a cached pre-training step: run once, then reused by a new
     Study; a missing shipped teacher still names the file and the command."""

@@ -13,7 +13,8 @@ import pandas as pd
 
 from tinyfusion import robustness
 from tinyfusion import verdicts as V
-from tinyfusion.profiles import SCALE_LADDER
+from tinyfusion.profiles import PROFILES, SCALE_LADDER
+from tinyfusion.validate import check_budget, json_value
 from tinyfusion.study import BASELINES
 
 # The core comparison of every rung (the issue's list): learnable 1:2 on each pruning seed and the baselines.
@@ -31,13 +32,38 @@ def ladder(profile):
     return SCALE_LADDER[profile]
 
 
+def rungs(profile, given=None):
+    """The rungs notebook 12 climbs: ``given`` (a list, a JSON list, or names separated by commas, as papermill's
+    ``-p rungs cpu,cpu-w128`` passes them), today's teacher first, or None: ``ladder(profile)``. An unknown name is
+    refused naming the known ones."""
+    if given is None:
+        return list(ladder(profile))
+    value = json_value("rungs", given)
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [r for r in value if r not in PROFILES]
+    if not value or unknown:
+        raise ValueError(f"rungs {given!r}: {'unknown profile(s) ' + ', '.join(map(repr, unknown)) if unknown else 'empty'}"
+                         f"; give profile names separated by commas, today's teacher first (known: {', '.join(PROFILES)})")
+    return list(value)
+
+
+def seed_list(name, given):
+    """Seeds as notebook parameters pass them: a list, a JSON list, one number, or numbers separated by commas."""
+    value = json_value(name, given)
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    value = value if isinstance(value, (list, tuple)) else [value]
+    return [check_budget(f"{name}[{i}]", v, allow_zero=True) for i, v in enumerate(value)]
+
+
 def rung(study, pruning_seeds=None):
     """Everything notebook 12 reads of one rung ``study``: ``{"row": teacher_row + claim 5, "kept": {pruning seed:
     kept layers}, "curves": the core comparison's recovery curves, "claims": (claim 1, claim 2, claim 5)}``. The learned
     masks are the profile's gate budget (1:2, LoRA, as Table 3), so today's rung reuses notebooks 01-03's runs;
     ``pruning_seeds`` None: the profile's seeds (cpu: 0 and 1)."""
     name = study.prof.name
-    pruning_seeds = tuple(study.prof.seeds if pruning_seeds is None else pruning_seeds)
+    pruning_seeds = tuple(study.prof.seeds if pruning_seeds is None else seed_list("pruning_seeds", pruning_seeds))
     runs = robustness.learned_1of2(robustness.gate_runs(study, "profile", schemes=("1:2",), seeds=pruning_seeds))
     kept = {s: r["kept"] for s, r in runs.items()}
     row = robustness.teacher_row(study, kept, name)
