@@ -417,6 +417,24 @@ def test_unknown_profile_names_the_valid_ones():
     assert "'tiny'" in str(e.value) and all(name in str(e.value) for name in PROFILES)
 
 
+@pytest.mark.parametrize("field, given, want", [("seeds", "0,1,2", (0, 1, 2)), ("seeds", "[0, 1]", (0, 1)),
+                                                ("seeds", 3, (3,)), ("curve_points", "336, 1680", (336, 1680)),
+                                                ("kd_beta", "0.0002,0", (2e-4, 0.0))])
+def test_tuple_fields_take_what_papermill_passes(field, given, want):
+    """papermill's -p hands "0,1,2" or 3 where a notebook means a tuple: the profile gets the tuple, not the letters."""
+    from tinyfusion.profiles import get_profile
+    assert getattr(get_profile("smoke", **{field: given}), field) == want
+
+
+@pytest.mark.parametrize("given, match", [("0,x", r"seeds\[1\] must be a whole number >= 0, got 'x'"),
+                                          ("-1", r"seeds\[0\] must be a whole number >= 0, got '-1'"),
+                                          ("[0, 1", "seeds is not valid JSON")])
+def test_a_bad_tuple_field_is_refused_by_name(given, match):
+    from tinyfusion.profiles import get_profile
+    with pytest.raises(ValueError, match=match):
+        get_profile("smoke", seeds=given)
+
+
 @pytest.mark.parametrize("value, match", [("abc", "whole number, got 'abc'"), (-3, "> 0, got -3"),
                                           (2.5, "whole number, got 2.5"), (0, "> 0, got 0"),
                                           (float("inf"), "whole number, got inf"), (None, "whole number")])

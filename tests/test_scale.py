@@ -43,7 +43,7 @@ def test_pruning_seeds_come_as_papermill_passes_them():
     from tinyfusion.scale import seed_list
     for given, want in ((0, [0]), ("0,1", [0, 1]), ("[0, 1]", [0, 1]), ([2], [2])):
         assert seed_list("pruning_seeds", given) == want
-    with pytest.raises(ValueError, match=r"pruning_seeds\[1\] must be a whole number, got 'x'"):
+    with pytest.raises(ValueError, match=r"pruning_seeds\[1\] must be a whole number >= 0, got 'x'"):
         seed_list("pruning_seeds", "0,x")
 
 

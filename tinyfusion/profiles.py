@@ -217,7 +217,32 @@ def get_profile(name=None, **overrides) -> Profile:
     for k, v in overrides.items():
         if not hasattr(prof, k):
             raise ValueError(f"profile has no field {k!r}")
+    overrides = {k: tuple_field(k, v, getattr(prof, k)) if isinstance(getattr(prof, k), tuple) else v
+                 for k, v in overrides.items()}
     return replace(prof, **overrides) if overrides else prof
+
+
+def tuple_field(name, value, default):
+    """A tuple field (``seeds``, ``curve_points``, ...) as a notebook parameter may pass it: a list, a JSON list, one
+    number, or numbers separated by commas (papermill's ``-p seeds 0,1,2``), as a tuple of the default's element type;
+    anything else is refused naming the field."""
+    from tinyfusion.validate import json_value
+    value = json_value(name, value)
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    value = value if isinstance(value, (list, tuple)) else [value]
+    whole = all(isinstance(d, int) for d in default)
+    out = []
+    for i, v in enumerate(value):
+        try:
+            x = float(v)
+            if whole and (x != int(x) or x < 0):
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{name}[{i}] must be a {'whole number >= 0' if whole else 'number'}, got {v!r} "
+                             f"(in {name} = {value!r})") from None
+        out.append(int(x) if whole else x)
+    return tuple(out)
 
 
 from tinyfusion.validate import check_budget  # noqa: E402,F401  (the one validation layer; re-exported)

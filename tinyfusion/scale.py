@@ -13,8 +13,8 @@ import pandas as pd
 
 from tinyfusion import robustness
 from tinyfusion import verdicts as V
-from tinyfusion.profiles import PROFILES, SCALE_LADDER
-from tinyfusion.validate import check_budget, json_value
+from tinyfusion.profiles import PROFILES, SCALE_LADDER, tuple_field
+from tinyfusion.validate import json_value
 from tinyfusion.study import BASELINES
 
 # The core comparison of every rung (the issue's list): learnable 1:2 on each pruning seed and the baselines.
@@ -50,11 +50,7 @@ def rungs(profile, given=None):
 
 def seed_list(name, given):
     """Seeds as notebook parameters pass them: a list, a JSON list, one number, or numbers separated by commas."""
-    value = json_value(name, given)
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
-    value = value if isinstance(value, (list, tuple)) else [value]
-    return [check_budget(f"{name}[{i}]", v, allow_zero=True) for i, v in enumerate(value)]
+    return list(tuple_field(name, given, (0,)))
 
 
 def rung(study, pruning_seeds=None):
