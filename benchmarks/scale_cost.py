@@ -15,11 +15,11 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from tinyfusion import diffusion
+from tinyfusion.io import print_json
 from tinyfusion.models.registry import build
 from tinyfusion.profiles import ROOT, get_profile
 from tinyfusion.scale import ladder
@@ -98,11 +98,7 @@ def main(argv=None):
                            "train_step_cpu_s": round(med[r]["train"], 4), "sample_call_cpu_s": round(med[r]["sample"], 4),
                            "train_ratio": round(ratio["train"], 2), "sample_ratio": round(ratio["sample"], 2),
                            "teacher_estimate_min": round(base_wall / 60 * ratio["train"], 0) if base_wall else None}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return out
+    return print_json(out, args.out)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ jobs are competitors too and make the quiet condition busy.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from tinyfusion.io import print_json
 
 _CHILD = """
 import sys, time, torch
@@ -91,11 +91,7 @@ def main(argv=None):
            f"quiet_speedup_{n}_threads": round(med["quiet"][1] / med["quiet"][n], 2),
            f"busy_slowdown_{n}_threads_vs_1": round(med["busy"][n] / med["busy"][1], 2),
            "note": "speedup > 1: more threads help on a quiet machine; slowdown > 1: beside a busy core they hurt"}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return out
+    return print_json(out, args.out)
 
 
 if __name__ == "__main__":

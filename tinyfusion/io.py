@@ -295,6 +295,15 @@ def checkpoint_skeleton(path):
     return copy.deepcopy(_SKELETONS[key])
 
 
+def print_json(obj, path=""):
+    """Print ``obj`` as indented JSON (a benchmark's report) and, when ``path`` is given, write the same text there."""
+    text = json.dumps(obj, indent=2)
+    print(text)
+    if path:
+        Path(path).write_text(text + "\n")
+    return obj
+
+
 def save_json(obj, path):
     return _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=_json_default)), mode="w")
 
