@@ -50,7 +50,7 @@ def _t3(method):
 
 _D14_ITS = 13.54  # sampling iterations/s of the 14-layer models in Table 1
 
-# DiT-XL/2, the teacher of Tables 1 and 3: parameters (DiT's Table 4: 675M) and tokens (256x256 images -> 32x32 latents,
+# DiT-XL/2, the teacher of Tables 1 and 3: parameters (675M, as the DiT paper gives) and tokens (256x256 images -> 32x32 latents,
 # patch 2 -> 16x16 tokens).
 DIT_XL_PARAMS, DIT_XL_TOKENS = 675e6, 256
 

@@ -222,15 +222,20 @@ def get_profile(name=None, **overrides) -> Profile:
     return replace(prof, **overrides) if overrides else prof
 
 
-def tuple_field(name, value, default):
-    """A tuple field (``seeds``, ``curve_points``, ...) as a notebook parameter may pass it: a list, a JSON list, one
-    number, or numbers separated by commas (papermill's ``-p seeds 0,1,2``), as a tuple of the default's element type;
-    anything else is refused naming the field."""
+def listed(name, value):
+    """A notebook parameter that holds several values, as a list: a list, a JSON list, values separated by commas
+    (papermill's ``-p seeds 0,1,2`` hands a string), or one value."""
     from tinyfusion.validate import json_value
     value = json_value(name, value)
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
-    value = value if isinstance(value, (list, tuple)) else [value]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def tuple_field(name, value, default):
+    """A tuple field (``seeds``, ``curve_points``, ...) as a notebook parameter may pass it (:func:`listed`), as a
+    tuple of the default's element type; anything else is refused naming the field."""
+    value = listed(name, value)
     whole = all(isinstance(d, int) for d in default)
     out = []
     for i, v in enumerate(value):

@@ -13,8 +13,7 @@ import pandas as pd
 
 from tinyfusion import robustness
 from tinyfusion import verdicts as V
-from tinyfusion.profiles import PROFILES, SCALE_LADDER, tuple_field
-from tinyfusion.validate import json_value
+from tinyfusion.profiles import PROFILES, SCALE_LADDER, listed, tuple_field
 from tinyfusion.study import BASELINES
 
 # The core comparison of every rung (the issue's list): learnable 1:2 on each pruning seed and the baselines.
@@ -38,9 +37,7 @@ def rungs(profile, given=None):
     refused naming the known ones."""
     if given is None:
         return list(ladder(profile))
-    value = json_value("rungs", given)
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
+    value = listed("rungs", given)
     unknown = [r for r in value if r not in PROFILES]
     if not value or unknown:
         raise ValueError(f"rungs {given!r}: {'unknown profile(s) ' + ', '.join(map(repr, unknown)) if unknown else 'empty'}"

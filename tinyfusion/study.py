@@ -36,7 +36,7 @@ class Study:
     def __init__(self, profile=None, recompute=False, **overrides):
         """``overrides``: profile fields to change (None keeps the profile's): a notebook's papermill parameters,
         e.g. ``Study("cpu", finetune_steps=1000)``; every changed setting reaches the cache keys of the steps."""
-        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
+        overrides = {k: v for k, v in overrides.items() if v is not None}  # get_profile makes lists tuples
         self.prof = get_profile(profile, **overrides)
         self.root = self.prof.results
         self.recompute = recompute
