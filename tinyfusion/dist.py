@@ -1,7 +1,9 @@
 """Process-group helpers that also work with no process group (a plain ``python`` run or a notebook).
 
 Under torchrun, ``init()`` starts NCCL when CUDA is present and gloo otherwise
-(``TINYFUSION_DIST_BACKEND`` overrides). Everything else degrades to the single-process case.
+(``TINYFUSION_DIST_BACKEND`` overrides). Everything else degrades to the single-process case. One process under
+torchrun starts no process group unless ``TINYFUSION_DIST_FORCE=1`` asks for one (to exercise NCCL and DDP on a
+machine with one GPU, as ``tools/device_check.py`` does).
 """
 from __future__ import annotations
 
@@ -35,6 +37,14 @@ def device():
     return torch.device("cpu")
 
 
+FORCE_ENV = "TINYFUSION_DIST_FORCE"
+
+
+def backend():
+    """The process group's backend ("nccl", "gloo") or None without one (what a run's result records)."""
+    return str(dist.get_backend()) if is_dist() else None
+
+
 def init(timeout_s=600):
     """Join the torchrun process group if launched by torchrun; a no-op otherwise. Returns (rank, world).
 
@@ -42,12 +52,13 @@ def init(timeout_s=600):
     from tinyfusion.launch import DIE_WITH_PARENT, die_with_parent
     if os.environ.get(DIE_WITH_PARENT) == "1":
         die_with_parent()
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1 or is_dist():
+    alone = int(os.environ.get("WORLD_SIZE", 1)) <= 1 and os.environ.get(FORCE_ENV) != "1"
+    if "WORLD_SIZE" not in os.environ or alone or is_dist():
         return rank(), world_size()
-    backend = os.environ.get("TINYFUSION_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
-    if backend == "nccl":
+    name = os.environ.get("TINYFUSION_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    if name == "nccl":
         torch.cuda.set_device(device())
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    dist.init_process_group(name, timeout=datetime.timedelta(seconds=timeout_s))
     return rank(), world_size()
 
 

@@ -284,7 +284,8 @@ def run_learnable(config, out, *, log_every=0, ckpt_every=50, stop_after=0, prog
                "profile": c["profile"], "teacher": str(c["source"]), "depth": len(res["kept"]),
                "trainable_params": res["trainable_params"], "total_params": res["total_params"],
                "trainable_fraction": res["trainable_fraction"], "steps_per_s": res["steps_per_s"],
-               "skipped_steps": res["skipped_steps"], "world_size": dist.world_size()}
+               "skipped_steps": res["skipped_steps"], "world_size": dist.world_size(),
+               "backend": dist.backend()}
     if dist.is_main():
         pruned = prune(teacher, res["kept"])  # the original weights: dPhi and the gates are dropped
         save_checkpoint({"ema": pruned.state_dict(), "config": pruned.config, "kept": res["kept"],

@@ -1,0 +1,222 @@
+"""The checks a lent GPU session runs, as one prepared script (about 5 minutes on one H100/H200); one JSON out.
+
+A session is lent a GPU by chance and for 15 minutes in all (the machine's start included), so what it runs is
+written and tested here beforehand, on the CPU at toy size (``--smoke``, run by tests/test_device_check.py):
+
+1. ``environment``: torch, CUDA, the GPU, NCCL's version.
+2. ``shapes``: DiT-XL/2 with random weights: parameters (the paper: 675M), the forward's output shape, and the same
+   for the 14-layer model that keeps every other block (``pruning.indices.prune``).
+3. ``sampling_speed``: D28 against D14 (and 50% width pruning) sampling iterations per second
+   (``speed.speed_sweep``, classifier-free guidance: a forward of twice the batch), fp32 and bf16, at two
+   batches; beside Table 1's 6.91 and 13.54 it/s (1.96x).
+4. ``prune_step``: one learnable-pruning training step of DiT-XL/2 (1:2 gates, LoRA rank 8, as
+   ``benchmarks/prune_step.py``): time and peak GPU memory of ours and the straightforward variant, at the
+   official per-GPU batch (global 128 on 8 GPUs = 16) and at the whole global batch on one GPU (128).
+5. ``torchrun``: ``cli.prune_learn`` then ``cli.finetune`` (masked KD) for a few steps under torchrun with one
+   process and a real process group (``TINYFUSION_DIST_FORCE=1``: NCCL on a GPU, gloo on the CPU), on a random
+   DiT-XL/2 raw state dict and synthetic latents in the official per-image layout (the ``imagenet`` profile).
+
+Each section is timed and written into ``<out>/device_check.json`` as soon as it ends (a run cut off by its time
+limit still returns what it finished); a failing section records its error and the next one runs. Exit status 1
+when any section failed.
+
+    # here, before the device call: the tracked tree is over the device tool's 64 MiB (teachers, gate runs)
+    tools/device_tree.sh slim
+    # the device call, in the repository root there (its python3 holds torch, timm and peft; nothing downloads):
+    PYTHONUNBUFFERED=1 python3 tools/device_check.py --out $OUT        # timeout_s 480 leaves room for a rerun
+    # here, after it: the tree as it was, then the JSON into results/gpu/ and a commit
+    tools/device_tree.sh restore
+    python tools/device_check.py --smoke --out /tmp/device_check       # the same code on the CPU at toy size
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+# What each mode runs: the GPU mode is the paper's DiT-XL/2; the smoke mode the same code on a toy DiT on the CPU.
+SETTINGS = {
+    "gpu": dict(model="DiT-XL/2", device="cuda", speed_batches=(8, 64), speed_steps=10, speed_repeats=3,
+                dtypes=("fp32", "bf16"), prune_cases=(dict(batch=16, rounds=5, warmup=2), dict(batch=128, rounds=0)),
+                run_steps=5, run_batch=16),
+    "smoke": dict(model="DiT-Mini/2", device="cpu", speed_batches=(2,), speed_steps=1, speed_repeats=1,
+                  dtypes=("fp32",), prune_cases=(dict(batch=2, rounds=0),), run_steps=2, run_batch=4),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def environment():
+    """Versions and the device this run saw."""
+    cuda = torch.cuda.is_available()
+    out = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
+               cpu_count=os.cpu_count(), cuda=cuda)
+    if cuda:
+        p = torch.cuda.get_device_properties(0)
+        out.update(gpu=p.name, capability=f"{p.major}.{p.minor}", memory_gib=round(p.total_memory / 2**30, 1),
+                   device_count=torch.cuda.device_count(), cuda_version=torch.version.cuda,
+                   nccl=".".join(map(str, torch.cuda.nccl.version())))
+    return out
+
+
+def shapes(model, device, batch=2):
+    """Parameters and the forward's output shape of ``model`` (random weights) and of its every-other-block D14."""
+    from tinyfusion import paper
+    from tinyfusion.pruning.indices import prune
+    from tinyfusion.speed import random_dit
+    net = random_dit(model, device=device).eval()
+    size, c = net.x_embedder.img_size[0], net.in_channels
+    x, t = torch.randn(batch, c, size, size, device=device), torch.randint(0, 1000, (batch,), device=device)
+    y = torch.randint(0, net.num_classes, (batch,), device=device)
+    rows = {}
+    depth = len(net.blocks)
+    for m in (net, prune(net, list(range(0, depth, 2))).eval()):
+        with torch.no_grad():
+            out = m(x, t, y)
+        want = (batch, 2 * c if m.learn_sigma else c, size, size)
+        rows[f"D{len(m.blocks)}"] = dict(depth=len(m.blocks), params=sum(p.numel() for p in m.parameters()), tokens=m.x_embedder.num_patches,
+                          input=list(x.shape), output=list(out.shape), output_ok=tuple(out.shape) == want,
+                          finite=bool(torch.isfinite(out).all()))
+    return dict(model=model, layers=rows, paper_params=paper.DIT_XL_PARAMS, paper_tokens=paper.DIT_XL_TOKENS)
+
+
+def sampling_speed(model, device, batches, steps, repeats, dtypes):
+    """D28 / D14 / 50%-width sampling it/s per batch and dtype (``speed.speed_sweep``, interleaved rounds)."""
+    from tinyfusion import paper
+    from tinyfusion.speed import speed_sweep
+    cases = []
+    for b in batches:
+        for dt in dtypes:
+            t0 = time.perf_counter()
+            rows = speed_sweep(model, ratios=(0, 0.5), batch=b, steps=steps, device=device, dtype=DTYPES[dt],
+                               repeats=repeats, width_modes=("channels",))
+            at = {r["method"]: r for r in rows}
+            cases.append(dict(batch=b, forward_batch=2 * b, dtype=dt, steps=steps, repeats=repeats,
+                              d28_it_s=at["base"]["it_s"], d14_it_s=at["depth"]["it_s"],
+                              d14_speedup=at["depth"]["speedup"], width50_speedup=at["width-channels"]["speedup"],
+                              seconds=round(time.perf_counter() - t0, 1)))
+            print(f"[device_check] speed {model} batch {b} {dt}: {json.dumps(cases[-1])}", flush=True)
+    return dict(model=model, cases=cases, paper=dict(d28_it_s=paper.TABLE1[0]["its"], d14_it_s=paper._D14_ITS,
+                                                   d14_speedup=round(paper.SPEEDUP_D14, 3),
+                                                   width50_speedup=round(paper.SPEEDUP_WIDTH50, 3)))
+
+
+def prune_step(model, device, cases):
+    """``benchmarks/prune_step.py``'s cases on ``model``: per variant steps/s, peak memory, saved activations."""
+    spec = importlib.util.spec_from_file_location("prune_step_bench", ROOT / "benchmarks" / "prune_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = []
+    for case in cases:  # one case failing (out of memory at the larger batch, say) keeps the others
+        try:
+            r = bench.run_case(dict(model=model, **case), "cpu", device)
+        except Exception as e:  # noqa: BLE001
+            out.append(dict(batch=case["batch"], error=f"{type(e).__name__}: {str(e)[-2000:]}"))
+            continue
+        out.append(dict(batch=r["batch"], timing=r["timing"], ours_vs_straightforward_speed=r[
+            "ours_vs_straightforward_speed"], **{f"{v}_{k}": x[k] for v, x in r["variants"].items()
+                                                  for k in ("steps_per_s", "peak_mem_mb", "saved_activation_mb")}))
+    return dict(model=model, cases=out)
+
+
+def synthetic_latents(root, n, size=32, channels=4, classes=1000, seed=0):
+    """``n`` random latents and labels in the official per-image layout (``imagenet256_features/<i>.npy`` of shape
+    (1, C, H, W) float32, ``imagenet256_labels/<i>.npy`` of shape (1,) int64), as ``cli.extract_features`` writes."""
+    rng = np.random.RandomState(seed)
+    for sub in ("imagenet256_features", "imagenet256_labels"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        np.save(root / "imagenet256_features" / f"{i}.npy", rng.randn(1, channels, size, size).astype(np.float32))
+        np.save(root / "imagenet256_labels" / f"{i}.npy", np.array([rng.randint(classes)], dtype=np.int64))
+    return root
+
+
+def torchrun(model, steps, batch, work):
+    """``cli.prune_learn`` (1:2, LoRA) then ``cli.finetune`` (masked KD) under torchrun with one process and a
+    process group, on a random raw state dict of ``model`` and synthetic latents."""
+    from tinyfusion.dist import FORCE_ENV
+    from tinyfusion.launch import launch
+    from tinyfusion.speed import random_dit
+    net = random_dit(model)
+    teacher = work / "teacher_raw.pt"
+    torch.save(net.state_dict(), teacher)  # a raw state dict, as the official DiT-XL-2-256x256.pt
+    size = net.x_embedder.img_size[0]
+    latents = synthetic_latents(work / "latents", steps * batch, size, net.in_channels, net.num_classes)
+    del net
+    env = {"TINYFUSION_LATENTS": str(latents), FORCE_ENV: "1"}
+    t0 = time.perf_counter()
+    pr = launch("tinyfusion.cli.prune_learn", nproc=1, torchrun=True, env=env, stream=True, profile="imagenet",
+                teacher=str(teacher), model=model, groups="1:2", update="lora", steps=steps, batch_size=batch,
+                out=str(work / "prune"))
+    t1 = time.perf_counter()
+    ft = launch("tinyfusion.cli.finetune", nproc=1, torchrun=True, env=env, stream=True, profile="imagenet",
+                student=str(work / "prune" / "pruned.pt"), teacher=str(teacher), model=model, mode="masked_kd",
+                k_sigma=2.0, steps=steps, batch_size=batch, out=str(work / "kd"), progress=False)
+    t2 = time.perf_counter()
+    return dict(model=model, steps=steps, batch=batch,
+                prune_learn=dict(world_size=pr["world_size"], backend=pr.get("backend"), kept=pr["kept"],
+                                 steps_per_s=pr["steps_per_s"], wall_s=round(t1 - t0, 1)),
+                finetune=dict(world_size=ft["world_size"], backend=ft.get("backend"), mode=ft["mode"],
+                              final_loss=ft["final_loss"], finite=bool(np.isfinite(ft["final_loss"])),
+                              samples_per_s=ft["samples_per_s"], layer_map=ft["layer_map"], wall_s=round(t2 - t1, 1)))
+
+
+def run(out, mode="gpu"):
+    """Every section in turn, each written into ``<out>/device_check.json`` as it ends; returns the record."""
+    from tinyfusion.io import save_json
+    s = SETTINGS[mode]
+    if s["device"] == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("device_check: no CUDA device here; run it on the lent GPU machine, or --smoke on the CPU")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = dict(mode=mode, started=time.strftime("%Y-%m-%d %H:%M:%S"), settings=s, sections={}, errors={})
+    path = out / "device_check.json"
+    with tempfile.TemporaryDirectory(prefix="device_check-") as tmp:
+        sections = [("environment", environment),
+                    ("shapes", lambda: shapes(s["model"], s["device"])),
+                    ("sampling_speed", lambda: sampling_speed(s["model"], s["device"], s["speed_batches"],
+                                                              s["speed_steps"], s["speed_repeats"], s["dtypes"])),
+                    ("prune_step", lambda: prune_step(s["model"], s["device"], s["prune_cases"])),
+                    ("torchrun", lambda: torchrun(s["model"], s["run_steps"], s["run_batch"], Path(tmp)))]
+        for name, fn in sections:
+            t0 = time.perf_counter()
+            print(f"[device_check] {name} ...", flush=True)
+            try:
+                record["sections"][name] = {**fn(), "seconds": round(time.perf_counter() - t0, 1)}
+            except Exception as e:  # noqa: BLE001 -- record it and go on: the other sections still count
+                record["errors"][name] = f"{type(e).__name__}: {e}\n{traceback.format_exc()[-3000:]}"
+                print(f"[device_check] {name} failed: {type(e).__name__}: {e}", flush=True)
+            if s["device"] == "cuda":
+                torch.cuda.empty_cache()
+            record["seconds"] = round(sum(v.get("seconds", 0) for v in record["sections"].values()), 1)
+            save_json(record, path)
+    return record
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "results" / "gpu")),
+                   help="folder for device_check.json ($OUT when set)")
+    p.add_argument("--smoke", action="store_true", help="the same sections on the CPU with a toy DiT (seconds)")
+    a = p.parse_args(argv)
+    record = run(a.out, "smoke" if a.smoke else "gpu")
+    print(json.dumps({k: record[k] for k in ("mode", "seconds", "errors")}, indent=1), flush=True)
+    return 1 if record["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
