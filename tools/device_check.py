@@ -10,8 +10,8 @@ written and tested here beforehand, on the CPU at toy size (``--smoke``, run by 
    (``speed.speed_sweep``, classifier-free guidance: a forward of twice the batch), fp32 and bf16, at two
    batches; beside Table 1's 6.91 and 13.54 it/s (1.96x).
 4. ``prune_step``: one learnable-pruning training step of DiT-XL/2 (1:2 gates, LoRA rank 8, as
-   ``benchmarks/prune_step.py``): time and peak GPU memory of ours and the straightforward variant, at the
-   official per-GPU batch (global 128 on 8 GPUs = 16) and at the whole global batch on one GPU (128).
+   ``benchmarks/prune_step.py``): time and peak GPU memory of ours and the straightforward variant at the
+   official batch (the official ``prune_by_learning.py`` runs one process at global batch 128), and at 16.
 5. ``torchrun``: ``cli.prune_learn`` then ``cli.finetune`` (masked KD) for a few steps under torchrun with one
    process and a real process group (``TINYFUSION_DIST_FORCE=1``: NCCL on a GPU, gloo on the CPU), on a random
    DiT-XL/2 raw state dict and synthetic latents in the official per-image layout (the ``imagenet`` profile).
@@ -51,7 +51,7 @@ import torch  # noqa: E402
 # What each mode runs: the GPU mode is the paper's DiT-XL/2; the smoke mode the same code on a toy DiT on the CPU.
 SETTINGS = {
     "gpu": dict(model="DiT-XL/2", device="cuda", speed_batches=(8, 64), speed_steps=10, speed_repeats=3,
-                dtypes=("fp32", "bf16"), prune_cases=(dict(batch=16, rounds=5, warmup=2), dict(batch=128, rounds=0)),
+                dtypes=("fp32", "bf16"), prune_cases=(dict(batch=128, rounds=5, warmup=2), dict(batch=16, rounds=0)),
                 run_steps=5, run_batch=16),
     "smoke": dict(model="DiT-Mini/2", device="cpu", speed_batches=(2,), speed_steps=1, speed_repeats=1,
                   dtypes=("fp32",), prune_cases=(dict(batch=2, rounds=0),), run_steps=2, run_batch=4),
