@@ -311,6 +311,22 @@ def test_the_progress_line_says_where_the_run_is_and_what_is_left():
     assert "left: unknown" in rep.progress_line(0, todo, 0.0, {"00_x.ipynb": 1.0}, "cpu")
 
 
+def test_the_time_left_spans_a_cached_rerun_and_a_run_from_an_empty_cache():
+    # notebook 01 took 2 h from an empty cache, then 30 s when its steps were cached; a failed attempt does not count
+    timings = {"runs": [{"notebooks": {"00_x.ipynb": {"seconds": 20.0}, "01_x.ipynb": {"seconds": 7200.0}}},
+                        {"notebooks": {"01_x.ipynb": {"seconds": 9999.0, "failed": True}}},
+                        {"notebooks": {"00_x.ipynb": {"seconds": 15.0}, "01_x.ipynb": {"seconds": 30.0}}}],
+               "latest": {"00_x.ipynb": 15.0, "01_x.ipynb": 30.0}}
+    times = rep.notebook_times(timings)
+    assert times == {"00_x.ipynb": (15.0, 20.0), "01_x.ipynb": (30.0, 7200.0)}
+    todo = [Path("00_x.ipynb"), Path("01_x.ipynb")]
+    line = rep.progress_line(0, todo, 0.0, times, "cpu")
+    assert "left: 1 min to 2 h 00 min (the last finished run's times" in line and "slowest" in line
+    line = rep.progress_line(0, todo, 0.0, times, "cpu", borrowed="results/cpu/timings.json")
+    assert line.endswith("; times of notebooks never finished here from results/cpu/timings.json")
+    assert "about 0 min" in rep.progress_line(0, todo[:1], 0.0, times, "cpu")  # 15 vs 20 s: one estimate
+
+
 def test_notebooks_run_on_a_kernel_over_ipc_without_the_tcp_warning(tmp_path, monkeypatch, capfd):
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()

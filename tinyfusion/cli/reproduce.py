@@ -301,13 +301,19 @@ def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError,
                    timings_path, this_run, clock):
     from tinyfusion import cache
     from tinyfusion.io import save_json
+    from tinyfusion.io import load_json
     RUNNING["root"] = root
-    last = dict(timings.get("latest", {}))   # each notebook's time in the last run that finished it
+    shipped = ROOT / "results" / profile / "timings.json"   # the repository's: times to go by in a fresh results root
+    fallback = notebook_times(load_json(shipped)) if shipped.exists() and shipped.resolve() != (
+        root / "timings.json").resolve() else {}
     started = time.time()
     for i, nb in enumerate(todo):
         RUNNING["notebook"] = nb.name
         out, partial = out_dir / nb.name, partial_dir / nb.name
-        print(progress_line(i, todo, time.time() - started, last, profile), flush=True)
+        times = notebook_times(timings)
+        borrowed = any(n.name not in times and n.name in fallback for n in todo[i:])
+        print(progress_line(i, todo, time.time() - started, {**fallback, **times}, profile,
+                            borrowed=f"results/{profile}/timings.json" if borrowed else None), flush=True)
         t0 = time.time()
         snapshot = Snapshot(root)
         steps_log = partial_dir / f".{nb.stem}.steps"   # the kernel's cached steps append "reused"/"computed" here
@@ -354,13 +360,35 @@ def _minutes(seconds):
     return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
 
 
-def progress_line(i, todo, elapsed, last, profile):
+def notebook_times(timings):
+    """{notebook: (latest, slowest)} from a ``timings.json``: the seconds of the last run that finished each notebook,
+    and of its slowest finished run. A run that reused cached steps takes minutes where one from an empty cache
+    took hours, so the last run alone can promise far too little."""
+    slowest = {}
+    for run in timings.get("runs", []):
+        for name, r in run.get("notebooks", {}).items():
+            if not r.get("failed"):
+                slowest[name] = max(slowest.get(name, 0.0), float(r["seconds"]))
+    return {n: (float(t), max(float(t), slowest.get(n, 0.0))) for n, t in timings.get("latest", {}).items()}
+
+
+def progress_line(i, todo, elapsed, times, profile, borrowed=None):
     """The line printed as notebook ``i`` of ``todo`` starts: its number of the total, the time so far and an
-    estimate of what is left from ``last`` ({notebook: seconds} of the last run that finished each; "unknown" when
-    a notebook left has no time there)."""
-    left = [last.get(nb.name) for nb in todo[i:]]
-    eta = "unknown (no finished run to go by)" if any(v is None for v in left) else \
-        f"about {_minutes(sum(left))} (the last finished run's times)"
+    estimate of what is left from ``times`` ({notebook: seconds, or (latest, slowest) as :func:`notebook_times`};
+    "unknown" when a notebook left has no time there): "about" the last finished run's times when the slowest
+    finished runs took about as long, else the range between the two. ``borrowed``: the file some times came from
+    when this results folder had none (the repository's ``timings.json``), said in the line."""
+    left = [times.get(nb.name) for nb in todo[i:]]
+    if any(v is None for v in left):
+        eta = "unknown (no finished run to go by)"
+    else:
+        pairs = [v if isinstance(v, (tuple, list)) else (v, v) for v in left]
+        lo, hi = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+        eta = (f"about {_minutes(lo)} (the last finished run's times)" if hi <= 1.25 * lo + 60 else
+               f"{_minutes(lo)} to {_minutes(hi)} (the last finished run's times, which may have reused cached "
+               f"steps, to the slowest finished run's)")
+        if borrowed:
+            eta += f"; times of notebooks never finished here from {borrowed}"
     return (f"[reproduce] notebook {i + 1} of {len(todo)}: {todo[i].name} (profile={profile}); "
             f"{_minutes(elapsed)} elapsed, left: {eta}")
 
