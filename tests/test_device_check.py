@@ -15,7 +15,7 @@ def test_device_check_smoke_runs_every_section_and_a_real_process_group(tmp_path
     import device_check
     record = device_check.run(tmp_path, "smoke")
     assert record["errors"] == {}
-    assert list(record["sections"]) == ["environment", "shapes", "sampling_speed", "prune_step", "torchrun"]
+    assert tuple(record["sections"]) == device_check.SECTIONS
     assert json.loads((tmp_path / "device_check.json").read_text())["sections"].keys() == record["sections"].keys()
     layers = record["sections"]["shapes"]["layers"]
     assert set(layers) == {"D4", "D2"} and all(r["output_ok"] and r["finite"] for r in layers.values())
@@ -31,6 +31,12 @@ def test_device_check_smoke_runs_every_section_and_a_real_process_group(tmp_path
     k = run["prune_learn"]["kept"]
     assert len(k) == 2 and k[0] in (0, 1) and k[1] in (2, 3)  # one layer of each 1:2 block of the 4-layer toy
     assert run["finetune"]["finite"] and run["finetune"]["mode"] == "masked_kd"
+    # a rerun of some sections keeps the others' results; an unknown section is refused by name
+    again = device_check.run(tmp_path, "smoke", only=["environment"])
+    assert tuple(again["sections"]) == device_check.SECTIONS
+    assert again["sections"]["torchrun"] == run
+    with pytest.raises(SystemExit, match="unknown section.*'speed'"):
+        device_check.run(tmp_path, "smoke", only=["speed"])
 
 
 def test_device_check_refuses_the_gpu_mode_without_cuda(tmp_path):
@@ -54,6 +60,9 @@ def test_device_tree_slim_and_restore_leave_the_repository_as_it_was(tmp_path):
     sh("git", "init", "-q")
     sh(*git, "add", ".")
     sh(*git, "commit", "-qm", "init")
+    (repo / "small.py").write_text("x = 2\n")
+    sh("git", "add", "small.py")  # a staged change: restore puts the index back as it was, this included
+    staged = sh("git", "status", "--porcelain").stdout
     before = int(sh("bash", script, "size").stdout.split()[0])
     slim = sh("bash", script, "slim")
     assert slim.returncode == 0 and "untracked 1 files" in slim.stdout
@@ -61,7 +70,11 @@ def test_device_tree_slim_and_restore_leave_the_repository_as_it_was(tmp_path):
     assert (repo / "big.pt").exists()  # ... but stays on disk
     again = sh("bash", script, "slim")
     assert again.returncode == 1 and "already slim" in again.stderr
+    sh(*git, "commit", "-qm", "a commit between slim and restore records the deletion")
+    moved = sh("bash", script, "restore")
+    assert moved.returncode == 1 and "HEAD moved" in moved.stderr
+    sh("git", "reset", "-q", "--soft", "HEAD~1")
     assert sh("bash", script, "restore").returncode == 0
-    assert sh("git", "status", "--porcelain").stdout == ""
+    assert sh("git", "status", "--porcelain").stdout == staged == "M  small.py\n"
     assert int(sh("bash", script, "size").stdout.split()[0]) == before
     assert "device_tree.sh" not in (repo / ".git" / "info" / "exclude").read_text()

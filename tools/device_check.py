@@ -1,29 +1,34 @@
-"""The checks a lent GPU session runs, as one prepared script (about 5 minutes on one H100/H200); one JSON out.
+"""The checks a lent GPU session runs, as one prepared script (about 5 minutes on one H200); one JSON out.
 
 A session is lent a GPU by chance and for 15 minutes in all (the machine's start included), so what it runs is
-written and tested here beforehand, on the CPU at toy size (``--smoke``, run by tests/test_device_check.py):
+written and tested here beforehand, on the CPU at toy size (``--smoke``, run by tests/test_device_check.py). The
+sections, in the order they run (the most needed first):
 
 1. ``environment``: torch, CUDA, the GPU, NCCL's version.
 2. ``shapes``: DiT-XL/2 with random weights: parameters (the paper: 675M), the forward's output shape, and the same
    for the 14-layer model that keeps every other block (``pruning.indices.prune``).
-3. ``sampling_speed``: D28 against D14 (and 50% width pruning) sampling iterations per second
-   (``speed.speed_sweep``, classifier-free guidance: a forward of twice the batch), fp32 and bf16, at two
-   batches; beside Table 1's 6.91 and 13.54 it/s (1.96x).
-4. ``prune_step``: one learnable-pruning training step of DiT-XL/2 (1:2 gates, LoRA rank 8, as
-   ``benchmarks/prune_step.py``): time and peak GPU memory of ours and the straightforward variant at the
-   official batch (the official ``prune_by_learning.py`` runs one process at global batch 128), and at 16.
-5. ``torchrun``: ``cli.prune_learn`` then ``cli.finetune`` (masked KD) for a few steps under torchrun with one
-   process and a real process group (``TINYFUSION_DIST_FORCE=1``: NCCL on a GPU, gloo on the CPU), on a random
-   DiT-XL/2 raw state dict and synthetic latents in the official per-image layout (the ``imagenet`` profile).
+3. ``torchrun``: ``cli.prune_learn`` then ``cli.finetune`` (masked KD) for a few steps under torchrun with one
+   process and a real process group (``TINYFUSION_DIST_FORCE=1``: NCCL on a GPU; gloo in the smoke run), on a
+   random DiT-XL/2 raw state dict and synthetic latents in the official per-image layout (the ``imagenet``
+   profile); each launch is stopped after 300 s.
+4. ``sampling_speed``: D28 against D14 (and 50% width pruning) sampling iterations per second
+   (``speed.speed_sweep``, classifier-free guidance: a forward of twice the batch) at batch 8 in fp32 and bf16 and
+   at batch 64 in bf16; beside Table 1's 6.91 and 13.54 it/s (1.96x).
+5. ``prune_step``: one learnable-pruning training step of DiT-XL/2 (1:2 gates, LoRA rank 8, as
+   ``benchmarks/prune_step.py``): time and peak GPU memory of ours and the straightforward variant at batch 16,
+   then at the official batch 128 (the official ``prune_by_learning.py`` runs one process at global batch 128;
+   the straightforward variant needs about 90 GB there: it fits an H200's 139 GiB, not an 80 GB H100, where
+   that case records its error).
 
 Each section is timed and written into ``<out>/device_check.json`` as soon as it ends (a run cut off by its time
-limit still returns what it finished); a failing section records its error and the next one runs. Exit status 1
-when any section failed.
+limit still returns what it finished); a failing section records its error and the next one runs; ``--sections``
+reruns some, keeping the others' results. Exit status 1 when any section failed.
 
     # here, before the device call: the tracked tree is over the device tool's 64 MiB (teachers, gate runs)
     tools/device_tree.sh slim
-    # the device call, in the repository root there (its python3 holds torch, timm and peft; nothing downloads):
-    PYTHONUNBUFFERED=1 python3 tools/device_check.py --out $OUT        # timeout_s 480 leaves room for a rerun
+    # the device call, in the repository root there (its python3 holds torch, timm and peft; nothing downloads),
+    # with timeout_s about 420 (a rerun of what failed still fits the 15 minutes):
+    PYTHONUNBUFFERED=1 python3 tools/device_check.py --out $OUT
     # here, after it: the tree as it was, then the JSON into results/gpu/ and a commit
     tools/device_tree.sh restore
     python tools/device_check.py --smoke --out /tmp/device_check       # the same code on the CPU at toy size
@@ -50,11 +55,11 @@ import torch  # noqa: E402
 
 # What each mode runs: the GPU mode is the paper's DiT-XL/2; the smoke mode the same code on a toy DiT on the CPU.
 SETTINGS = {
-    "gpu": dict(model="DiT-XL/2", device="cuda", speed_batches=(8, 64), speed_steps=10, speed_repeats=3,
-                dtypes=("fp32", "bf16"), prune_cases=(dict(batch=128, rounds=5, warmup=2), dict(batch=16, rounds=0)),
-                run_steps=5, run_batch=16),
-    "smoke": dict(model="DiT-Mini/2", device="cpu", speed_batches=(2,), speed_steps=1, speed_repeats=1,
-                  dtypes=("fp32",), prune_cases=(dict(batch=2, rounds=0),), run_steps=2, run_batch=4),
+    "gpu": dict(model="DiT-XL/2", device="cuda", speed_cases=((8, "fp32"), (8, "bf16"), (64, "bf16")), speed_steps=10,
+                speed_repeats=3, prune_cases=(dict(batch=16, rounds=0), dict(batch=128, rounds=5, warmup=2)),
+                run_steps=5, run_batch=16, run_timeout=300),
+    "smoke": dict(model="DiT-Mini/2", device="cpu", speed_cases=((2, "fp32"),), speed_steps=1, speed_repeats=1,
+                  prune_cases=(dict(batch=2, rounds=0),), run_steps=2, run_batch=4, run_timeout=300),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -93,22 +98,21 @@ def shapes(model, device, batch=2):
     return dict(model=model, layers=rows, paper_params=paper.DIT_XL_PARAMS, paper_tokens=paper.DIT_XL_TOKENS)
 
 
-def sampling_speed(model, device, batches, steps, repeats, dtypes):
-    """D28 / D14 / 50%-width sampling it/s per batch and dtype (``speed.speed_sweep``, interleaved rounds)."""
+def sampling_speed(model, device, batch_dtypes, steps, repeats):
+    """D28 / D14 / 50%-width sampling it/s for each (batch, dtype) (``speed.speed_sweep``, interleaved rounds)."""
     from tinyfusion import paper
     from tinyfusion.speed import speed_sweep
     cases = []
-    for b in batches:
-        for dt in dtypes:
-            t0 = time.perf_counter()
-            rows = speed_sweep(model, ratios=(0, 0.5), batch=b, steps=steps, device=device, dtype=DTYPES[dt],
-                               repeats=repeats, width_modes=("channels",))
-            at = {r["method"]: r for r in rows}
-            cases.append(dict(batch=b, forward_batch=2 * b, dtype=dt, steps=steps, repeats=repeats,
-                              d28_it_s=at["base"]["it_s"], d14_it_s=at["depth"]["it_s"],
-                              d14_speedup=at["depth"]["speedup"], width50_speedup=at["width-channels"]["speedup"],
-                              seconds=round(time.perf_counter() - t0, 1)))
-            print(f"[device_check] speed {model} batch {b} {dt}: {json.dumps(cases[-1])}", flush=True)
+    for b, dt in batch_dtypes:
+        t0 = time.perf_counter()
+        rows = speed_sweep(model, ratios=(0, 0.5), batch=b, steps=steps, device=device, dtype=DTYPES[dt],
+                           repeats=repeats, width_modes=("channels",))
+        at = {r["method"]: r for r in rows}
+        cases.append(dict(batch=b, forward_batch=2 * b, dtype=dt, steps=steps, repeats=repeats,
+                          d28_it_s=at["base"]["it_s"], d14_it_s=at["depth"]["it_s"],
+                          d14_speedup=at["depth"]["speedup"], width50_speedup=at["width-channels"]["speedup"],
+                          seconds=round(time.perf_counter() - t0, 1)))
+        print(f"[device_check] speed {model} batch {b} {dt}: {json.dumps(cases[-1])}", flush=True)
     return dict(model=model, cases=cases, paper=dict(d28_it_s=paper.TABLE1[0]["its"], d14_it_s=paper._D14_ITS,
                                                    d14_speedup=round(paper.SPEEDUP_D14, 3),
                                                    width50_speedup=round(paper.SPEEDUP_WIDTH50, 3)))
@@ -144,9 +148,10 @@ def synthetic_latents(root, n, size=32, channels=4, classes=1000, seed=0):
     return root
 
 
-def torchrun(model, steps, batch, work):
+def torchrun(model, steps, batch, work, device, timeout):
     """``cli.prune_learn`` (1:2, LoRA) then ``cli.finetune`` (masked KD) under torchrun with one process and a
-    process group, on a random raw state dict of ``model`` and synthetic latents."""
+    process group, on a random raw state dict of ``model`` and synthetic latents; on the CPU (``device``) gloo even
+    where a GPU exists. Each launch is stopped after ``timeout`` seconds (an NCCL hang would otherwise wait 600)."""
     from tinyfusion.dist import FORCE_ENV
     from tinyfusion.launch import launch
     from tinyfusion.speed import random_dit
@@ -157,12 +162,14 @@ def torchrun(model, steps, batch, work):
     latents = synthetic_latents(work / "latents", steps * batch, size, net.in_channels, net.num_classes)
     del net
     env = {"TINYFUSION_LATENTS": str(latents), FORCE_ENV: "1"}
+    if device == "cpu":
+        env.update(TINYFUSION_DIST_BACKEND="gloo", CUDA_VISIBLE_DEVICES="")
     t0 = time.perf_counter()
-    pr = launch("tinyfusion.cli.prune_learn", nproc=1, torchrun=True, env=env, stream=True, profile="imagenet",
+    pr = launch("tinyfusion.cli.prune_learn", nproc=1, torchrun=True, timeout=timeout, env=env, profile="imagenet",
                 teacher=str(teacher), model=model, groups="1:2", update="lora", steps=steps, batch_size=batch,
                 out=str(work / "prune"))
     t1 = time.perf_counter()
-    ft = launch("tinyfusion.cli.finetune", nproc=1, torchrun=True, env=env, stream=True, profile="imagenet",
+    ft = launch("tinyfusion.cli.finetune", nproc=1, torchrun=True, timeout=timeout, env=env, profile="imagenet",
                 student=str(work / "prune" / "pruned.pt"), teacher=str(teacher), model=model, mode="masked_kd",
                 k_sigma=2.0, steps=steps, batch_size=batch, out=str(work / "kd"), progress=False)
     t2 = time.perf_counter()
@@ -174,24 +181,39 @@ def torchrun(model, steps, batch, work):
                               samples_per_s=ft["samples_per_s"], layer_map=ft["layer_map"], wall_s=round(t2 - t1, 1)))
 
 
-def run(out, mode="gpu"):
-    """Every section in turn, each written into ``<out>/device_check.json`` as it ends; returns the record."""
+SECTIONS = ("environment", "shapes", "torchrun", "sampling_speed", "prune_step")  # the order they run in
+
+
+def run(out, mode="gpu", only=None):
+    """Every section (or those in ``only``) in turn, each written into ``<out>/device_check.json`` as it ends (a
+    rerun of some sections keeps the others' results found there); returns the record."""
     from tinyfusion.io import save_json
     s = SETTINGS[mode]
     if s["device"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit("device_check: no CUDA device here; run it on the lent GPU machine, or --smoke on the CPU")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    record = dict(mode=mode, started=time.strftime("%Y-%m-%d %H:%M:%S"), settings=s, sections={}, errors={})
+    unknown = sorted(set(only or ()) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"device_check: unknown section(s) {unknown}; choose from {list(SECTIONS)}")
     path = out / "device_check.json"
+    record = dict(mode=mode, started=time.strftime("%Y-%m-%d %H:%M:%S"), settings=s, sections={}, errors={})
+    if only and path.exists():  # a rerun of the sections that failed or were cut off keeps the others
+        old = json.loads(path.read_text())
+        if old.get("mode") == mode:
+            record["sections"] = {k: v for k, v in old.get("sections", {}).items() if k not in only}
+            record["errors"] = {k: v for k, v in old.get("errors", {}).items() if k not in only}
     with tempfile.TemporaryDirectory(prefix="device_check-") as tmp:
-        sections = [("environment", environment),
-                    ("shapes", lambda: shapes(s["model"], s["device"])),
-                    ("sampling_speed", lambda: sampling_speed(s["model"], s["device"], s["speed_batches"],
-                                                              s["speed_steps"], s["speed_repeats"], s["dtypes"])),
-                    ("prune_step", lambda: prune_step(s["model"], s["device"], s["prune_cases"])),
-                    ("torchrun", lambda: torchrun(s["model"], s["run_steps"], s["run_batch"], Path(tmp)))]
-        for name, fn in sections:
+        sections = {"environment": environment,
+                    "shapes": lambda: shapes(s["model"], s["device"]),
+                    "torchrun": lambda: torchrun(s["model"], s["run_steps"], s["run_batch"], Path(tmp), s["device"],
+                                                 s["run_timeout"]),
+                    "sampling_speed": lambda: sampling_speed(s["model"], s["device"], s["speed_cases"],
+                                                             s["speed_steps"], s["speed_repeats"]),
+                    "prune_step": lambda: prune_step(s["model"], s["device"], s["prune_cases"])}
+        for name, fn in sections.items():
+            if only and name not in only:
+                continue
             t0 = time.perf_counter()
             print(f"[device_check] {name} ...", flush=True)
             try:
@@ -201,6 +223,7 @@ def run(out, mode="gpu"):
                 print(f"[device_check] {name} failed: {type(e).__name__}: {e}", flush=True)
             if s["device"] == "cuda":
                 torch.cuda.empty_cache()
+            record["sections"] = {k: record["sections"][k] for k in SECTIONS if k in record["sections"]}
             record["seconds"] = round(sum(v.get("seconds", 0) for v in record["sections"].values()), 1)
             save_json(record, path)
     return record
@@ -211,9 +234,12 @@ def main(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "results" / "gpu")),
                    help="folder for device_check.json ($OUT when set)")
-    p.add_argument("--smoke", action="store_true", help="the same sections on the CPU with a toy DiT (seconds)")
+    p.add_argument("--smoke", action="store_true", help="the same sections on the CPU with a toy DiT (a minute)")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help="comma-separated sections to run (the others' results in device_check.json are kept)")
     a = p.parse_args(argv)
-    record = run(a.out, "smoke" if a.smoke else "gpu")
+    only = [x.strip() for x in a.sections.split(",") if x.strip()]
+    record = run(a.out, "smoke" if a.smoke else "gpu", None if set(only) == set(SECTIONS) else only)
     print(json.dumps({k: record[k] for k in ("mode", "seconds", "errors")}, indent=1), flush=True)
     return 1 if record["errors"] else 0
 

@@ -304,8 +304,11 @@ def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError,
     from tinyfusion.io import load_json
     RUNNING["root"] = root
     shipped = ROOT / "results" / profile / "timings.json"   # the repository's: times to go by in a fresh results root
-    fallback = notebook_times(load_json(shipped)) if shipped.exists() and shipped.resolve() != (
-        root / "timings.json").resolve() else {}
+    try:  # only an estimate: an unreadable file leaves it out, it never stops the run
+        fallback = notebook_times(load_json(shipped)) if shipped.exists() and shipped.resolve() != \
+            timings_path.resolve() else {}
+    except Exception:
+        fallback = {}
     started = time.time()
     for i, nb in enumerate(todo):
         RUNNING["notebook"] = nb.name
