@@ -325,6 +325,21 @@ def test_rescore_picks_ranks_the_pools_on_the_whole_set(known_model):
     assert picks["min"]["kept"] == masks[int(full.argmin())].nonzero().flatten().tolist()
 
 
+def test_rescore_picks_takes_the_subset_losses_when_the_subset_is_the_whole_set(known_model, monkeypatch):
+    from tinyfusion.pruning import random as rnd
+    model, images, labels, _ = known_model
+    calib = calibration_set(images, labels, 2, 16, seed=0, objective=create_objective())
+    masks = rnd.random_masks(12, 4, keep=2, generator=torch.Generator().manual_seed(0))
+    fake_subset = -rnd.candidate_losses(model, calib, masks)
+    expected = rnd.rescore_picks(model, calib, masks, fake_subset, pool=4, subset_samples=16)  # 16 of 32: rescored
+    assert expected["min"]["loss"] != pytest.approx(fake_subset.min())
+    monkeypatch.setattr(rnd, "candidate_losses", lambda *a, **k: pytest.fail("the whole set was scored again"))
+    whole = rnd.rescore_picks(model, calib, masks, fake_subset, pool=4, subset_samples=32)
+    assert whole["min"]["loss"] == pytest.approx(float(fake_subset.min()))          # the subset's own ranking
+    assert whole["max"]["kept"] == masks[int(fake_subset.argmax())].nonzero().flatten().tolist()
+    assert list(rnd.rescore_picks(model, calib, masks, fake_subset, pool=4, subset_samples=32, which=("min",))) == ["min"]
+
+
 def test_settled_reads_the_last_fifth_of_the_decision_history():
     from tinyfusion.models.gates import settled
     hist = [{"step": s, "kept": k} for s, k in [(0, [0, 2]), (40, [1, 2]), (80, [1, 2]), (90, [1, 3]), (100, [1, 3])]]

@@ -154,7 +154,8 @@ class Study:
             r = random_candidate_study(self.teacher(), self.calib(), self.prof.random_candidates, keep,
                                        n_samples=RANDOM_STUDY_SAMPLES, objective=self.objective)
             np.save(folder / "losses.npy", np.asarray(r["losses"], dtype=np.float64))
-            picks = rescore_picks(self.teacher(), self.calib(), r["masks"], r["losses"], PICK_POOL, self.objective)
+            picks = rescore_picks(self.teacher(), self.calib(), r["masks"], r["losses"], PICK_POOL, self.objective,
+                                  subset_samples=RANDOM_STUDY_SAMPLES)
             return {"n": len(r["losses"]), "rate": r["rate"], "n_samples": r.get("n_samples"),
                     "min": float(np.min(r["losses"])), "max": float(np.max(r["losses"])),
                     "median": float(np.median(r["losses"])), "losses": "losses.npy",
@@ -182,7 +183,8 @@ class Study:
             losses = candidate_losses(self.teacher(), self.calib(), masks, objective=self.objective, progress=True,
                                       n_samples=RANDOM_STUDY_SAMPLES)
             np.save(folder / "losses.npy", losses)
-            best = rescore_picks(self.teacher(), self.calib(), masks, losses, PICK_POOL, self.objective)["min"]
+            best = rescore_picks(self.teacher(), self.calib(), masks, losses, PICK_POOL, self.objective,
+                                 subset_samples=RANDOM_STUDY_SAMPLES, which=("min",))["min"]
             i = int(np.random.default_rng(0).integers(len(masks)))
             rand = {"index": i, "kept": masks[i].nonzero().flatten().tolist(), "loss_subset": float(losses[i]),
                     "loss": self.calibration_loss(masks[i].nonzero().flatten().tolist())}

@@ -169,10 +169,13 @@ def all_masks(depth, groups):
     return torch.stack(rows)
 
 
-def rescore_picks(model, calib, masks, losses, pool=64, objective=None):
+def rescore_picks(model, calib, masks, losses, pool=64, objective=None, subset_samples=None, which=("min", "median", "max")):
     """The lowest-, median- and highest-loss candidates of a study scored on a calibration subset, picked again on
     the whole calibration set: ``pool`` candidates around each end and the median (by the subset's ranking) are
     rescored on every sample and the pick is the minimum, median and maximum of its pool's full-set losses.
+    ``subset_samples``: the number of calibration samples ``losses`` were computed on (None: not known); when that is
+    the whole set (the smoke profile's 32), the pools are picked from ``losses`` as they are, since rescoring them
+    would compute the same numbers again. ``which``: the picks wanted (a pool not asked for is not rescored).
 
     Returns {"min" | "median" | "max": {"index", "kept", "loss" (whole set), "loss_subset"}}.
     """
@@ -181,9 +184,11 @@ def rescore_picks(model, calib, masks, losses, pool=64, objective=None):
     order = np.argsort(np.nan_to_num(losses, nan=np.inf), kind="stable")
     n, half = len(order), max(1, pool // 2)
     pools = {"min": order[:pool], "median": order[max(0, n // 2 - half):n // 2 + half], "max": order[-pool:]}
+    pools = {name: pools[name] for name in which}
+    whole = subset_samples is not None and subset_samples >= sum(len(b["y"]) for b in calib)
     out = {}
     for name, idx in pools.items():
-        full = candidate_losses(model, calib, masks[idx], objective=objective, n_samples=None)
+        full = losses[idx] if whole else candidate_losses(model, calib, masks[idx], objective=objective, n_samples=None)
         rank = np.argsort(np.nan_to_num(full, nan=np.inf), kind="stable")
         j = {"min": rank[0], "median": rank[len(rank) // 2], "max": rank[-1]}[name]
         i = int(idx[j])
