@@ -12,9 +12,10 @@
 #
 # RESULTS is the results root (TINYFUSION_RESULTS of every run; keep it outside the work tree). The runs use
 # RESULTS/tree, a clone of this repository's HEAD made (with its own .venv) on the first `run` or `soak`, so editing
-# the work tree never reaches a running study; when HEAD has moved and nothing runs there, the copy is moved to it.
-# Each command runs in a session of its own (setsid), logs to RESULTS/logs/<name>.log and resumes from the cache
-# when started again. A killed run loses only its unfinished steps.
+# the work tree never reaches a running study; it holds what is committed (a teacher a study needs: commit it first).
+# When HEAD has moved and nothing runs there, the copy is moved to it. Each command runs in a session of its own
+# (setsid), appends to RESULTS/logs/<name>.log and resumes from the cache when started again: a killed run loses only
+# its unfinished steps.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 usage() { sed -n '3,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
@@ -33,6 +34,9 @@ mine() {  # pids whose environment names this results root (chains, kernels, wor
 
 frozen_tree() {  # RESULTS/tree at this repository's HEAD, with its .venv
   local head; head=$(git -C "$here" rev-parse HEAD)
+  if [ -n "$(git -C "$here" status --porcelain --untracked-files=no)" ]; then
+    echo "note: the work tree has uncommitted changes; the runs use the last commit, ${head:0:7}, without them" >&2
+  fi
   if [ ! -d "$tree/.git" ]; then
     git clone -q "$here" "$tree"
   fi
@@ -52,7 +56,7 @@ case $cmd in
     mkdir -p "$logs"; frozen_tree
     chain=""
     for target in "$@"; do
-      chain+="make $target PROFILE=${PROFILE:-cpu} > '$logs/$target.log' 2>&1; echo \"rc \$?\" >> '$logs/$target.log'; "
+      chain+="make $target PROFILE=${PROFILE:-cpu} >> '$logs/$target.log' 2>&1; echo \"rc \$?\" >> '$logs/$target.log'; "
     done
     (cd "$tree" && TINYFUSION_RESULTS="$results" OMP_NUM_THREADS=1 setsid bash -c "$chain" < /dev/null > /dev/null 2>&1 &)
     echo "started in $tree: make $* (PROFILE=${PROFILE:-cpu}); logs in $logs"
