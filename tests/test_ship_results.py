@@ -1,0 +1,75 @@
+"""tools/ship_results.py: a study's outputs come home from another results root; cached runs stay, clocks merge."""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+def _clock(*attempts):
+    return json.dumps({"attempts": [{"started": s, "profile": "cpu", "from_empty": e, "elapsed_s": t, "finished": True}
+                                    for s, e, t in attempts]})
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path / "elsewhere"))  # write_summary_again points it at dest
+    src, dest = tmp_path / "src" / "cpu", tmp_path / "dest" / "cpu"
+    for folder, name, text in [("notebooks", "11_robustness.ipynb", "{}"), ("figures", "11_block0.png", "png"),
+                               ("finetune/ft-abc", "model.pt", "weights"), ("tables", "11_block0.csv", "a\n1\n")]:
+        (src / folder).mkdir(parents=True, exist_ok=True)
+        (src / folder / name).write_text(text)
+    (src / "tables" / "11_block0.csv.sha256").write_text("0" * 64)
+    (src / "reproduce_clock.json").write_text(_clock(("2026-12-04 11:11:00", False, 600.0)))
+    dest.mkdir(parents=True)
+    (dest / "reproduce_clock.json").write_text(_clock(("2026-11-23 23:31:41", True, 13920.0)))
+    (dest / "tables").mkdir()
+    (dest / "tables" / "11_block0.csv").write_text("a\n1\n")
+    return src.parent, dest.parent
+
+
+def test_outputs_are_copied_cached_runs_are_not_and_the_clock_keeps_its_history(roots, capsys):
+    import ship_results
+    src, dest = roots
+    report = ship_results.ship(src, dest, dry_run=True)
+    assert sorted(report["new"]) == ["cpu/figures/11_block0.png", "cpu/notebooks/11_robustness.ipynb"]
+    assert report["changed"] == ["cpu/reproduce_clock.json"] and report["same"] == 1
+    assert not (dest / "cpu" / "figures").exists()                  # a dry run copies nothing
+    ship_results.main([str(src), str(dest)])
+    out = capsys.readouterr().out
+    assert "look at each of these figures" in out and "cpu/figures/11_block0.png" in out
+    assert (dest / "cpu" / "notebooks" / "11_robustness.ipynb").read_text() == "{}"
+    assert not (dest / "cpu" / "finetune").exists() and not (dest / "cpu" / "tables" / "11_block0.csv.sha256").exists()
+    attempts = json.loads((dest / "cpu" / "reproduce_clock.json").read_text())["attempts"]
+    assert [a["from_empty"] for a in attempts] == [True, False]      # the from-empty run stays first, the new one after
+    again = ship_results.ship(src, dest)                             # shipping twice changes nothing
+    assert again["new"] == [] and again["changed"] == []
+
+
+def test_summary_is_written_again_from_the_merged_clock(tmp_path, monkeypatch):
+    import ship_results
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path / "elsewhere"))
+    src, dest = tmp_path / "src" / "cpu", tmp_path / "dest" / "cpu"
+    for folder in ("tables", "verdicts"):                            # the committed cpu results as the destination
+        shutil.copytree(ROOT / "results" / "cpu" / folder, dest / folder)
+    shutil.copy(ROOT / "results" / "cpu" / "reproduce_clock.json", dest / "reproduce_clock.json")
+    src.mkdir(parents=True)
+    (src / "summary.md").write_text("# from a run that did not start from an empty cache\n")
+    (src / "reproduce_clock.json").write_text(_clock(("2099-01-01 00:00:00", False, 60.0)))
+    ship_results.ship(src.parent, dest.parent)
+    summary = (dest / "summary.md").read_text()
+    assert summary.startswith("# TinyFusion replication: summary (cpu profile)")
+    assert "hours of wall time over" in summary                     # the committed from-empty reproduction, kept
+
+
+def test_a_missing_source_is_refused_naming_it(tmp_path):
+    import ship_results
+    with pytest.raises(SystemExit, match="is not a folder"):
+        ship_results.ship(tmp_path / "nowhere", tmp_path)
+    (tmp_path / "src" / "cpu").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="profiles there: cpu"):
+        ship_results.ship(tmp_path / "src", tmp_path, profiles=["cpu-sit"])

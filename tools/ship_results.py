@@ -1,0 +1,109 @@
+"""Copy what a finished study wrote under a results root (executed notebooks, figures, tables, verdicts, summary.md,
+timings and clocks) into the repository's ``results/``, to be looked at and committed.
+
+Long studies run under a root outside the work tree (``TINYFUSION_RESULTS=~/tf_results``, ``tools/background.sh``);
+this brings their outputs home without the cached runs (``tools/copy_steps.py`` ships cached steps):
+
+    python tools/ship_results.py ~/tf_results results                          # every profile folder found there
+    python tools/ship_results.py ~/tf_results results --profiles cpu,cpu-sit --dry-run
+
+Per file it says new, changed or same, and it lists the new and changed figures last: look at each before you commit.
+A file the source root does not hold is left as it is in the destination; nothing is deleted. A clock
+(``*_clock.json``) is merged, not replaced: the destination keeps the attempts it records (the reproduction from an
+empty cache, measured once) and gains the source's; ``summary.md`` is then written again from the destination's
+verdicts, tables and merged clocks, so it reports that measurement.
+"""
+import argparse
+import filecmp
+import json
+import os
+import shutil
+from pathlib import Path
+
+FOLDERS = ("notebooks", "figures", "tables", "verdicts")                  # whole folders of outputs
+FILES = ("summary.md", "timings.json", "reproduce_clock.json", "robustness_clock.json", "scale_clock.json",
+         "mar_clock.json")                                                 # single files at a profile's top
+
+
+def outputs(profile_dir):
+    """The output files of one profile folder, relative to it (cached steps and logs excluded)."""
+    found = [Path(name) for name in FILES if (profile_dir / name).is_file()]
+    for folder in FOLDERS:
+        if (profile_dir / folder).is_dir():
+            found += sorted(p.relative_to(profile_dir) for p in (profile_dir / folder).rglob("*") if p.is_file()
+                            and not p.name.endswith(".sha256") and ".ipynb_checkpoints" not in p.parts)
+    return found
+
+
+def merged_clock(src, dest):
+    """The attempts of the clock files ``dest`` and ``src`` together (each attempt once, by its start and profile),
+    in the order they started."""
+    attempts = {}
+    for path in (dest, src):
+        if path.is_file():
+            for a in json.loads(path.read_text()).get("attempts", []):
+                attempts.setdefault((a.get("started"), a.get("profile")), a)
+    return {"attempts": [attempts[k] for k in sorted(attempts, key=lambda k: str(k[0]))]}
+
+
+def ship(src_root, dest_root, profiles=None, dry_run=False):
+    """Copy the outputs of ``profiles`` (default: every folder of ``src_root`` holding any) from ``src_root`` to
+    ``dest_root``. Returns {"new": [...], "changed": [...], "same": n} with paths relative to ``dest_root``."""
+    src_root, dest_root = Path(src_root), Path(dest_root)
+    if not src_root.is_dir():
+        raise SystemExit(f"error: {src_root} is not a folder; pass the results root the study ran under "
+                         f"(its TINYFUSION_RESULTS)")
+    names = profiles or sorted(p.name for p in src_root.iterdir() if p.is_dir() and outputs(p))
+    report = {"new": [], "changed": [], "same": 0}
+    for name in names:
+        if not (src_root / name).is_dir():
+            raise SystemExit(f"error: {src_root / name} does not exist; profiles there: "
+                             f"{', '.join(sorted(p.name for p in src_root.iterdir() if p.is_dir()))}")
+        for rel in outputs(src_root / name):
+            src, dest = src_root / name / rel, dest_root / name / rel
+            clock = rel.name.endswith("_clock.json")
+            text = json.dumps(merged_clock(src, dest), indent=2) + "\n" if clock else None
+            if dest.exists() and (dest.read_text() == text if clock else filecmp.cmp(src, dest, shallow=False)):
+                report["same"] += 1
+                continue
+            report["changed" if dest.exists() else "new"].append(str(Path(name) / rel))
+            if not dry_run:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(text) if clock else shutil.copy2(src, dest)
+    if not dry_run:
+        for name in sorted({Path(p).parts[0] for p in report["new"] + report["changed"] if p.endswith("summary.md")}):
+            write_summary_again(dest_root, name)
+    return report
+
+
+def write_summary_again(root, profile):
+    """Write ``<root>/<profile>/summary.md`` again from the verdicts, tables and clocks under ``root``."""
+    os.environ["TINYFUSION_RESULTS"] = str(Path(root).resolve())
+    from tinyfusion.study import Study
+    from tinyfusion.summary import collect, write_summary
+    study = Study(profile)
+    write_summary(study, *collect(study))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("src_root", help="results root the study ran under (its TINYFUSION_RESULTS)")
+    ap.add_argument("dest_root", help="results root to copy into (the repository's results/)")
+    ap.add_argument("--profiles", default="", help="profile folders, comma-separated (default: every one with outputs)")
+    ap.add_argument("--dry-run", action="store_true", help="only say what would be copied")
+    args = ap.parse_args(argv)
+    profiles = [p for p in args.profiles.split(",") if p] or None
+    report = ship(args.src_root, args.dest_root, profiles, args.dry_run)
+    verb = "would copy" if args.dry_run else "copied"
+    for kind in ("new", "changed"):
+        for path in report[kind]:
+            print(f"{verb} ({kind}) {path}")
+    print(f"{len(report['new'])} new, {len(report['changed'])} changed, {report['same']} the same")
+    figures = [p for p in report["new"] + report["changed"] if p.endswith(".png")]
+    if figures:
+        print("look at each of these figures before committing them:\n  " + "\n  ".join(figures))
+
+
+if __name__ == "__main__":
+    main()
