@@ -8,10 +8,10 @@ this brings their outputs home without the cached runs (``tools/copy_steps.py`` 
     python tools/ship_results.py ~/tf_results results --profiles cpu,cpu-sit --dry-run
 
 Per file it says new, changed or same, and it lists the new and changed figures last: look at each before you commit.
-A file the source root does not hold is left as it is in the destination; nothing is deleted. A clock
-(``*_clock.json``) is merged, not replaced: the destination keeps the attempts it records (the reproduction from an
-empty cache, measured once) and gains the source's; ``summary.md`` is then written again from the destination's
-verdicts, tables and merged clocks, so it reports that measurement.
+A file the source root does not hold is left as it is in the destination; nothing is deleted. A history (the clocks
+``*_clock.json``, ``timings.json``) is merged, not replaced: the destination keeps the runs it records (the
+reproduction from an empty cache, measured once) and gains the source's; ``summary.md`` is then written again from
+the destination's verdicts, tables and merged histories, so it reports that measurement.
 """
 import argparse
 import filecmp
@@ -35,15 +35,23 @@ def outputs(profile_dir):
     return found
 
 
-def merged_clock(src, dest):
-    """The attempts of the clock files ``dest`` and ``src`` together (each attempt once, by its start and profile),
-    in the order they started."""
-    attempts = {}
+HISTORIES = {"timings.json": "runs"}  # files that are a history of runs, besides the clocks ("attempts")
+
+
+def history_key(rel):
+    """The list a history file holds (a clock's "attempts", timings.json's "runs"), None for any other file."""
+    return "attempts" if rel.name.endswith("_clock.json") else HISTORIES.get(rel.name)
+
+
+def merged_history(src, dest, key):
+    """The entries under ``key`` of the files ``dest`` and ``src`` together (each once, by its start and profile; the
+    source's version of an entry both hold, as a resumed run updates its own), in the order they started."""
+    entries = {}
     for path in (dest, src):
         if path.is_file():
-            for a in json.loads(path.read_text()).get("attempts", []):
-                attempts.setdefault((a.get("started"), a.get("profile")), a)
-    return {"attempts": [attempts[k] for k in sorted(attempts, key=lambda k: str(k[0]))]}
+            for e in json.loads(path.read_text()).get(key, []):
+                entries[(e.get("started"), e.get("profile"))] = e
+    return {key: [entries[k] for k in sorted(entries, key=lambda k: str(k[0]))]}
 
 
 def ship(src_root, dest_root, profiles=None, dry_run=False):
@@ -61,15 +69,15 @@ def ship(src_root, dest_root, profiles=None, dry_run=False):
                              f"{', '.join(sorted(p.name for p in src_root.iterdir() if p.is_dir()))}")
         for rel in outputs(src_root / name):
             src, dest = src_root / name / rel, dest_root / name / rel
-            clock = rel.name.endswith("_clock.json")
-            text = json.dumps(merged_clock(src, dest), indent=2) + "\n" if clock else None
-            if dest.exists() and (dest.read_text() == text if clock else filecmp.cmp(src, dest, shallow=False)):
+            key = history_key(rel)
+            text = json.dumps(merged_history(src, dest, key), indent=2) + "\n" if key else None
+            if dest.exists() and (dest.read_text() == text if key else filecmp.cmp(src, dest, shallow=False)):
                 report["same"] += 1
                 continue
             report["changed" if dest.exists() else "new"].append(str(Path(name) / rel))
             if not dry_run:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_text(text) if clock else shutil.copy2(src, dest)
+                dest.write_text(text) if key else shutil.copy2(src, dest)
     if not dry_run:
         for name in sorted({Path(p).parts[0] for p in report["new"] + report["changed"] if p.endswith("summary.md")}):
             write_summary_again(dest_root, name)
