@@ -46,8 +46,9 @@ def test_outputs_are_copied_cached_runs_are_not_and_the_clock_keeps_its_history(
     assert not (dest / "cpu" / "finetune").exists() and not (dest / "cpu" / "tables" / "11_block0.csv.sha256").exists()
     attempts = json.loads((dest / "cpu" / "reproduce_clock.json").read_text())["attempts"]
     assert [a["from_empty"] for a in attempts] == [True, False]      # the from-empty run stays first, the new one after
-    (src / "cpu" / "timings.json").write_text(json.dumps({"runs": [{"started": "b", "profile": "cpu", "total_seconds": 2}]}))
-    (dest / "cpu" / "timings.json").write_text(json.dumps({"runs": [{"started": "a", "profile": "cpu", "total_seconds": 1}]}))
+    for root, started in ((src, "b"), (dest, "a")):
+        run = {"started": started, "profile": "cpu", "total_seconds": 1}
+        (root / "cpu" / "timings.json").write_text(json.dumps({"runs": [run]}))
     ship_results.ship(src, dest)
     runs = json.loads((dest / "cpu" / "timings.json").read_text())["runs"]
     assert [r["started"] for r in runs] == ["a", "b"]

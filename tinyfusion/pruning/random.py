@@ -169,7 +169,8 @@ def all_masks(depth, groups):
     return torch.stack(rows)
 
 
-def rescore_picks(model, calib, masks, losses, pool=64, objective=None, subset_samples=None, which=("min", "median", "max")):
+def rescore_picks(model, calib, masks, losses, pool=64, objective=None, subset_samples=None,
+                  which=("min", "median", "max")):
     """The lowest-, median- and highest-loss candidates of a study scored on a calibration subset, picked again on
     the whole calibration set: ``pool`` candidates around each end and the median (by the subset's ranking) are
     rescored on every sample and the pick is the minimum, median and maximum of its pool's full-set losses.
