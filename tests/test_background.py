@@ -43,6 +43,19 @@ def test_pause_and_continue_reach_only_the_processes_of_that_results_root(tmp_pa
             p.wait()
 
 
+def test_pause_spares_the_shell_that_called_it_with_the_same_root_exported(tmp_path):
+    env = {**os.environ, "TINYFUSION_RESULTS": str(tmp_path)}
+    worker = subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
+    try:  # the calling bash has the root in its environment too: it must not stop itself
+        r = subprocess.run(["bash", "-c", f"{SCRIPT} pause {tmp_path} && echo caller-ran-on"], env=env,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and "pause: 1 processes" in r.stdout and "caller-ran-on" in r.stdout, r.stdout + r.stderr
+        assert _wait_state(worker.pid, "T") == "T"
+    finally:
+        worker.kill()
+        worker.wait()
+
+
 def test_usage_is_shown_for_a_missing_results_root():
     r = subprocess.run([str(SCRIPT), "pause"], capture_output=True, text=True)
     assert r.returncode == 2 and "tools/background.sh run RESULTS TARGET" in r.stdout

@@ -19,6 +19,8 @@ def _clock(*attempts):
 def roots(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYFUSION_RESULTS", str(tmp_path / "elsewhere"))  # write_summary_again points it at dest
     src, dest = tmp_path / "src" / "cpu", tmp_path / "dest" / "cpu"
+    (tmp_path / "src" / "tree" / "notebooks").mkdir(parents=True)                 # background.sh's frozen clone
+    (tmp_path / "src" / "tree" / "notebooks" / "01_calibration_loss_study.ipynb").write_text("{}")
     for folder, name, text in [("notebooks", "11_robustness.ipynb", "{}"), ("figures", "11_block0.png", "png"),
                                ("finetune/ft-abc", "model.pt", "weights"), ("tables", "11_block0.csv", "a\n1\n")]:
         (src / folder).mkdir(parents=True, exist_ok=True)
@@ -48,10 +50,15 @@ def test_outputs_are_copied_cached_runs_are_not_and_the_clock_keeps_its_history(
     assert [a["from_empty"] for a in attempts] == [True, False]      # the from-empty run stays first, the new one after
     for root, started in ((src, "b"), (dest, "a")):
         run = {"started": started, "profile": "cpu", "total_seconds": 1}
-        (root / "cpu" / "timings.json").write_text(json.dumps({"runs": [run]}))
+        latest = {"00.ipynb": 5.0, f"{started}.ipynb": 1.0}
+        (root / "cpu" / "timings.json").write_text(json.dumps({"runs": [run], "latest": latest}))
+    (dest / "cpu" / "figures" / "11_block0.png").write_text("older")
+    (dest / "cpu" / "figures" / "11_block0.png.sha256").write_text("0" * 64)  # a local run's record of the old file
     ship_results.ship(src, dest)
-    runs = json.loads((dest / "cpu" / "timings.json").read_text())["runs"]
-    assert [r["started"] for r in runs] == ["a", "b"]
+    timings = json.loads((dest / "cpu" / "timings.json").read_text())
+    assert [r["started"] for r in timings["runs"]] == ["a", "b"]
+    assert timings["latest"] == {"00.ipynb": 5.0, "a.ipynb": 1.0, "b.ipynb": 1.0}  # kept: reproduce's estimates read it
+    assert not (dest / "cpu" / "figures" / "11_block0.png.sha256").exists()
     again = ship_results.ship(src, dest)                             # shipping twice changes nothing
     assert again["new"] == [] and again["changed"] == []
 
@@ -70,6 +77,8 @@ def test_summary_is_written_again_from_the_merged_clock(tmp_path, monkeypatch):
     summary = (dest / "summary.md").read_text()
     assert summary.startswith("# TinyFusion replication: summary (cpu profile)")
     assert "hours of wall time over" in summary                     # the committed from-empty reproduction, kept
+    again = ship_results.ship(src.parent, dest.parent)              # nothing new: summary.md is not touched again
+    assert again["changed"] == [] and again["summaries"] == [] and (dest / "summary.md").read_text() == summary
 
 
 def test_a_missing_source_is_refused_naming_it(tmp_path):

@@ -23,10 +23,16 @@ usage() { sed -n '3,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 cmd=$1; results=$(mkdir -p "$2" && cd "$2" && pwd); shift 2
 logs="$results/logs"; tree="$results/tree"
 
-mine() {  # pids whose environment names this results root (chains, kernels, workers: any process group)
+mine() {  # pids whose environment names this results root (chains, kernels, workers: any process group), but never
+          # this script, its subshells or the processes that started it (a caller that exported the same root)
+  local skip=" $$ $BASHPID " a=$$
+  while [ "$a" -gt 1 ]; do
+    a=$(awk '/^PPid:/{print $2}' "/proc/$a/status" 2>/dev/null || echo 1)
+    skip+="$a "
+  done
   for p in /proc/[0-9]*; do
     pid=${p#/proc/}
-    [ "$pid" = "$$" ] && continue
+    [[ $skip == *" $pid "* ]] && continue
     tr '\0' '\n' 2>/dev/null < "$p/environ" | grep -aqxF "TINYFUSION_RESULTS=$results" && echo "$pid"
   done
   return 0
@@ -67,14 +73,14 @@ case $cmd in
     mkdir -p "$logs"; frozen_tree
     # the session's autogroup gets nice 19: nice alone does not reach across autogroups (README, "Sharing the cores")
     (cd "$tree" && TINYFUSION_RESULTS="$results" OMP_NUM_THREADS=1 setsid bash -c \
-      'echo 19 > /proc/$$/autogroup 2>/dev/null || renice -n 19 $$ > /dev/null; "$@" >> "'"$logs/$name.log"'" 2>&1; echo "rc $?" >> "'"$logs/$name.log"'"' \
+      'echo 19 > /proc/$$/autogroup 2>/dev/null; renice -n 19 $$ > /dev/null; "$@" >> "'"$logs/$name.log"'" 2>&1; echo "rc $?" >> "'"$logs/$name.log"'"' \
       soak "$@" < /dev/null > /dev/null 2>&1 &)
     echo "started $name at low priority in $tree; log $logs/$name.log"
     ;;
   pause|continue)
     sig=$([ "$cmd" = pause ] && echo STOP || echo CONT)
     pids=$(mine)
-    if [ -n "$pids" ]; then kill -"$sig" $pids; fi
+    if [ -n "$pids" ]; then kill -"$sig" $pids 2>/dev/null || true; fi   # one may have exited meanwhile
     echo "$cmd: $(echo $pids | wc -w) processes"
     ;;
   status)

@@ -1,5 +1,5 @@
-"""Copy what a finished study wrote under a results root (executed notebooks, figures, tables, verdicts, summary.md,
-timings and clocks) into the repository's ``results/``, to be looked at and committed.
+"""Copy what a finished study wrote under a results root (executed notebooks, figures, tables, verdicts, timings and
+clocks) into the repository's ``results/``, to be looked at and committed; ``summary.md`` is written again there.
 
 Long studies run under a root outside the work tree (``TINYFUSION_RESULTS=~/tf_results``, ``tools/background.sh``);
 this brings their outputs home without the cached runs (``tools/copy_steps.py`` ships cached steps):
@@ -44,30 +44,40 @@ def history_key(rel):
 
 
 def merged_history(src, dest, key):
-    """The entries under ``key`` of the files ``dest`` and ``src`` together (each once, by its start and profile; the
-    source's version of an entry both hold, as a resumed run updates its own), in the order they started."""
-    entries = {}
+    """The file ``dest`` with the entries under ``key`` of ``src`` added: each entry once (by its start and profile;
+    the source's version of one both hold, as a resumed run updates its own), the destination's in their order and
+    the source's new ones after them, so attempts of two results roots never interleave; any other key (timings'
+    "latest": per notebook, the last run's seconds) takes the source's values over the destination's."""
+    merged, entries = {}, {}
     for path in (dest, src):
         if path.is_file():
-            for e in json.loads(path.read_text()).get(key, []):
-                entries[(e.get("started"), e.get("profile"))] = e
-    return {key: [entries[k] for k in sorted(entries, key=lambda k: str(k[0]))]}
+            obj = json.loads(path.read_text())
+            for k, v in obj.items():
+                if k != key:
+                    merged[k] = {**merged.get(k, {}), **v} if isinstance(v, dict) else v
+            for e in obj.get(key, []):
+                entries[(e.get("started"), e.get("profile"))] = e   # a dict keeps the first place of a key
+    return {**merged, key: list(entries.values())}
 
 
 def ship(src_root, dest_root, profiles=None, dry_run=False):
     """Copy the outputs of ``profiles`` (default: every folder of ``src_root`` holding any) from ``src_root`` to
-    ``dest_root``. Returns {"new": [...], "changed": [...], "same": n} with paths relative to ``dest_root``."""
+    ``dest_root``. Returns {"new": [...], "changed": [...], "same": n, "summaries": [...]} with paths relative to
+    ``dest_root`` ("summaries": the summary.md files written again, for each changed profile whose source has one)."""
     src_root, dest_root = Path(src_root), Path(dest_root)
     if not src_root.is_dir():
         raise SystemExit(f"error: {src_root} is not a folder; pass the results root the study ran under "
                          f"(its TINYFUSION_RESULTS)")
-    names = profiles or sorted(p.name for p in src_root.iterdir() if p.is_dir() and outputs(p))
-    report = {"new": [], "changed": [], "same": 0}
+    from tinyfusion.profiles import PROFILES  # the profile folders only (not background.sh's RESULTS/tree)
+    names = profiles or sorted(p.name for p in src_root.iterdir() if p.is_dir() and p.name in PROFILES and outputs(p))
+    report = {"new": [], "changed": [], "same": 0, "summaries": []}
     for name in names:
         if not (src_root / name).is_dir():
             raise SystemExit(f"error: {src_root / name} does not exist; profiles there: "
                              f"{', '.join(sorted(p.name for p in src_root.iterdir() if p.is_dir()))}")
         for rel in outputs(src_root / name):
+            if rel == Path("summary.md"):
+                continue  # written again below from the merged files, never copied
             src, dest = src_root / name / rel, dest_root / name / rel
             key = history_key(rel)
             text = json.dumps(merged_history(src, dest, key), indent=2) + "\n" if key else None
@@ -78,9 +88,12 @@ def ship(src_root, dest_root, profiles=None, dry_run=False):
             if not dry_run:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_text(text) if key else shutil.copy2(src, dest)
+                Path(str(dest) + ".sha256").unlink(missing_ok=True)  # a local run's record of the old content
     if not dry_run:
-        for name in sorted({Path(p).parts[0] for p in report["new"] + report["changed"] if p.endswith("summary.md")}):
-            write_summary_again(dest_root, name)
+        for name in sorted({Path(p).parts[0] for p in report["new"] + report["changed"]}):
+            if (src_root / name / "summary.md").is_file():
+                write_summary_again(dest_root, name)
+                report["summaries"].append(str(Path(name) / "summary.md"))
     return report
 
 
@@ -107,6 +120,8 @@ def main(argv=None):
     for kind in ("new", "changed"):
         for path in report[kind]:
             print(f"{verb} ({kind}) {path}")
+    for path in report["summaries"]:
+        print(f"wrote {path} again from the merged files")
     print(f"{len(report['new'])} new, {len(report['changed'])} changed, {report['same']} the same")
     figures = [p for p in report["new"] + report["changed"] if p.endswith(".png")]
     if figures:
