@@ -49,7 +49,8 @@ def test_pause_spares_the_shell_that_called_it_with_the_same_root_exported(tmp_p
     try:  # the calling bash has the root in its environment too: it must not stop itself
         r = subprocess.run(["bash", "-c", f"{SCRIPT} pause {tmp_path} && echo caller-ran-on"], env=env,
                            capture_output=True, text=True, timeout=30)
-        assert r.returncode == 0 and "pause: 1 processes" in r.stdout and "caller-ran-on" in r.stdout, r.stdout + r.stderr
+        said = r.stdout + r.stderr
+        assert r.returncode == 0 and "pause: 1 processes" in r.stdout and "caller-ran-on" in r.stdout, said
         assert _wait_state(worker.pid, "T") == "T"
     finally:
         worker.kill()

@@ -11,8 +11,8 @@
 
 (with ``nproc == 1`` it runs ``python -m ENTRY ...`` directly: same code path in the entry point, since
 ``dist.init`` starts no process group for one process, and a few seconds less start-up; ``torchrun=True`` with
-``TINYFUSION_DIST_FORCE=1`` in ``env`` runs one process under torchrun with a process group), streams the child's output into
-the cell as it comes (stderr merged into stdout; in a terminal raw chunks, so tqdm's ``\\r`` updates redraw one
+``TINYFUSION_DIST_FORCE=1`` in ``env`` runs one process under torchrun with a process group), streams the child's
+output into the cell as it comes (stderr merged into stdout; in a terminal raw chunks, so tqdm's ``\\r`` updates redraw one
 line; in a notebook each progress bar is one output updated in place, so an executed notebook stores its last
 state, not every redraw; rank 0 prints alone because entry points use ``dist.print0`` and disable tqdm on
 other ranks) and returns the dict that rank 0 wrote to RES. Entry points started here show an error's traceback

@@ -50,8 +50,8 @@ def _t3(method):
 
 _D14_ITS = 13.54  # sampling iterations/s of the 14-layer models in Table 1
 
-# DiT-XL/2, the teacher of Tables 1 and 3: parameters (675M, as the DiT paper gives) and tokens (256x256 images -> 32x32 latents,
-# patch 2 -> 16x16 tokens).
+# DiT-XL/2, the teacher of Tables 1 and 3: parameters (675M, as the DiT paper gives) and tokens (256x256 images ->
+# 32x32 latents, patch 2 -> 16x16 tokens).
 DIT_XL_PARAMS, DIT_XL_TOKENS = 675e6, 256
 
 # Table 1: DiT-XL/2 on ImageNet 256 (IS, FID, sFID, Prec, Rec, it/s); a key is absent where the paper gives no value.

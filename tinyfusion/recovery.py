@@ -442,7 +442,8 @@ def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_
     log = res["log"]
     result = dict(out=str(out), model=str(out / "model.pt"), state=str(out / "state.pt"), log=str(out / "log.json"),
                   mode=c["mode"], steps=c["steps"], batch_size=c["batch_size"], world_size=dist.world_size(),
-                  backend=dist.backend(), skipped_steps=res["skipped_steps"], samples_per_s=round(res["samples_per_s"], 1),
+                  backend=dist.backend(), skipped_steps=res["skipped_steps"],
+                  samples_per_s=round(res["samples_per_s"], 1),
                   wall_s=round(res["wall_s"], 1), first_step=res["first_step_components"],
                   final_loss=log[-1]["loss"] if log else None, layer_map=c["layer_map"], kept=c["kept"],
                   student=str(c["student"]), teacher=str(c["teacher"]) if c["teacher"] else None,

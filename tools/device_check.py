@@ -1,4 +1,5 @@
-"""The checks a lent GPU session runs, as one prepared script (about 5 minutes on one H200); one JSON out.
+"""The checks a lent GPU session runs, as one prepared script (one JSON out; estimated at about 5 minutes on one
+H200, not yet run on one).
 
 A session is lent a GPU by chance and for 15 minutes in all (the machine's start included), so what it runs is
 written and tested here beforehand, on the CPU at toy size (``--smoke``, run by tests/test_device_check.py). The
@@ -17,8 +18,8 @@ sections, in the order they run (the most needed first):
 5. ``prune_step``: one learnable-pruning training step of DiT-XL/2 (1:2 gates, LoRA rank 8, as
    ``benchmarks/prune_step.py``): time and peak GPU memory of ours and the straightforward variant at batch 16,
    then at the official batch 128 (the official ``prune_by_learning.py`` runs one process at global batch 128;
-   the straightforward variant needs about 90 GB there: it fits an H200's 139 GiB, not an 80 GB H100, where
-   that case records its error).
+   the straightforward variant is estimated, not yet measured, to need about 90 GB there: it would fit an H200's
+   139 GiB, not an 80 GB H100, where that case records its error).
 
 Each section is timed and written into ``<out>/device_check.json`` as soon as it ends (a run cut off by its time
 limit still returns what it finished); a failing section records its error and the next one runs; ``--sections``
@@ -92,9 +93,9 @@ def shapes(model, device, batch=2):
         with torch.no_grad():
             out = m(x, t, y)
         want = (batch, 2 * c if m.learn_sigma else c, size, size)
-        rows[f"D{len(m.blocks)}"] = dict(depth=len(m.blocks), params=sum(p.numel() for p in m.parameters()), tokens=m.x_embedder.num_patches,
-                          input=list(x.shape), output=list(out.shape), output_ok=tuple(out.shape) == want,
-                          finite=bool(torch.isfinite(out).all()))
+        rows[f"D{len(m.blocks)}"] = dict(depth=len(m.blocks), params=sum(p.numel() for p in m.parameters()),
+                                         tokens=m.x_embedder.num_patches, input=list(x.shape), output=list(out.shape),
+                                         output_ok=tuple(out.shape) == want, finite=bool(torch.isfinite(out).all()))
     return dict(model=model, layers=rows, paper_params=paper.DIT_XL_PARAMS, paper_tokens=paper.DIT_XL_TOKENS)
 
 

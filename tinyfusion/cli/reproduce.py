@@ -300,13 +300,12 @@ def _ipc_dir():
 def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError, root, out_dir, partial_dir, timings,
                    timings_path, this_run, clock):
     from tinyfusion import cache
-    from tinyfusion.io import save_json
-    from tinyfusion.io import load_json
+    from tinyfusion.io import load_json, save_json
     RUNNING["root"] = root
     shipped = ROOT / "results" / profile / "timings.json"   # the repository's: times to go by in a fresh results root
     try:  # only an estimate: an unreadable file leaves it out, it never stops the run
-        fallback = notebook_times(load_json(shipped)) if shipped.exists() and shipped.resolve() != \
-            timings_path.resolve() else {}
+        own = shipped.resolve() == Path(timings_path).resolve()
+        fallback = notebook_times(load_json(shipped)) if shipped.exists() and not own else {}
     except Exception:
         fallback = {}
     started = time.time()
