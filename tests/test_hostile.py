@@ -245,7 +245,8 @@ def test_an_unwritable_output_folder_fails_before_the_first_step(tmp_path):
     assert calls == []
 
 
-def test_a_run_without_ckpt_every_still_checkpoints_and_a_kill_keeps_the_work(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ckpt_every", [0, 1000])  # by time only; by steps that are far apart (a starved run)
+def test_a_run_checkpoints_by_time_and_a_kill_keeps_the_work(tmp_path, monkeypatch, ckpt_every):
     from tinyfusion import training
     monkeypatch.setattr(training, "CHECKPOINT_EVERY_S", 0.0)  # "long enough since the last checkpoint", each step
     model, opt, x, y = linear_setup()
@@ -255,7 +256,8 @@ def test_a_run_without_ckpt_every_still_checkpoints_and_a_kill_keeps_the_work(tm
             raise KeyboardInterrupt("killed")
         return linear_loss(net, batch, step)
     with pytest.raises(KeyboardInterrupt):
-        train(model, dies_at_step_5, opt, x, y, create_objective(), LoopConfig(steps=10, batch_size=4),
+        train(model, dies_at_step_5, opt, x, y, create_objective(),
+              LoopConfig(steps=10, batch_size=4, ckpt_every=ckpt_every),
               state={"model": model, "opt": opt}, state_path=tmp_path / "state.pt", progress=False)
     assert load_checkpoint(tmp_path / "state.pt")["step"] == 5
 

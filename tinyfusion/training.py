@@ -227,7 +227,8 @@ class LoopConfig:
     ema_warmup: int = 10           # decay min(ema_decay, (1 + s) / (ema_warmup + s)); 0: constant decay
     label_dropout: float = 0.0     # labels replaced by the null class with this probability, drawn from (seed, s)
     log_every: int = 1             # log (and reduce across ranks) every n steps; step 0 and the last always
-    ckpt_every: int = 0            # write the resumable state every n steps (0: every CHECKPOINT_EVERY_S seconds)
+    ckpt_every: int = 0            # write the resumable state every n steps (0: by time only), and always after
+                                   # CHECKPOINT_EVERY_S seconds without one (a run starved of cores loses little)
     stop_after: int = 0            # stop after n steps of this call, with the state saved (tests of resuming)
     max_skipped: int | None = None # non-finite steps allowed (None: 10% of the steps, at least 1; never all)
     inject_nan_at: tuple = ()      # steps whose loss is replaced by NaN (tests of the guard)
@@ -252,7 +253,8 @@ def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr
     ``on_snapshot(done)`` runs after step ``done - 1`` for every ``done`` in ``cfg.snapshots`` (skipped or not), before
     that step's checkpoint: a resumed run redoes a snapshot only if it was not yet saved with the state.
     ``state``: dict name -> object with ``state_dict``/``load_state_dict`` (model, ema, optimiser, gates, ...)
-    saved to ``state_path`` with the log, every ``ckpt_every`` steps (0: every ``CHECKPOINT_EVERY_S`` seconds), on
+    saved to ``state_path`` with the log, every ``ckpt_every`` steps and whenever ``CHECKPOINT_EVERY_S`` seconds
+    passed without a save (so a run that shares its cores, or is killed with its session, loses minutes), on
     ``stop_after`` and at the end; a state found there is resumed if its ``identity`` (the run's resolved
     settings) and its inputs (:func:`input_identity`: hashes of the starting weights and of the data) equal this
     run's. The folder of ``state_path`` is checked writable before the first step, and the settings and labels
@@ -330,8 +332,9 @@ def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr
         done = step + 1
         if on_snapshot is not None and done in snaps:
             on_snapshot(done)
-        if state_path and done < steps and (done % cfg.ckpt_every == 0 if cfg.ckpt_every else  # ranks agree
-                                            dist.broadcast_object(time.time() - last_save[0] >= CHECKPOINT_EVERY_S)):
+        by_steps = bool(cfg.ckpt_every) and done % cfg.ckpt_every == 0   # ranks agree: the clock is rank 0's
+        late = lambda: dist.broadcast_object(time.time() - last_save[0] >= CHECKPOINT_EVERY_S)  # noqa: E731
+        if state_path and done < steps and (by_steps or late()):
             checkpoint(done, prior_wall + time.time() - t0)
         if cfg.stop_after and done - start >= cfg.stop_after and done < steps:
             stopped_at = done

@@ -54,7 +54,8 @@ HELP = dict(profile="profile whose budgets and teacher are used (tinyfusion/prof
             a_kd="weight of the KD loss (the paper's alpha_KD)", a_diff="weight of the diffusion loss (alpha_Diff)",
             ema_decay="EMA decay of the weights (the model written is the EMA)",
             ema_warmup="steps before the EMA starts averaging", grad_clip="gradient norm clip (0: none)",
-            seed="seed of the batches, noise and timesteps", ckpt_every="write state.pt every this many steps",
+            seed="seed of the batches, noise and timesteps",
+            ckpt_every="write state.pt every this many steps (0: by time only), and after 300 s without one",
             log_every="log the losses every this many steps", stop_after="stop after this many steps and save "
             "state.pt (0: run to the end; to test resuming)",
             max_skipped="non-finite losses tolerated before the run stops; -1: 10% of the steps (at least 5)",

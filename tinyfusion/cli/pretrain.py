@@ -5,8 +5,8 @@
     python -m tinyfusion.cli.pretrain --profile cpu --model MAR-T32/4 --out results/cpu/pretrain-mar  # its own loss
     torchrun --nproc_per_node=2 -m tinyfusion.cli.pretrain --profile cpu --out ...
 
-Writes ``<out>/state.pt`` (resumable: model, EMA, optimiser, step, RNG) every ``ckpt_every`` steps,
-``<out>/teacher.pt`` (EMA weights + config, the artefact to ship) and ``<out>/summary.json`` at the end.
+Writes ``<out>/state.pt`` (resumable: model, EMA, optimiser, step, RNG) every ``ckpt_every`` steps and after 300 s
+without one, ``<out>/teacher.pt`` (EMA weights + config, the artefact to ship) and ``<out>/summary.json`` at the end.
 Killed and started again with the same flags, it resumes from ``state.pt`` and ends with the same weights.
 """
 from __future__ import annotations
@@ -34,7 +34,8 @@ HELP = dict(profile="profile whose model, data and budgets are used (tinyfusion/
             min_lr_frac="cosine floor as a fraction of --lr", warmup="linear warm-up steps",
             ema_decay="EMA decay of the weights (teacher.pt holds the EMA)",
             seed="seed of the initialisation, batches, noise and timesteps",
-            ckpt_every="write state.pt every this many steps", log_every="log the loss every this many steps",
+            ckpt_every="write state.pt every this many steps (0: by time only), and after 300 s without one",
+            log_every="log the loss every this many steps",
             grad_clip="gradient norm clip (0: none)",
             stop_after="stop after this many steps and save state.pt (0: run to the end; to test resuming)")
 

@@ -39,7 +39,7 @@ HELP = dict(profile="profile whose budgets and teacher are used (tinyfusion/prof
             tau_start="Gumbel-softmax temperature at the first step", tau_end="temperature at the last step",
             lora_alpha="LoRA scaling alpha", grad_clip="gradient norm clip (0: none)",
             log_every="record the decisions every this many steps (default 0: steps // 50)",
-            ckpt_every="write state.pt every this many steps",
+            ckpt_every="write state.pt every this many steps (0: by time only), and after 300 s without one",
             recompute="run again even when a finished run of the same config is cached",
             lora_rank="LoRA rank (default: the profile's, about the paper's 0.9% of the parameters trained)",
             ema_decay="EMA decay of the gate logits (default: the profile's prune_ema_decay; the paper: 0.999)",
