@@ -60,3 +60,62 @@ def test_pause_spares_the_shell_that_called_it_with_the_same_root_exported(tmp_p
 def test_usage_is_shown_for_a_missing_results_root():
     r = subprocess.run([str(SCRIPT), "pause"], capture_output=True, text=True)
     assert r.returncode == 2 and "tools/background.sh run RESULTS TARGET" in r.stdout
+
+
+def _job_pids(results):
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if f"@{results}".encode() in (d / "environ").read_bytes():
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _wait(cond, timeout=30.0):
+    end = time.time() + timeout
+    while not cond() and time.time() < end:
+        time.sleep(0.1)
+    return cond()
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc (Linux)")
+def test_a_killed_job_is_resumed_once_and_forgotten_when_it_succeeds(tmp_path):
+    tree, results = tmp_path / "tree", tmp_path / "results"
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    (tree / ".venv" / "bin" / "python").write_text("#!/bin/sh\n")
+    (tree / ".venv" / "bin" / "python").chmod(0o755)
+    (tree / "Makefile").write_text('a:\n\t@echo a >> "$$TINYFUSION_RESULTS/a.txt"; sleep "$$SLEEP_S"\n'
+                                   'b:\n\t@echo b >> "$$TINYFUSION_RESULTS/b.txt"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("TINYFUSION_RESULTS", "PROFILE")}
+    env.update(BG_TREE=str(tree), SLEEP_S="60")
+
+    def bg(*args, **extra):
+        return subprocess.run([str(SCRIPT), *args, str(results), *extra.get("rest", ())], env={**env, **extra.get(
+            "env", {})}, capture_output=True, text=True, timeout=60)
+    try:
+        r = bg("run", rest=["a", "b"])
+        assert r.returncode == 0 and "started job run-a+b" in r.stdout, r.stdout + r.stderr
+        assert _wait(lambda: (results / "a.txt").exists())
+        assert "job run-a+b: runs" in bg("status").stdout
+        again = bg("run", rest=["a", "b"])                      # the same chain twice would race on its cache
+        assert again.returncode == 1 and "already runs" in again.stderr
+        for pid in _job_pids(results):                          # the session ends: every process of it dies
+            os.kill(pid, 9)
+        assert _wait(lambda: not _job_pids(results))
+        assert "job run-a+b: not finished, not running (resume)" in bg("status").stdout
+        r = bg("resume", env={"SLEEP_S": "0"})
+        assert "resume: 1 jobs started" in r.stdout, r.stdout + r.stderr
+        assert _wait(lambda: (results / "b.txt").exists() and not (results / "jobs" / "run-a+b").exists())
+        assert (results / "a.txt").read_text() == "a\na\n"      # target a ran again from its start, then b
+        assert "resume: 0 jobs started" in bg("resume").stdout  # finished: forgotten
+        r = bg("soak", rest=["fails", "false"])                  # a job that fails stays recorded
+        assert r.returncode == 0, r.stderr
+        assert _wait(lambda: "rc 1" in (results / "logs" / "fails.log").read_text()
+                     if (results / "logs" / "fails.log").exists() else False)
+        assert "job soak-fails: not finished, not running (resume)" in bg("status").stdout
+    finally:
+        for pid in _job_pids(results):
+            os.kill(pid, 9)

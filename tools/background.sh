@@ -8,20 +8,25 @@
 #                                                  #   .venv/bin/python -m tinyfusion.cli.pretrain --profile cpu-w128
 #   tools/background.sh pause|continue RESULTS     # SIGSTOP / SIGCONT every process of those runs (the study clocks
 #                                                  # do not count a pause), e.g. to lend the cores to `make test`
-#   tools/background.sh status RESULTS             # their processes and the last line of each log
+#   tools/background.sh status RESULTS             # their processes, the jobs not finished, the last line of each log
+#   tools/background.sh resume RESULTS             # start again every job that has not finished and is not running
+#                                                  # (a session's end, a kill or a reboot stopped it), on the same copy
 #
 # RESULTS is the results root (TINYFUSION_RESULTS of every run; keep it outside the work tree). The runs use
 # RESULTS/tree, a clone of this repository's HEAD made (with its own .venv) on the first `run` or `soak`, so editing
 # the work tree never reaches a running study; it holds what is committed (a teacher a study needs: commit it first).
 # When HEAD has moved and nothing runs there, the copy is moved to it. Each command runs in a session of its own
 # (setsid), appends to RESULTS/logs/<name>.log and resumes from the cache when started again: a killed run loses only
-# its unfinished steps.
+# its unfinished steps. Each job is recorded in RESULTS/jobs/<job> (its arguments, NUL-separated, never evaluated)
+# until it ends with every command's status 0; a job already running is not started twice.
+# BG_TREE=DIR uses DIR (a clone with its .venv) as the copy, as it is: no clone, no move, no setup.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-usage() { sed -n '3,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '3,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 2 ] || usage
+argv=("$@")
 cmd=$1; results=$(mkdir -p "$2" && cd "$2" && pwd); shift 2
-logs="$results/logs"; tree="$results/tree"
+logs="$results/logs"; tree="${BG_TREE:-$results/tree}"; jobs="$results/jobs"
 
 mine() {  # pids whose environment names this results root (chains, kernels, workers: any process group), but never
           # this script, its subshells or the processes that started it (a caller that exported the same root)
@@ -38,7 +43,27 @@ mine() {  # pids whose environment names this results root (chains, kernels, wor
   return 0
 }
 
-frozen_tree() {  # RESULTS/tree at this repository's HEAD, with its .venv
+running() {  # pids of job $1 of this results root (its chain and every process under it)
+  for p in /proc/[0-9]*; do
+    tr '\0' '\n' 2>/dev/null < "$p/environ" | grep -aqxF "TINYFUSION_JOB=$1@$results" && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+record() {  # job $1 of this invocation: refused when it runs, written to RESULTS/jobs until it succeeds
+  if [ -n "$(running "$1")" ]; then
+    echo "error: job $1 already runs for $results (tools/background.sh status $results); not started twice" >&2
+    exit 1
+  fi
+  mkdir -p "$jobs"
+  printf '%s\0' "PROFILE=${PROFILE:-cpu}" "BG_TREE=$tree" "${argv[@]}" > "$jobs/$1"
+}
+
+frozen_tree() {  # RESULTS/tree at this repository's HEAD, with its .venv (BG_TREE, or a resumed job: as it is)
+  if [ -n "${BG_TREE:-}" ]; then
+    [ -x "$tree/.venv/bin/python" ] || { echo "error: BG_TREE=$tree has no .venv/bin/python; run make setup there" >&2; exit 1; }
+    return 0
+  fi
   local head; head=$(git -C "$here" rev-parse HEAD)
   if [ -n "$(git -C "$here" status --porcelain --untracked-files=no)" ]; then
     echo "note: the work tree has uncommitted changes; the runs use the last commit, ${head:0:7}, without them" >&2
@@ -59,23 +84,29 @@ frozen_tree() {  # RESULTS/tree at this repository's HEAD, with its .venv
 case $cmd in
   run)
     [ $# -ge 1 ] || usage
-    mkdir -p "$logs"; frozen_tree
-    chain=""
+    job="run-$(IFS=+; echo "$*")"
+    mkdir -p "$logs"; frozen_tree; record "$job"
+    chain="ok=0; "
     for target in "$@"; do
-      chain+="make $target PROFILE=${PROFILE:-cpu} >> '$logs/$target.log' 2>&1; echo \"rc \$?\" >> '$logs/$target.log'; "
+      chain+="make $target PROFILE=${PROFILE:-cpu} >> '$logs/$target.log' 2>&1; rc=\$?; echo \"rc \$rc\" >> '$logs/$target.log'; [ \$rc = 0 ] || ok=1; "
     done
-    (cd "$tree" && TINYFUSION_RESULTS="$results" OMP_NUM_THREADS=1 setsid bash -c "$chain" < /dev/null > /dev/null 2>&1 &)
-    echo "started in $tree: make $* (PROFILE=${PROFILE:-cpu}); logs in $logs"
+    chain+="[ \$ok = 0 ] && rm -f '$jobs/$job'"
+    # every fd of the detached chain is /dev/null (a caller reading this script's output through a pipe returns now)
+    (cd "$tree" && TINYFUSION_RESULTS="$results" TINYFUSION_JOB="$job@$results" OMP_NUM_THREADS=1 \
+      exec setsid bash -c "$chain") < /dev/null > /dev/null 2>&1 &
+    echo "started job $job in $tree: make $* (PROFILE=${PROFILE:-cpu}); logs in $logs"
     ;;
   soak)
     [ $# -ge 2 ] || usage
     name=$1; shift
-    mkdir -p "$logs"; frozen_tree
+    job="soak-$name"
+    mkdir -p "$logs"; frozen_tree; record "$job"
     # the session's autogroup gets nice 19: nice alone does not reach across autogroups (README, "Sharing the cores")
-    (cd "$tree" && TINYFUSION_RESULTS="$results" OMP_NUM_THREADS=1 setsid bash -c \
-      'echo 19 > /proc/$$/autogroup 2>/dev/null; renice -n 19 $$ > /dev/null; "$@" >> "'"$logs/$name.log"'" 2>&1; echo "rc $?" >> "'"$logs/$name.log"'"' \
-      soak "$@" < /dev/null > /dev/null 2>&1 &)
-    echo "started $name at low priority in $tree; log $logs/$name.log"
+    (cd "$tree" && TINYFUSION_RESULTS="$results" TINYFUSION_JOB="$job@$results" OMP_NUM_THREADS=1 exec setsid bash -c \
+      'echo 19 > /proc/$$/autogroup 2>/dev/null; renice -n 19 $$ > /dev/null; "$@" >> "'"$logs/$name.log"'" 2>&1;
+       rc=$?; echo "rc $rc" >> "'"$logs/$name.log"'"; [ $rc = 0 ] && rm -f "'"$jobs/$job"'"' \
+      soak "$@") < /dev/null > /dev/null 2>&1 &
+    echo "started job $job at low priority in $tree; log $logs/$name.log"
     ;;
   pause|continue)
     sig=$([ "$cmd" = pause ] && echo STOP || echo CONT)
@@ -83,9 +114,27 @@ case $cmd in
     if [ -n "$pids" ]; then kill -"$sig" $pids 2>/dev/null || true; fi   # one may have exited meanwhile
     echo "$cmd: $(echo $pids | wc -w) processes"
     ;;
+  resume)
+    n=0
+    for f in "$jobs"/*; do
+      [ -f "$f" ] || continue
+      job=$(basename "$f")
+      if [ -n "$(running "$job")" ]; then echo "$job runs"; continue; fi
+      mapfile -d '' -t rec < "$f"
+      [ "${#rec[@]}" -ge 4 ] || { echo "error: $f is not a job record; remove it" >&2; exit 1; }
+      env "${rec[0]}" "${rec[1]}" "$0" "${rec[@]:2}"
+      n=$((n + 1))
+    done
+    echo "resume: $n jobs started"
+    ;;
   status)
     pids=$(mine)
     [ -n "$pids" ] && ps -o pid,stat,etime,args -p "$(echo $pids | tr ' ' ,)" | cut -c1-150 || echo "nothing runs for $results"
+    for f in "$jobs"/*; do
+      [ -f "$f" ] || continue
+      job=$(basename "$f")
+      printf 'job %s: %s\n' "$job" "$([ -n "$(running "$job")" ] && echo runs || echo "not finished, not running (resume)")"
+    done
     for f in "$logs"/*.log; do
       if [ -f "$f" ]; then
         printf '%s: %s\n' "$(basename "$f" .log)" "$(tail -c 300 "$f" | tr '\r' '\n' | grep -av '^\s*$' | tail -1)"
