@@ -15,7 +15,7 @@ def test_device_check_smoke_runs_every_section_and_a_real_process_group(tmp_path
     import device_check
     record = device_check.run(tmp_path, "smoke")
     assert record["errors"] == {}
-    assert tuple(record["sections"]) == device_check.SECTIONS
+    assert tuple(record["sections"]) == device_check.DEFAULT_SECTIONS   # the teachers only when asked
     assert json.loads((tmp_path / "device_check.json").read_text())["sections"].keys() == record["sections"].keys()
     layers = record["sections"]["shapes"]["layers"]
     assert set(layers) == {"D4", "D2"} and all(r["output_ok"] and r["finite"] for r in layers.values())
@@ -33,10 +33,32 @@ def test_device_check_smoke_runs_every_section_and_a_real_process_group(tmp_path
     assert run["finetune"]["finite"] and run["finetune"]["mode"] == "masked_kd"
     # a rerun of some sections keeps the others' results; an unknown section is refused by name
     again = device_check.run(tmp_path, "smoke", only=["environment"])
-    assert tuple(again["sections"]) == device_check.SECTIONS
+    assert tuple(again["sections"]) == device_check.DEFAULT_SECTIONS
     assert again["sections"]["torchrun"] == run
     with pytest.raises(SystemExit, match="unknown section.*'speed'"):
         device_check.run(tmp_path, "smoke", only=["speed"])
+
+
+def test_teachers_come_back_in_parts_that_join_to_the_trained_file_or_are_refused(tmp_path):
+    import device_check
+    from tinyfusion.io import load_checkpoint
+    out = tmp_path / "out"
+    device_check.PART_BYTES, old = 500_000, device_check.PART_BYTES   # several parts from a toy teacher
+    try:
+        record = device_check.run(out, "smoke", only=["teachers"])
+    finally:
+        device_check.PART_BYTES = old
+    assert record["errors"] == {}, record["errors"]
+    row = record["sections"]["teachers"]["runs"]["smoke"]
+    assert row["finished"] and row["parts"] >= 2 and row["summary"]["steps"] == 3
+    assert {p.name for p in out.glob("teacher_smoke.pt.*")} == {f"teacher_smoke.pt.{i}" for i in range(row["parts"])}
+    dest, = device_check.unpack_teachers(out, tmp_path / "root")
+    ckpt = load_checkpoint(Path(dest) / "teacher.pt")        # checked against its record and its content digest
+    assert "ema" in ckpt and json.loads((Path(dest) / "summary.json").read_text())["steps"] == 3
+    part = out / "teacher_smoke.pt.1"
+    part.write_bytes(part.read_bytes()[:-1] + b"x")          # one byte changed in transit
+    with pytest.raises(SystemExit, match="do not join to the teacher the GPU wrote"):
+        device_check.unpack_teachers(out, tmp_path / "again")
 
 
 def test_device_check_refuses_the_gpu_mode_without_cuda(tmp_path):

@@ -21,6 +21,13 @@ sections, in the order they run (the most needed first):
    the straightforward variant is estimated, not yet measured, to need about 90 GB there: it would fit an H200's
    139 GiB, not an 80 GB H100, where that case records its error).
 
+6. ``teachers`` (not run by default; for a session whose device check is already in ``results/gpu/``): the scale
+   ladder's teachers (issue 26: ``cpu-w128``, ``cpu-t49``) trained side by side with ``cli.pretrain``, the
+   same script and recipe as on the CPU, stopped after 480 s. A finished teacher comes back in parts of at most
+   15 MiB (the device tool returns 8 files of 16 MiB at most) with its SHA-256 and training log in the JSON; here,
+   ``--unpack-teachers`` joins and checks them into ``<root>/<profile>/pretrain_gpu/`` for
+   ``tools/install_teacher.py``. An unfinished one records its steps and rate (its state is too large to return).
+
 Each section is timed and written into ``<out>/device_check.json`` as soon as it ends (a run cut off by its time
 limit still returns what it finished); a failing section records its error and the next one runs; ``--sections``
 reruns some, keeping the others' results. Exit status 1 when any section failed.
@@ -33,14 +40,20 @@ reruns some, keeping the others' results. Exit status 1 when any section failed.
     # here, after it: the tree as it was, then the JSON into results/gpu/ and a commit
     tools/device_tree.sh restore
     python tools/device_check.py --smoke --out /tmp/device_check       # the same code on the CPU at toy size
+    # a later lent GPU (the checks committed): the teachers, then here
+    PYTHONUNBUFFERED=1 python3 tools/device_check.py --sections teachers --out $OUT            # timeout_s 560
+    python tools/device_check.py --unpack-teachers <files_at> --into ~/tf_results
+    python tools/install_teacher.py ~/tf_results/cpu-w128/pretrain_gpu --profile cpu-w128
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,10 +71,13 @@ import torch  # noqa: E402
 SETTINGS = {
     "gpu": dict(model="DiT-XL/2", device="cuda", speed_cases=((8, "fp32"), (8, "bf16"), (64, "bf16")), speed_steps=10,
                 speed_repeats=3, prune_cases=(dict(batch=16, rounds=0), dict(batch=128, rounds=5, warmup=2)),
-                run_steps=5, run_batch=16, run_timeout=300),
+                run_steps=5, run_batch=16, run_timeout=300,
+                teacher_profiles=("cpu-w128", "cpu-t49"), teacher_steps=None, teacher_timeout=480),
     "smoke": dict(model="DiT-Mini/2", device="cpu", speed_cases=((2, "fp32"),), speed_steps=1, speed_repeats=1,
-                  prune_cases=(dict(batch=2, rounds=0),), run_steps=2, run_batch=4, run_timeout=300),
+                  prune_cases=(dict(batch=2, rounds=0),), run_steps=2, run_batch=4, run_timeout=300,
+                  teacher_profiles=("smoke",), teacher_steps=3, teacher_timeout=300),
 }
+PART_BYTES = 15 * 2**20  # a returned file's limit is 16 MiB
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -182,7 +198,72 @@ def torchrun(model, steps, batch, work, device, timeout):
                               samples_per_s=ft["samples_per_s"], layer_map=ft["layer_map"], wall_s=round(t2 - t1, 1)))
 
 
-SECTIONS = ("environment", "shapes", "torchrun", "sampling_speed", "prune_step")  # the order they run in
+def teachers(profiles, steps, work, out, device, timeout):
+    """``cli.pretrain`` of each profile's teacher, side by side on ``device`` (``steps``: None for the profile's),
+    stopped after ``timeout`` seconds; a finished teacher.pt is split into ``out/teacher_<profile>.pt.<i>`` (at most
+    15 MiB each) and its SHA-256, size and training summary recorded; an unfinished run records how far it got."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TINYFUSION_QUIET": "1"}
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    procs = {}
+    for p in profiles:
+        cmd = [sys.executable, "-m", "tinyfusion.cli.pretrain", "--profile", p, "--out", str(work / p)]
+        cmd += ["--steps", str(steps)] if steps else []
+        log = open(work / f"{p}.log", "w")
+        procs[p] = (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+    t0, rows = time.perf_counter(), {}
+    for p, (proc, log) in procs.items():
+        try:
+            proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        run, row = work / p, dict(returncode=proc.returncode, seconds=round(time.perf_counter() - t0, 1))
+        if (run / "teacher.pt").is_file() and (run / "summary.json").is_file():
+            blob = (run / "teacher.pt").read_bytes()
+            parts = [blob[i:i + PART_BYTES] for i in range(0, len(blob), PART_BYTES)]
+            for i, part in enumerate(parts):
+                (Path(out) / f"teacher_{p}.pt.{i}").write_bytes(part)
+            row.update(finished=True, sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob), parts=len(parts),
+                       summary=json.loads((run / "summary.json").read_text()))
+        else:
+            state = run / "state.pt"
+            step = torch.load(state, map_location="cpu", weights_only=True)["step"] if state.exists() else 0
+            row.update(finished=False, steps_saved=step, log_tail=(work / f"{p}.log").read_text()[-1500:])
+        rows[p] = row
+    return dict(device=device, profiles=list(profiles), steps=steps, timeout=timeout, runs=rows)
+
+
+def unpack_teachers(parts_dir, into):
+    """Join the ``teachers`` section's parts in ``parts_dir`` (with its device_check.json) into
+    ``<into>/<profile>/pretrain_gpu/`` (teacher.pt, its .sha256, summary.json), each checked against the SHA-256
+    recorded on the GPU; returns the folders written."""
+    from tinyfusion.io import record_path, save_json
+    parts_dir, into = Path(parts_dir), Path(into)
+    record = json.loads((parts_dir / "device_check.json").read_text())
+    runs = record.get("sections", {}).get("teachers", {}).get("runs", {})
+    done = []
+    for p, row in runs.items():
+        if not row.get("finished"):
+            print(f"{p}: not finished on the GPU ({row.get('steps_saved')} steps saved there); train it here")
+            continue
+        blob = b"".join((parts_dir / f"teacher_{p}.pt.{i}").read_bytes() for i in range(row["parts"]))
+        if hashlib.sha256(blob).hexdigest() != row["sha256"] or len(blob) != row["bytes"]:
+            raise SystemExit(f"error: the parts teacher_{p}.pt.* in {parts_dir} do not join to the teacher the GPU "
+                             f"wrote (SHA-256 {row['sha256'][:12]}..., {row['bytes']} bytes); fetch them again")
+        dest = into / p / "pretrain_gpu"
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "teacher.pt").write_bytes(blob)
+        record_path(dest / "teacher.pt").write_text(f"{row['sha256']}  teacher.pt\n")
+        save_json(row["summary"], dest / "summary.json")
+        done.append(str(dest))
+        print(f"{p}: {dest} ({row['bytes'] / 1e6:.1f} MB); next: python tools/install_teacher.py {dest} --profile {p}")
+    return done
+
+
+SECTIONS = ("environment", "shapes", "torchrun", "sampling_speed", "prune_step", "teachers")  # the order they run in
+DEFAULT_SECTIONS = SECTIONS[:-1]  # the checks; the teachers only when asked (--sections teachers)
 
 
 def run(out, mode="gpu", only=None):
@@ -211,9 +292,11 @@ def run(out, mode="gpu", only=None):
                                                  s["run_timeout"]),
                     "sampling_speed": lambda: sampling_speed(s["model"], s["device"], s["speed_cases"],
                                                              s["speed_steps"], s["speed_repeats"]),
-                    "prune_step": lambda: prune_step(s["model"], s["device"], s["prune_cases"])}
+                    "prune_step": lambda: prune_step(s["model"], s["device"], s["prune_cases"]),
+                    "teachers": lambda: teachers(s["teacher_profiles"], s["teacher_steps"], Path(tmp), out,
+                                                 s["device"], s["teacher_timeout"])}
         for name, fn in sections.items():
-            if only and name not in only:
+            if name not in (only or DEFAULT_SECTIONS):
                 continue
             t0 = time.perf_counter()
             print(f"[device_check] {name} ...", flush=True)
@@ -236,11 +319,21 @@ def main(argv=None):
     p.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "results" / "gpu")),
                    help="folder for device_check.json ($OUT when set)")
     p.add_argument("--smoke", action="store_true", help="the same sections on the CPU with a toy DiT (a minute)")
-    p.add_argument("--sections", default=",".join(SECTIONS),
-                   help="comma-separated sections to run (the others' results in device_check.json are kept)")
+    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                   help=f"comma-separated sections to run, of {','.join(SECTIONS)} (the others' results in "
+                        f"device_check.json are kept)")
+    p.add_argument("--unpack-teachers", metavar="DIR", help="join the teachers section's returned parts in DIR "
+                   "(with its device_check.json) into --into; runs nothing else")
+    p.add_argument("--into", default=os.environ.get("TINYFUSION_RESULTS", ""),
+                   help="results root the unpacked teachers go under (<into>/<profile>/pretrain_gpu)")
     a = p.parse_args(argv)
+    if a.unpack_teachers:
+        if not a.into:
+            p.error("--unpack-teachers needs --into (a results root, e.g. ~/tf_results)")
+        unpack_teachers(a.unpack_teachers, a.into)
+        return 0
     only = [x.strip() for x in a.sections.split(",") if x.strip()]
-    record = run(a.out, "smoke" if a.smoke else "gpu", None if set(only) == set(SECTIONS) else only)
+    record = run(a.out, "smoke" if a.smoke else "gpu", None if set(only) == set(DEFAULT_SECTIONS) else only)
     print(json.dumps({k: record[k] for k in ("mode", "seconds", "errors")}, indent=1), flush=True)
     return 1 if record["errors"] else 0
 
