@@ -18,10 +18,12 @@ def _run(tmp_path, name, kept_by_step, final_kept, settled, last_change):
 
 
 def test_decisions_find_when_block0_took_layer0_and_its_last_change(tmp_path):
-    late = _run(tmp_path, "late", [(0, [1, 2]), (100, [1, 3]), (800, [0, 3]), (1000, [0, 3])], [0, 3],
+    # every real history opens with the step-0 snapshot: equal gates, whose tie keeps layer 0 of each block
+    late = _run(tmp_path, "late", [(0, [0, 2]), (100, [1, 3]), (800, [0, 3]), (1000, [0, 3])], [0, 3],
                 [False, True], [800, 100])
-    never = _run(tmp_path, "never", [(0, [1, 2]), (10, [1, 2]), (1000, [1, 2])], [1, 2], [True, True], [0, 0])
-    back = _run(tmp_path, "back", [(0, [0, 2]), (500, [1, 2]), (1000, [1, 2])], [1, 2], [True, True], [500, 0])
+    never = _run(tmp_path, "never", [(0, [0, 2]), (10, [1, 2]), (1000, [1, 2])], [1, 2], [True, True], [0, 0])
+    back = _run(tmp_path, "back", [(0, [0, 2]), (250, [0, 2]), (500, [1, 2]), (1000, [1, 2])], [1, 2], [True, True],
+                [500, 0])
     table = robustness.decisions({("1:2", 0): late, ("1:2", 1): never, ("1:2", 2): back}, "1000 steps", 4)
     assert len(table) == 6 and list(table.layers[:2]) == ["0 1", "2 3"]
     b0 = robustness.block0_summary(table).set_index("seed")
@@ -29,6 +31,23 @@ def test_decisions_find_when_block0_took_layer0_and_its_last_change(tmp_path):
     assert b0.loc[0, "last_change"] == 800 and b0.loc[0, "last_change_share"] == pytest.approx(0.8)
     assert not b0.loc[1, "layer0_ever"] and b0.loc[1, "kept"] == "1"
     assert b0.loc[2, "layer0_ever"] and not b0.loc[2, "layer0_end"]   # kept early, dropped by the end
+
+
+def test_budget_labels_differ_even_where_both_budgets_have_one_step_count():
+    assert robustness.budget_labels(get_profile("cpu")) == {"profile": "938 gate steps",
+                                                            "official": "10010 gate steps"}
+    labels = robustness.budget_labels(get_profile("imagenet"))   # 10,010 steps each: the names tell them apart
+    assert len(set(labels.values())) == 2 and labels["official"] == "10010 gate steps (official)"
+
+
+def test_curve_candidates_take_every_pruning_seed_given_not_the_fine_tune_seeds(monkeypatch):
+    from tinyfusion.study import REFERENCES, Study
+    study = Study("cpu")   # fine-tune seeds (0, 1); three pruning seeds below
+    monkeypatch.setattr(Study, "table3_candidates", lambda self: ({"shortgpt": [0, 1], "learnable": [1, 2]}, {}))
+    monkeypatch.setattr(Study, "mask_study", lambda self, groups: {"picks": {m: {"kept": [2, 3]} for m in REFERENCES}})
+    learned = {0: {"kept": [1, 3]}, 1: {"kept": [1, 2]}, 2: {"kept": [0, 3]}}
+    got = [(m, ps, k) for m, ps, k in study.curve_candidates(learned=learned) if m == "learnable"]
+    assert got == [("learnable", 0, [1, 3]), ("learnable", 1, [1, 2]), ("learnable", 2, [0, 3])]
 
 
 def test_learned_1of2_picks_the_1of2_runs_by_seed():

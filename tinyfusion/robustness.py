@@ -36,6 +36,14 @@ def budget_settings(prof, budget):
     raise ValueError(f"unknown gate budget {budget!r}; choose one of {BUDGETS}")
 
 
+def budget_labels(prof):
+    """{budget: label} for tables, legends and setting names: "938 gate steps", "10010 gate steps"; with the budget's
+    name as well when both budgets have one step count (the imagenet profile: 10,010 each), so no label is shared."""
+    steps = {b: budget_settings(prof, b)[0] for b in BUDGETS}
+    same = len(set(steps.values())) < len(steps)
+    return {b: f"{steps[b]} gate steps" + (f" ({b})" if same else "") for b in BUDGETS}
+
+
 def gate_runs(study, budget, schemes=SCHEMES, seeds=None):
     """Learnable pruning (LoRA, as Table 3) of the study's teacher at a gate ``budget`` for every scheme and pruning
     seed (default ``profile.robust_prune_seeds``), ``profile.workers`` runs side by side; each is cached as every
@@ -52,10 +60,11 @@ def gate_runs(study, budget, schemes=SCHEMES, seeds=None):
 
 
 def decisions(runs, budget_label, depth):
-    """One row per run and block of ``runs`` ({(scheme, seed): run} of a ``depth``-layer teacher): the block's layers, the layers kept at the end,
-    the step of its last change (``gates.settled``) and that step as a share of the run, whether it settled (no change
-    over the last 20%) and its final confidence. Block 0 also says whether layer 0 was ever kept and, if it was, from
-    which snapshot on it stayed kept (``layer0_from``; NaN when it did not end kept)."""
+    """One row per run and block of ``runs`` ({(scheme, seed): run} of a ``depth``-layer teacher): the block's
+    layers, the layers kept at the end, the step of its last change (``gates.settled``) and that step as a share of the run, whether it settled (no change
+    over the last 20%) and its final confidence. Block 0 also says whether layer 0 was ever kept after training began
+    (the step-0 snapshot, equal gates whose tie keeps layer 0, is left out) and, if it was, from which snapshot on it
+    stayed kept (``layer0_from``; NaN when it did not end kept)."""
     from tinyfusion.models.gates import block_bounds, parse_groups
     rows = []
     for (scheme, seed), run in runs.items():
@@ -68,14 +77,16 @@ def decisions(runs, budget_label, depth):
                    "kept": " ".join(str(k) for k in run["kept"] if lo <= k < hi),
                    "last_change": run["last_change"][b], "last_change_share": run["last_change"][b] / total,
                    "settled": run["settled"][b], "confidence": run["confidence"][b], "steps": total}
-            if b == 0:
-                kept0 = [0 in h["kept"] for h in hist]
+            if b == 0:  # from the first snapshot after training began: at step 0 the tie of equal gates keeps layer 0
+                trained = [(st, h) for st, h in zip(steps, hist) if st > 0] or list(zip(steps, hist))
+                steps0 = [st for st, _ in trained]
+                kept0 = [0 in h["kept"] for _, h in trained]
                 row["layer0_ever"] = any(kept0)
                 row["layer0_end"] = kept0[-1]
                 start = len(kept0)
                 while start > 0 and kept0[start - 1]:
                     start -= 1
-                row["layer0_from"] = steps[start] if kept0[-1] else np.nan
+                row["layer0_from"] = steps0[start] if kept0[-1] else np.nan
             rows.append(row)
     return pd.DataFrame(rows)
 

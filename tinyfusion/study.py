@@ -544,8 +544,8 @@ class Study:
         refs = self.mask_study("1:2")["picks"]
         out = [(m, None, k) for m, k in kept.items() if m != "learnable"]
         out += [(m, None, refs[m]["kept"]) for m in REFERENCES]
-        out += [("learnable", s, learned[s]["kept"]) for s in self.prof.seeds]
-        return out
+        out += [("learnable", s, r["kept"]) for s, r in learned.items()]   # every pruning seed given, not the
+        return out                                                           # fine-tune seeds
 
     def candidates(self, methods, learned=None, groups="1:2"):
         """The recovery-curve models of the named ``methods`` only (for :meth:`recovery_curves`): a list of (method,
