@@ -67,7 +67,8 @@ def test_robustness_table_and_its_sentences():
     assert "'held' in long" in sentences[2]
     assert sentences[3] == "Claim 3: 'not held' in ref; not re-judged in any other setting (not run: long, sit)."
     _, alone = robustness.robustness_table({"ref": {}, "sit": {9: held}}, "ref")   # the reference never recorded 9
-    assert alone[9] == "Claim 9: no status in the reference setting (ref), nothing to compare; elsewhere: 'held' in sit."
+    assert alone[9] == ("Claim 9: no status in the reference setting (ref), nothing to compare; elsewhere: 'held' in "
+                        "sit.")
     assert alone[1].endswith("nothing to compare.")
 
 

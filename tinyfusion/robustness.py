@@ -61,8 +61,8 @@ def gate_runs(study, budget, schemes=SCHEMES, seeds=None):
 
 def decisions(runs, budget_label, depth):
     """One row per run and block of ``runs`` ({(scheme, seed): run} of a ``depth``-layer teacher): the block's
-    layers, the layers kept at the end, the step of its last change (``gates.settled``) and that step as a share of the run, whether it settled (no change
-    over the last 20%) and its final confidence. Block 0 also says whether layer 0 was ever kept after training began
+    layers, the layers kept at the end, the step of its last change (``gates.settled``) and that step as a share of
+    the run, whether it settled (no change over the last 20%) and its final confidence. Block 0 also says whether layer 0 was ever kept after training began
     (the step-0 snapshot, equal gates whose tie keeps layer 0, is left out) and, if it was, from which snapshot on it
     stayed kept (``layer0_from``; NaN when it did not end kept)."""
     from tinyfusion.models.gates import block_bounds, parse_groups
