@@ -26,7 +26,8 @@ sections, in the order they run (the most needed first):
    same script and recipe as on the CPU, stopped after 480 s. A finished teacher comes back in parts of at most
    15 MiB (the device tool returns 8 files of 16 MiB at most) with its SHA-256 and training log in the JSON; here,
    ``--unpack-teachers`` joins and checks them into ``<root>/<profile>/pretrain_gpu/`` for
-   ``tools/install_teacher.py``. An unfinished one records its steps and rate (its state is too large to return).
+   ``tools/install_teacher.py``. An unfinished one records its last saved step and its log's tail (its state is too
+   large to return).
 
 Each section is timed and written into ``<out>/device_check.json`` as soon as it ends (a run cut off by its time
 limit still returns what it finished); a failing section records its error and the next one runs; ``--sections``
@@ -201,7 +202,9 @@ def torchrun(model, steps, batch, work, device, timeout):
 def teachers(profiles, steps, work, out, device, timeout):
     """``cli.pretrain`` of each profile's teacher, side by side on ``device`` (``steps``: None for the profile's),
     stopped after ``timeout`` seconds; a finished teacher.pt is split into ``out/teacher_<profile>.pt.<i>`` (at most
-    15 MiB each) and its SHA-256, size and training summary recorded; an unfinished run records how far it got."""
+    15 MiB each) and its SHA-256, size and training summary recorded; an unfinished run records the step of its last
+    state and its log's tail."""
+    from tinyfusion.io import load_checkpoint, sha256
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TINYFUSION_QUIET": "1"}
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -225,11 +228,11 @@ def teachers(profiles, steps, work, out, device, timeout):
             parts = [blob[i:i + PART_BYTES] for i in range(0, len(blob), PART_BYTES)]
             for i, part in enumerate(parts):
                 (Path(out) / f"teacher_{p}.pt.{i}").write_bytes(part)
-            row.update(finished=True, sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob), parts=len(parts),
+            row.update(finished=True, sha256=sha256(run / "teacher.pt"), bytes=len(blob), parts=len(parts),
                        summary=json.loads((run / "summary.json").read_text()))
         else:
             state = run / "state.pt"
-            step = torch.load(state, map_location="cpu", weights_only=True)["step"] if state.exists() else 0
+            step = load_checkpoint(state)["step"] if state.exists() else 0
             row.update(finished=False, steps_saved=step, log_tail=(work / f"{p}.log").read_text()[-1500:])
         rows[p] = row
     return dict(device=device, profiles=list(profiles), steps=steps, timeout=timeout, runs=rows)
@@ -239,7 +242,7 @@ def unpack_teachers(parts_dir, into):
     """Join the ``teachers`` section's parts in ``parts_dir`` (with its device_check.json) into
     ``<into>/<profile>/pretrain_gpu/`` (teacher.pt, its .sha256, summary.json), each checked against the SHA-256
     recorded on the GPU; returns the folders written."""
-    from tinyfusion.io import record_path, save_json
+    from tinyfusion.io import _atomic_write, save_json
     parts_dir, into = Path(parts_dir), Path(into)
     record = json.loads((parts_dir / "device_check.json").read_text())
     runs = record.get("sections", {}).get("teachers", {}).get("runs", {})
@@ -254,8 +257,7 @@ def unpack_teachers(parts_dir, into):
                              f"wrote (SHA-256 {row['sha256'][:12]}..., {row['bytes']} bytes); fetch them again")
         dest = into / p / "pretrain_gpu"
         dest.mkdir(parents=True, exist_ok=True)
-        (dest / "teacher.pt").write_bytes(blob)
-        record_path(dest / "teacher.pt").write_text(f"{row['sha256']}  teacher.pt\n")
+        _atomic_write(dest / "teacher.pt", lambda f: f.write(blob))   # with its integrity record, as every artefact
         save_json(row["summary"], dest / "summary.json")
         done.append(str(dest))
         print(f"{p}: {dest} ({row['bytes'] / 1e6:.1f} MB); next: python tools/install_teacher.py {dest} --profile {p}")
