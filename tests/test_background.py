@@ -116,6 +116,11 @@ def test_a_killed_job_is_resumed_once_and_forgotten_when_it_succeeds(tmp_path):
         assert _wait(lambda: "rc 1" in (results / "logs" / "fails.log").read_text()
                      if (results / "logs" / "fails.log").exists() else False)
         assert "job soak-fails: not finished, not running (resume)" in bg("status").stdout
+        (results / "jobs" / "soak-fails").unlink()
+        (results / "jobs" / "forged").write_bytes(b"touch\0" + str(tmp_path / "ran").encode() + b"\0run\0x\0a\0")
+        r = bg("resume")                                          # a record it did not write is refused, not run
+        assert r.returncode == 1 and "is not a job record of this script" in r.stderr
+        assert not (tmp_path / "ran").exists()
     finally:
         for pid in _job_pids(results):
             os.kill(pid, 9)

@@ -121,7 +121,10 @@ case $cmd in
       job=$(basename "$f")
       if [ -n "$(running "$job")" ]; then echo "$job runs"; continue; fi
       mapfile -d '' -t rec < "$f"
-      [ "${#rec[@]}" -ge 4 ] || { echo "error: $f is not a job record; remove it" >&2; exit 1; }
+      if [ "${#rec[@]}" -lt 4 ] || [[ ${rec[0]} != PROFILE=* || ${rec[1]} != BG_TREE=* ]] ||
+         [[ ${rec[2]} != run && ${rec[2]} != soak ]]; then
+        echo "error: $f is not a job record of this script; remove it" >&2; exit 1
+      fi
       env "${rec[0]}" "${rec[1]}" "$0" "${rec[@]:2}"
       n=$((n + 1))
     done
