@@ -59,6 +59,10 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
     assert rest["steps_run"] == 18 and torch.equal(model.weight, whole.weight) and torch.equal(model.bias, whole.bias)
     assert [e["step"] for e in rest["log"]] == [e["step"] for e in ref["log"]]
     assert rest["first"] == ref["first"]  # the initial loss survives the resume
+    # each call's thread count is recorded (a run is bit-identical only on the same count)
+    me = {"threads": torch.get_num_threads(), "world_size": 1, "torch": torch.__version__}
+    assert rest["segments"] == [{"from_step": 0, **me}, {"from_step": 12, **me}]
+    assert ref["segments"] == [{"from_step": 0, **me}]
 
 
 def test_nonfinite_steps_are_skipped_and_bounded():

@@ -251,7 +251,7 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
     Returns dict(model, ema, log (one dict per logged step, step 0 always: step, lr, beta, loss, components,
     skipped), skipped_steps, samples_per_s, first_step_components (step 0's entry, the "initial loss" of the
     paper's Table 5; after a resume read from the saved log), steps_run, stopped_at (None if the run finished),
-    wall_s). ``model`` is the trained student itself (unwrapped from DDP), ``ema`` its EMA copy.
+    wall_s, segments: threads and world size of each call, see ``training.train``). ``model`` is the trained student itself (unwrapped from DDP), ``ema`` its EMA copy.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -319,7 +319,7 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
                 identity=identity or run_cfg, desc=f"recovery:{mode}", progress=progress)
     return dict(model=m, ema=ema, log=res["log"], skipped_steps=res["skipped_steps"],
                 first_step_components=res["first"], samples_per_s=res["samples_per_s"], steps_run=res["steps_run"],
-                stopped_at=res["stopped_at"], wall_s=res["wall_s"])
+                stopped_at=res["stopped_at"], wall_s=res["wall_s"], segments=res["segments"])
 
 
 # --------------------------------------------------------------------------- one recovery run: config and artefacts
@@ -442,7 +442,7 @@ def run_recovery(config, out, *, log_every=1, ckpt_every=100, stop_after=0, max_
     log = res["log"]
     result = dict(out=str(out), model=str(out / "model.pt"), state=str(out / "state.pt"), log=str(out / "log.json"),
                   mode=c["mode"], steps=c["steps"], batch_size=c["batch_size"], world_size=dist.world_size(),
-                  backend=dist.backend(), skipped_steps=res["skipped_steps"],
+                  backend=dist.backend(), skipped_steps=res["skipped_steps"], segments=res["segments"],
                   samples_per_s=round(res["samples_per_s"], 1),
                   wall_s=round(res["wall_s"], 1), first_step=res["first_step_components"],
                   final_loss=log[-1]["loss"] if log else None, layer_map=c["layer_map"], kept=c["kept"],

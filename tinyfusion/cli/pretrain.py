@@ -110,6 +110,7 @@ def _run(cfg):
                "batch_size": cfg["batch_size"], "world_size": dist.world_size(), "wall_s": round(res["wall_s"], 1),
                "samples_per_s": round(res["samples_per_s"], 1), "skipped_steps": res["skipped_steps"],
                "final_loss": log[-1]["loss"] if log else None, "seed": cfg["seed"], "profile": prof.name,
+               "segments": res["segments"],
                "objective": None if own_loss else objective.config}
     if dist.is_main():
         save_checkpoint({"ema": ema.state_dict(), "config": model.config, "summary": summary}, out / "teacher.pt")

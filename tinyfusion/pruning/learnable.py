@@ -144,7 +144,7 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
 
     Returns a dict: kept, confidence, history (decision snapshots every ``log_every`` steps), log,
     trainable_params, gate_params, total_params, trainable_fraction, steps_per_s, skipped_steps, step
-    (steps done), stopped_at (when stopped early), plus the trained ``gates`` and ``model`` (with dPhi).
+    (steps done), segments (threads and world size of each call, see ``training.train``), stopped_at (when stopped early), plus the trained ``gates`` and ``model`` (with dPhi).
     """
     from tinyfusion.diffusion import objective_for
 
@@ -209,7 +209,8 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
             "trainable_params": n_update, "gate_params": n_gates, "total_params": n_total,
             "trainable_fraction": n_update / n_total,
             "steps_per_s": done / res["total_wall_s"] if done and res["total_wall_s"] > 0 else None,
-            "skipped_steps": res["skipped_steps"], "step": done, "stopped_at": res["stopped_at"], "gates": gates,
+            "skipped_steps": res["skipped_steps"], "step": done, "segments": res["segments"],
+            "stopped_at": res["stopped_at"], "gates": gates,
             "model": net}
 
 
@@ -285,7 +286,7 @@ def run_learnable(config, out, *, log_every=0, ckpt_every=50, stop_after=0, prog
                "trainable_params": res["trainable_params"], "total_params": res["total_params"],
                "trainable_fraction": res["trainable_fraction"], "steps_per_s": res["steps_per_s"],
                "skipped_steps": res["skipped_steps"], "world_size": dist.world_size(),
-               "backend": dist.backend()}
+               "backend": dist.backend(), "segments": res["segments"]}
     if dist.is_main():
         pruned = prune(teacher, res["kept"])  # the original weights: dPhi and the gates are dropped
         save_checkpoint({"ema": pruned.state_dict(), "config": pruned.config, "kept": res["kept"],
