@@ -60,7 +60,7 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
     assert [e["step"] for e in rest["log"]] == [e["step"] for e in ref["log"]]
     assert rest["first"] == ref["first"]  # the initial loss survives the resume
     # each call's thread count is recorded (a run is bit-identical only on the same count)
-    me = {"threads": torch.get_num_threads(), "world_size": 1, "torch": torch.__version__}
+    me = {"threads": torch.get_num_threads(), "world_size": 1, "torch": str(torch.__version__)}
     assert rest["segments"] == [{"from_step": 0, **me}, {"from_step": 12, **me}]
     assert ref["segments"] == [{"from_step": 0, **me}]
 

@@ -285,7 +285,7 @@ def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr
         segments = list(saved.get("segments") or [])  # states written before segments were recorded have none
         dist.print0(f"resuming {state_path} at step {start}")
     segments.append({"from_step": start, "threads": torch.get_num_threads(), "world_size": dist.world_size(),
-                     "torch": torch.__version__})
+                     "torch": str(torch.__version__)})  # a plain str: TorchVersion is refused by weights_only
     net = DDP(model) if dist.is_dist() else model
     inject = {int(s) for s in cfg.inject_nan_at or ()}
     snaps = {int(s) for s in cfg.snapshots or ()}
