@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 _FAILED = pytest.StashKey[set]()
+OUTPUT_TIMEOUT_S = 60
 _STARTED = pytest.StashKey[float]()
 
 
@@ -32,6 +33,10 @@ def pytest_collection_modifyitems(session, config, items):
     ordered = sorted((items[k] for k in places), key=lambda item: run_order(Path(str(item.path))))  # stable
     for k, item in zip(places, ordered):
         items[k] = item
+        # nbval waits 5 s for each output message after a cell's reply; a loaded machine (tests beside a study) can
+        # be slower than that and fail a cell that ran fine ("Timeout of 5 seconds exceeded waiting for output")
+        if hasattr(item, "output_timeout"):
+            item.output_timeout = OUTPUT_TIMEOUT_S
 
 
 def pytest_sessionstart(session):

@@ -1,4 +1,5 @@
 """The scale ladder (issue 26, notebook 12): its rungs, the smoke rungs' self-trained teachers, its trend rule."""
+import json
 import math
 
 import pytest
@@ -95,18 +96,49 @@ def test_scale_change_calls_only_beyond_the_t_critical_value():
     assert V.scale_change((1.5, se, 4), (1.5 - 1.01 * limit, se, 8)) == "lower"
     assert V.scale_change((1.5, se, 4), (1.5 + 1.01 * limit, se, 8)) == "higher"
     assert V.scale_change((1.5, se, 4), (1.5 - 0.99 * limit, se, 8)) == "within noise"
-    assert V.scale_change((1.5, math.nan, 0), (0.5, se, 8)) == "within noise"
+    # one fine-tune seed (no spread) or a diverged rung: nothing to weigh the difference against, and the sentence
+    # must not read "within the noise"
+    assert V.scale_change((1.5, math.nan, 0), (0.5, se, 8)) == "not comparable"
+    assert V.scale_change((1.5, se, 4), (math.inf, math.nan, 0)) == "not comparable"
 
 
 def test_scale_sentences_are_written_from_the_rows():
     row = lambda rung, params, tokens, r100, s2, ratio: {  # noqa: E731
         "rung": rung, "params": params, "tokens": tokens, "claim 1": "not held", "claim 2": s2, "claim 5": "not testable here",
         "max|h|/std": ratio, "learnable/best 100K": r100, "se 100K": 0.02, "df 100K": 8,
-        "learnable/best 500K": 1.2, "se 500K": 0.02, "df 500K": 8}
+        "learnable/best 500K": 1.2, "se 500K": 0.02, "df 500K": 8, "claim 1 models": 6}
     s = V.scale_sentences([row("cpu", 2.1e6, 16, 2.2, "not held", 10.1), row("cpu-w128", 8.4e6, 16, 0.9, "held", 25.0)])
     assert set(s) == set(V.SCALE_CLAIMS)
     assert "the same at every rung" in s[1]
     assert "'held' at cpu-w128 (8.4M, 16 tokens)" in s[2] and "it differs from cpu at cpu-w128" in s[2]
-    assert "2.20 ± 0.02, 0.90 ± 0.02 (cpu-w128: lower than cpu beyond the noise)" in s[2]
-    assert "1.20 ± 0.02, 1.20 ± 0.02 (cpu-w128: within the noise of cpu)" in s[2]
-    assert "10.1 (cpu) → 25.0 (cpu-w128)" in s[5]
+    assert "2.20 ± 0.02 SE, 0.90 ± 0.02 SE (cpu-w128: lower than cpu beyond the noise)" in s[2]
+    assert "1.20 ± 0.02 SE, 1.20 ± 0.02 SE (cpu-w128: within the noise of cpu)" in s[2]
+    assert "10.1 (cpu); 25.0 (cpu-w128)" in s[5]
+    assert "(Spearman over 6 at cpu, 6 at cpu-w128 distinct models)" in s[1]
+    diverged = row("cpu-t49", 2.2e6, 49, math.inf, "not held", 9.0)
+    diverged["se 100K"], diverged["df 100K"] = math.nan, 0
+    s = V.scale_sentences([row("cpu", 2.1e6, 16, 2.2, "not held", 10.1), diverged])
+    assert "inf (no seed spread) (cpu-t49: not comparable with cpu" in s[2] and "within the noise" not in s[2].split(
+        "at the 500K")[0]
+
+
+def test_a_rung_whose_teacher_saw_other_samples_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from tinyfusion import scale
+
+    def rung(name, steps, batch, record=True):
+        teacher = tmp_path / f"teacher_{name}.pt"
+        if record:
+            teacher.with_suffix(".json").write_text(json.dumps({"steps": steps, "batch_size": batch}))
+        return SimpleNamespace(prof=SimpleNamespace(name=name), teacher_path=teacher)
+    same = {"cpu": rung("cpu", 12000, 128), "cpu-w128": rung("cpu-w128", 6000, 256),
+            "smoke-t49": rung("t", 0, 0, False)}
+    table = scale.teacher_budgets(same)   # 6,000 x 256 = 12,000 x 128; no record: nothing to check
+    assert list(table.samples[:2]) == [1_536_000, 1_536_000] and table.samples.isna().iloc[2]
+    with pytest.raises(ValueError, match=r"rung cpu-t49: its teacher .*teacher_cpu-t49.pt was pre-trained on 768,000 "
+                                         r"samples.*today's .* on 1,536,000.*--profile cpu-t49"):
+        scale.teacher_budgets({"cpu": same["cpu"], "cpu-t49": rung("cpu-t49", 6000, 128)})
+    study = SimpleNamespace(prof=SimpleNamespace(seeds=(0, 1)))
+    assert scale.pruning_seeds_of(study) == (0, 1) and scale.pruning_seeds_of(study, "0,2") == (0, 2)
+    assert scale.pruning_seeds_of(study, 3) == (3,)

@@ -9,6 +9,10 @@ one row per rung for the scale figure: learnable's FID relative to the best base
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 
 from tinyfusion import robustness
@@ -50,13 +54,48 @@ def seed_list(name, given):
     return list(tuple_field(name, given, (0,)))
 
 
+def pruning_seeds_of(study, given=None):
+    """The learnable 1:2 runs' pruning seeds of one rung: ``given`` (as :func:`seed_list` reads it) or, None, the
+    profile's seeds (cpu: 0 and 1)."""
+    return tuple(study.prof.seeds if given is None else seed_list("pruning_seeds", given))
+
+
+def teacher_budget(study):
+    """What one rung's teacher was pre-trained on, from the training record beside a shipped teacher
+    (``data/<teacher>.json``, written by ``tools/install_teacher.py``): {"rung", "teacher", "steps", "batch_size",
+    "samples"}; None for the steps and samples where there is no record (a teacher the study pre-trains itself, as the
+    smoke rungs do)."""
+    path = Path(study.teacher_path)
+    record = path.with_suffix(".json")
+    info = json.loads(record.read_text()) if record.exists() else {}
+    steps, batch = info.get("steps"), info.get("batch_size")
+    return {"rung": study.prof.name, "teacher": str(path), "steps": steps, "batch_size": batch,
+            "samples": steps * batch if steps and batch else None}
+
+
+def teacher_budgets(studies):
+    """One row per rung (``studies``: {rung: Study}, today's teacher first) with its teacher's pre-training budget
+    (:func:`teacher_budget`). Every rung's budgets (gate steps, the 100K/500K points) are today's, which is right only
+    when its teacher saw as many samples as today's: a rung whose record says otherwise is refused, naming both."""
+    rows = [teacher_budget(s) for s in studies.values()]
+    ref = rows[0]
+    for r in rows[1:]:
+        if r["samples"] is not None and ref["samples"] is not None and r["samples"] != ref["samples"]:
+            record = Path(r["teacher"]).with_suffix(".json")
+            raise ValueError(f"rung {r['rung']}: its teacher {r['teacher']} was pre-trained on {r['samples']:,} "
+                             f"samples ({r['steps']} steps of batch {r['batch_size']}, {record}), today's "
+                             f"({ref['teacher']}) on {ref['samples']:,}; the ladder changes one thing, size, so "
+                             f"train it with today's steps and batch (cli.pretrain --profile {r['rung']})")
+    return pd.DataFrame(rows)
+
+
 def rung(study, pruning_seeds=None):
     """Everything notebook 12 reads of one rung ``study``: ``{"row": teacher_row + claim 5, "kept": {pruning seed:
     kept layers}, "curves": the core comparison's recovery curves, "claims": (claim 1, claim 2, claim 5)}``. The learned
     masks are the profile's gate budget (1:2, LoRA, as Table 3), so today's rung reuses notebooks 01-03's runs;
     ``pruning_seeds`` None: the profile's seeds (cpu: 0 and 1)."""
     name = study.prof.name
-    pruning_seeds = tuple(study.prof.seeds if pruning_seeds is None else seed_list("pruning_seeds", pruning_seeds))
+    pruning_seeds = pruning_seeds_of(study, pruning_seeds)
     runs = robustness.learned_1of2(robustness.gate_runs(study, "profile", schemes=("1:2",), seeds=pruning_seeds))
     kept = {s: r["kept"] for s, r in runs.items()}
     row = robustness.teacher_row(study, kept, name)
@@ -81,11 +120,13 @@ def rung_row(study, result, points=("100K", "500K")):
         p = pts[steps]
         ratio, se, df, best = V.relative_fid(p["fid"]["learnable"], {m: p["fid"][m] for m in BEST_OF if m in p["fid"]},
                                              p["sd"], p["df"])
-        out.update({f"learnable FID {label}": float(pd.Series(p["fid"]["learnable"]).mean()),
+        mean = lambda v: float(np.mean(np.asarray(v, dtype=float)))  # noqa: E731  (a diverged run's NaN shows)
+        out.update({f"learnable FID {label}": mean(p["fid"]["learnable"]),
                     f"best baseline {label}": best,
-                    f"best baseline FID {label}": float(pd.Series(p["fid"][best]).mean()) if best else float("nan"),
+                    f"best baseline FID {label}": mean(p["fid"][best]) if best else float("nan"),
                     f"learnable/best {label}": ratio, f"se {label}": se, f"df {label}": df})
     out.update({f"claim {c}": v.status for c, v in zip(V.SCALE_CLAIMS, result["claims"])})
+    out["claim 1 models"] = result["claims"][0].details.get("n_models")  # its Spearman's n: 6 methods here, 10 in nb 01
     return out
 
 

@@ -580,7 +580,8 @@ def claim1_recovery(fid: Mapping[str, Sequence[float]], calib_loss: Mapping[str,
                 f"{ {'a': 'lowest-loss better', 'b': 'lowest-loss worse'}.get(c, 'within noise')} ({_k_text(df, k)}, "
                 f"pooled seed sd {sd:.3f}, df {df}); Spearman(calib loss, FID) = {rho:.2f} (p={pval:.2g}, n={n_models} "
                 f"distinct models){grouped}")
-    return Verdict(status, evidence, {"lowest": lowest, "best_other": best, "called": c}, rule="claim1_recovery",
+    return Verdict(status, evidence, {"lowest": lowest, "best_other": best, "called": c, "n_models": n_models},
+                   rule="claim1_recovery",
                    yardstick=_yardstick(sd, df, sampling_sd, point, k))
 
 
@@ -1095,11 +1096,12 @@ def relative_fid(learnable: Sequence[float], baselines: Mapping[str, Sequence[fl
 def scale_change(a, b) -> str:
     """Is rung ``b``'s relative FID lower or higher than rung ``a``'s beyond the noise? ``a``, ``b``: (ratio, se, df)
     of :func:`relative_fid`. The difference is called when it exceeds the two-sided 95% t critical value at the
-    smaller of the two df times the combined standard error sqrt(se_a² + se_b²): "lower", "higher" or "within noise"
-    (also when either is NaN or infinite: a rung where learnable diverged is named in the sentence by its ratio)."""
+    smaller of the two df times the combined standard error sqrt(se_a² + se_b²): "lower", "higher" or "within noise";
+    "not comparable" when either ratio or standard error is NaN or infinite (learnable diverged, no finite baseline,
+    or one fine-tune seed: no spread to weigh a difference against)."""
     (ra, sa, da), (rb, sb, db) = a[:3], b[:3]
-    if not all(np.isfinite([ra, sa, rb, sb])):
-        return "within noise"
+    if not all(np.isfinite([ra, sa, rb, sb])) or not (da and db):
+        return "not comparable"
     limit = t_critical(min(da, db)) * math.sqrt(sa ** 2 + sb ** 2)
     return "lower" if rb - ra < -limit else "higher" if rb - ra > limit else "within noise"
 
@@ -1108,8 +1110,11 @@ def scale_sentences(rows: Sequence[Mapping], points: Sequence[str] = ("100K", "5
     """One sentence per claim of ``SCALE_CLAIMS`` on the trend along the ladder, written from the numbers. ``rows``:
     one dict per rung, today's teacher first, with "rung", "params", "tokens", "claim 1", "claim 2", "claim 5",
     "max|h|/std" and, per point label p of ``points``, "learnable/best p", "se p", "df p". Claims 1 and 5: the status
-    at each rung, "the same at every rung" or the rungs where it differs from the first. Claim 2 adds, per point, the
-    relative FID at each rung and, for each later rung, :func:`scale_change` against the first rung."""
+    at each rung, "the same at every rung" or the rungs where it differs from the first; claim 1 names the number of
+    distinct models its Spearman ranked at each rung ("claim 1 models", when the rows have it). Claim 5 lists each
+    rung's max |h| / std (the rungs are separate one-change steps from the first, not a sequence). Claim 2 adds, per
+    point, the relative FID ± its standard error at each rung and, for each later rung, :func:`scale_change` against
+    the first rung (the figure's bars are the t critical value times that standard error)."""
     base = rows[0]
     name = lambda r: f"{r['rung']} ({r['params'] / 1e6:.1f}M, {r['tokens']} tokens)"  # noqa: E731
 
@@ -1118,17 +1123,21 @@ def scale_sentences(rows: Sequence[Mapping], points: Sequence[str] = ("100K", "5
         differ = [r["rung"] for r in rows[1:] if r[f"claim {claim}"] != base[f"claim {claim}"]]
         return cells + ("; the same at every rung" if not differ else f"; it differs from {base['rung']} at "
                         + ", ".join(differ))
-    out = {1: f"Claim 1 (calibration loss does not predict recoverability): {statuses(1)}.",
-           5: (f"Claim 5 (massive activations): max |h| / std " + " → ".join(
+    models = [f"{r['claim 1 models']} at {r['rung']}" for r in rows if r.get("claim 1 models") is not None]
+    out = {1: f"Claim 1 (calibration loss does not predict recoverability): {statuses(1)}"
+              + (f" (Spearman over {', '.join(models)} distinct models)." if models else "."),
+           5: (f"Claim 5 (massive activations): max |h| / std " + "; ".join(
                f"{r['max|h|/std']:.1f} ({r['rung']})" for r in rows) + f" against the declared {MASSIVE_RATIO:.0f}; "
                f"{statuses(5)}.")}
     trend = []
     for p in points:
         key = lambda r: (r[f"learnable/best {p}"], r[f"se {p}"], r[f"df {p}"])  # noqa: E731
         calls = [f"{r['rung']}: " + {"lower": f"lower than {base['rung']} beyond the noise",
-                                      "higher": f"higher than {base['rung']} beyond the noise"}.get(
+                                      "higher": f"higher than {base['rung']} beyond the noise",
+                                      "not comparable": f"not comparable with {base['rung']} (a ratio or its standard "
+                                                        f"error is not finite)"}.get(
             scale_change(key(base), key(r)), f"within the noise of {base['rung']}") for r in rows[1:]]
-        se = lambda r: f" ± {r[f'se {p}']:.2f}" if np.isfinite(r[f"se {p}"]) else " (no seed spread)"  # noqa: E731
+        se = lambda r: f" ± {r[f'se {p}']:.2f} SE" if np.isfinite(r[f"se {p}"]) else " (no seed spread)"  # noqa: E731
         trend.append(f"at the {p} point " + ", ".join(f"{r[f'learnable/best {p}']:.2f}{se(r)}" for r in rows)
                      + (f" ({'; '.join(calls)})" if calls else ""))
     out[2] = (f"Claim 2 (learnable beats every baseline): {statuses(2)}. Learnable's FID over the best of claim 2's "
