@@ -15,8 +15,8 @@ import pytest  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 _FAILED = pytest.StashKey[set]()
-OUTPUT_TIMEOUT_S = 60
 _STARTED = pytest.StashKey[float]()
+OUTPUT_TIMEOUT_S = 60   # nbval's wait for each output message of a cell (its own default: 5 s)
 
 
 def _notebook_of(item):

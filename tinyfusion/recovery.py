@@ -251,7 +251,8 @@ def finetune(student, images, labels, mode="finetune", teacher=None, layer_map=N
     Returns dict(model, ema, log (one dict per logged step, step 0 always: step, lr, beta, loss, components,
     skipped), skipped_steps, samples_per_s, first_step_components (step 0's entry, the "initial loss" of the
     paper's Table 5; after a resume read from the saved log), steps_run, stopped_at (None if the run finished),
-    wall_s, segments: threads and world size of each call, see ``training.train``). ``model`` is the trained student itself (unwrapped from DDP), ``ema`` its EMA copy.
+    wall_s, segments: threads and world size of each call, see ``training.train``). ``model`` is the trained student
+    itself (unwrapped from DDP), ``ema`` its EMA copy.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")

@@ -9,13 +9,13 @@ one row per rung for the scale figure: learnable's FID relative to the best base
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from tinyfusion import robustness
+from tinyfusion.io import load_json
 from tinyfusion import verdicts as V
 from tinyfusion.profiles import PROFILES, SCALE_LADDER, listed, tuple_field
 from tinyfusion.study import BASELINES
@@ -67,7 +67,7 @@ def teacher_budget(study):
     smoke rungs do)."""
     path = Path(study.teacher_path)
     record = path.with_suffix(".json")
-    info = json.loads(record.read_text()) if record.exists() else {}
+    info = load_json(record) if record.exists() else {}   # a damaged record is refused, naming the file
     steps, batch = info.get("steps"), info.get("batch_size")
     return {"rung": study.prof.name, "teacher": str(path), "steps": steps, "batch_size": batch,
             "samples": steps * batch if steps and batch else None}
@@ -112,6 +112,7 @@ def rung_row(study, result, points=("100K", "500K")):
     the 100K- and 500K-equivalent points, their ratio (``verdicts.relative_fid``) and the claims' statuses."""
     prof, row = study.prof, result["row"]
     pts = study.curve_points(result["curves"])
+    mean = lambda v: float(np.mean(np.asarray(v, dtype=float)))  # noqa: E731  (a diverged run's NaN shows)
     out = {"rung": prof.name, "model": prof.model, "params": row["params"], "tokens": row["tokens"],
            "teacher FID": row["fid"], "teacher class accuracy": row["class_accuracy"],
            "calib loss span": row["calib loss span (max/min)"], "max|h|/std": row["max|h|/std"],
@@ -120,13 +121,12 @@ def rung_row(study, result, points=("100K", "500K")):
         p = pts[steps]
         ratio, se, df, best = V.relative_fid(p["fid"]["learnable"], {m: p["fid"][m] for m in BEST_OF if m in p["fid"]},
                                              p["sd"], p["df"])
-        mean = lambda v: float(np.mean(np.asarray(v, dtype=float)))  # noqa: E731  (a diverged run's NaN shows)
         out.update({f"learnable FID {label}": mean(p["fid"]["learnable"]),
                     f"best baseline {label}": best,
                     f"best baseline FID {label}": mean(p["fid"][best]) if best else float("nan"),
                     f"learnable/best {label}": ratio, f"se {label}": se, f"df {label}": df})
     out.update({f"claim {c}": v.status for c, v in zip(V.SCALE_CLAIMS, result["claims"])})
-    out["claim 1 models"] = result["claims"][0].details.get("n_models")  # its Spearman's n: 6 methods here, 10 in nb 01
+    out["claim 1 models"] = result["claims"][0].details.get("n_models")  # its Spearman's n (distinct models)
     return out
 
 

@@ -1134,8 +1134,8 @@ def scale_sentences(rows: Sequence[Mapping], points: Sequence[str] = ("100K", "5
         key = lambda r: (r[f"learnable/best {p}"], r[f"se {p}"], r[f"df {p}"])  # noqa: E731
         calls = [f"{r['rung']}: " + {"lower": f"lower than {base['rung']} beyond the noise",
                                       "higher": f"higher than {base['rung']} beyond the noise",
-                                      "not comparable": f"not comparable with {base['rung']} (a ratio or its standard "
-                                                        f"error is not finite)"}.get(
+                                      "not comparable": f"not comparable with {base['rung']} (a ratio that is not "
+                                                        f"finite, or no seed spread)"}.get(
             scale_change(key(base), key(r)), f"within the noise of {base['rung']}") for r in rows[1:]]
         se = lambda r: f" ± {r[f'se {p}']:.2f} SE" if np.isfinite(r[f"se {p}"]) else " (no seed spread)"  # noqa: E731
         trend.append(f"at the {p} point " + ", ".join(f"{r[f'learnable/best {p}']:.2f}{se(r)}" for r in rows)

@@ -144,7 +144,8 @@ def learn_pruning(model, images, labels, groups="1:2", update="lora", steps=100,
 
     Returns a dict: kept, confidence, history (decision snapshots every ``log_every`` steps), log,
     trainable_params, gate_params, total_params, trainable_fraction, steps_per_s, skipped_steps, step
-    (steps done), segments (threads and world size of each call, see ``training.train``), stopped_at (when stopped early), plus the trained ``gates`` and ``model`` (with dPhi).
+    (steps done), segments (threads and world size of each call, see ``training.train``), stopped_at (when
+    stopped early), plus the trained ``gates`` and ``model`` (with dPhi).
     """
     from tinyfusion.diffusion import objective_for
 
