@@ -50,9 +50,26 @@ def test_curve_candidates_take_every_pruning_seed_given_not_the_fine_tune_seeds(
     assert got == [("learnable", 0, [1, 3]), ("learnable", 1, [1, 2]), ("learnable", 2, [0, 3])]
 
 
-def test_learned_1of2_picks_the_1of2_runs_by_seed():
+def test_learned_runs_picks_one_scheme_by_seed():
     runs = {("1:2", 0): {"kept": [1, 3]}, ("1:2", 2): {"kept": [0, 3]}, ("2:4", 0): {"kept": [0, 1]}}
-    assert robustness.learned_1of2(runs) == {0: {"kept": [1, 3]}, 2: {"kept": [0, 3]}}
+    assert robustness.learned_runs(runs) == {0: {"kept": [1, 3]}, 2: {"kept": [0, 3]}}
+    assert robustness.learned_runs(runs, "2:4") == {0: {"kept": [0, 1]}}
+
+
+def test_caveats_name_only_teachers_under_the_bar_and_recorded_status_keeps_not_testable(tmp_path):
+    ok, low = V.teacher_check(0.9, 3.0, 1.0), V.teacher_check(0.765, 2.5, 1.0)
+    notes = robustness.caveats({"A": ok, "B": low}, {"a": "A", "a2": "A", "b": "B", "c": "C"})
+    assert list(notes) == ["b"] and "0.765" in notes["b"] and "does NOT meet" in notes["b"]
+    assert list(robustness.checks_table({"A": ok, "B": low})["meets the bar"]) == [V.HELD, V.NOT_HELD]
+
+    class Fake:
+        root = tmp_path
+    (tmp_path / "verdicts").mkdir()
+    write = lambda c, v: (tmp_path / "verdicts" / f"claim{c}.json").write_text(json.dumps(v))  # noqa: E731
+    write(3, {"status": V.NOT_HELD, "yardstick": {"call": 2.2}})
+    write(4, {"status": V.HELD, "yardstick": {"k": 2}})                 # the old 2-SE rule: not in the table
+    write(9, {"status": V.NOT_TESTABLE, "yardstick": {}})               # nothing to call with: kept
+    assert [robustness.recorded_status(Fake, c) for c in (3, 4, 9, 5)] == [V.NOT_HELD, None, V.NOT_TESTABLE, None]
 
 
 def test_robustness_table_and_its_sentences():
@@ -65,7 +82,9 @@ def test_robustness_table_and_its_sentences():
     assert row.loc[2, "long"] == "held" and row.loc[3, "long"] == "—"
     assert "the verdict survives" in sentences[1] and "does not survive" in sentences[2]
     assert "'held' in long" in sentences[2]
-    assert sentences[3] == "Claim 3: 'not held' in ref; not re-judged in any other setting (not run: long, sit)."
+    assert sentences[3] == "Claim 3: 'not held' in ref; not re-judged in any other setting."   # not part of them
+    _, pending = robustness.robustness_table({**cells, "t1": {1: None, 2: nh}}, "ref")   # part of t1, no status yet
+    assert pending[1].endswith("(not run: t1).") and pending[3].endswith("any other setting.")
     _, alone = robustness.robustness_table({"ref": {}, "sit": {9: held}}, "ref")   # the reference never recorded 9
     assert alone[9] == ("Claim 9: no status in the reference setting (ref), nothing to compare; elsewhere: 'held' in "
                         "sit.")

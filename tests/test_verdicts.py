@@ -807,7 +807,20 @@ def test_status_change_and_robustness_sentences():
              2: {"ref": V.NOT_HELD, "long gates": V.HELD, "teacher 1": V.NOT_HELD}}
     s = V.robustness_sentences(table, "ref")
     assert s[1] == "Claim 1: 'not held' in all 2 settings with a status — the verdict survives (not run: teacher 1)."
-    assert s[2].startswith("Claim 2: 'not held' in ref, but 'held' in long gates — the verdict does not survive")
+    assert s[2].startswith("Claim 2: 'not held' in ref and 1 other setting, but 'held' in long gates — the verdict "
+                           "does not survive")
+    # teachers: the agreeing settings are counted by teacher; caveats: named in brackets, changing no status
+    s = V.robustness_sentences(table, "ref", teachers={"ref": "t0", "long gates": "t0", "teacher 1": "t1"},
+                               caveats={"long gates": "a caveat"})
+    assert s[1] == ("Claim 1: 'not held' in all 2 settings with a status, on 1 teacher — the verdict survives "
+                    "(not run: teacher 1).")
+    assert s[2].startswith("Claim 2: 'not held' in ref and 1 other setting, on 2 teachers, but 'held' in long gates "
+                           "(a caveat) — ")
+    # a reference per claim: claim 9's is another setting than the others'
+    s = V.robustness_sentences({1: {"ref": V.NOT_HELD, "sit": V.HELD}, 9: {"ref": "", "nb10": V.HELD, "sit": V.HELD}},
+                               {1: "ref", 9: "nb10"})
+    assert "does not survive" in s[1]
+    assert s[9] == "Claim 9: 'held' in all 2 settings with a status — the verdict survives (not run: ref)."
 
 
 def test_called_gives_a_side_weighed_by_its_own_spread_its_own_df():

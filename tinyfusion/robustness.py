@@ -105,10 +105,10 @@ def histories(runs, label=""):
     return {f"{g} seed {s}{label}": load_json(r["history_json"])["history"] for (g, s), r in runs.items()}
 
 
-def learned_1of2(runs):
-    """{pruning seed: run} of the 1:2 runs of ``runs`` ({(scheme, seed): run}): what ``Study.curve_candidates``
-    takes as ``learned``."""
-    return {s: r for (g, s), r in runs.items() if g == "1:2"}
+def learned_runs(runs, scheme="1:2"):
+    """{pruning seed: run} of the ``scheme`` runs of ``runs`` ({(scheme, seed): run}): what
+    ``Study.curve_candidates`` takes as ``learned``."""
+    return {s: r for (g, s), r in runs.items() if g == scheme}
 
 
 def setting_curves(study, candidates, name, points=None):
@@ -142,28 +142,58 @@ def teacher_row(study, learned_kept, label):
             "block 0 keeps (1:2 masks)": ", ".join(f"layer {b}" for b in block0)}
 
 
-def robustness_table(cells, reference):
-    """The claim-robustness table: ``cells`` {setting: {claim: Verdict, status string or None}} (None: the setting
-    does not run that claim). Returns (DataFrame: one row per claim of ``verdicts.ROBUST_CLAIMS``, one column per
-    setting, and a "verdict survives?" column from ``verdicts.robustness_sentences``; the sentences)."""
+def robustness_table(cells, reference, teachers=None, caveats=None):
+    """The claim-robustness table: ``cells`` {setting: {claim: Verdict, status string or None}} (None: the claim
+    belongs to the setting but has no status, e.g. not recorded under these rules; a claim absent from a setting is
+    not part of it, shown as "—" and left out of the sentences). Returns (DataFrame: one row per claim of ``verdicts.ROBUST_CLAIMS``, one column per
+    setting, and a "verdict survives?" column from ``verdicts.robustness_sentences``; the sentences). ``reference``,
+    ``teachers`` and ``caveats`` go to ``verdicts.robustness_sentences`` (the reference setting, per claim where they
+    differ; the teacher of each setting; a bracketed note per setting)."""
     from tinyfusion import verdicts as V
     status = lambda v: "" if v is None else (v if isinstance(v, str) else v.status)  # noqa: E731
-    table = {c: {s: status(cells[s].get(c)) for s in cells} for c in V.ROBUST_CLAIMS}
-    sentences = V.robustness_sentences(table, reference)
+    table = {c: {s: status(cells[s][c]) if c in cells[s] else None for s in cells} for c in V.ROBUST_CLAIMS}
+    sentences = V.robustness_sentences(table, reference, teachers, caveats)
     df = pd.DataFrame([{"claim": c, **{s: table[c][s] or "—" for s in cells}, "verdict survives?": sentences[c]}
                        for c in V.ROBUST_CLAIMS])
     return df, sentences
 
 
+def teacher_check(study, floor):
+    """Notebook 00's sanity check (``verdicts.teacher_check``: its CFG samples' class accuracy against the bar) of
+    the study's teacher; ``floor``: ``Study.fid_floor()`` of the data. It decides no claim here: a teacher under the
+    bar is named beside its statuses (:func:`caveats`)."""
+    from tinyfusion import verdicts as V
+    score = study.score(study.teacher_path)
+    return V.teacher_check(score["class_accuracy"], score["fid"], floor["fid"],
+                           smoke=study.prof.name.startswith("smoke"))
+
+
+def caveats(checks, teacher_of):
+    """{setting: note} for the settings of ``teacher_of`` ({setting: teacher}) whose teacher fails its check in
+    ``checks`` ({teacher: teacher check Verdict}; a teacher not checked gets no note): the note
+    :func:`robustness_table` brackets after that setting's name."""
+    from tinyfusion import verdicts as V
+    return {s: f"its teacher under notebook 00's bar: {checks[t].evidence.split(';')[0]}"
+            for s, t in teacher_of.items() if t in checks and checks[t].status != V.HELD}
+
+
+def checks_table(checks):
+    """One row per teacher of ``checks`` ({teacher: teacher check Verdict}): whether it meets notebook 00's bar, and
+    the evidence."""
+    return pd.DataFrame([{"teacher": t, "meets the bar": v.status, "evidence": v.evidence} for t, v in checks.items()])
+
+
 def recorded_status(study, claim):
     """The status recorded for ``claim`` by notebooks 01-10 (``verdicts/claim<N>.json``) when it was decided by the
-    rules of issue 25 (its yardstick names the t critical value it called with: ``"call"``), else None: a verdict
-    recorded under the 2-SE rule does not sit in one table with statuses of the t rule."""
+    rules of issue 25 (its yardstick names the t critical value it called with: ``"call"``) or found not testable
+    (no yardstick to call with), else None: a verdict recorded under the 2-SE rule does not sit in one table with
+    statuses of the t rule."""
+    from tinyfusion.verdicts import NOT_TESTABLE
     path = study.root / "verdicts" / f"claim{claim}.json"
     if not path.exists():
         return None
     v = load_json(path)
-    return v["status"] if "call" in v.get("yardstick", {}) else None
+    return v["status"] if "call" in v.get("yardstick", {}) or v.get("status") == NOT_TESTABLE else None
 
 
 def claims_1_2(study, curves_by_setting):

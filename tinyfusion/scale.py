@@ -96,7 +96,7 @@ def rung(study, pruning_seeds=None):
     ``pruning_seeds`` None: the profile's seeds (cpu: 0 and 1)."""
     name = study.prof.name
     pruning_seeds = pruning_seeds_of(study, pruning_seeds)
-    runs = robustness.learned_1of2(robustness.gate_runs(study, "profile", schemes=("1:2",), seeds=pruning_seeds))
+    runs = robustness.learned_runs(robustness.gate_runs(study, "profile", schemes=("1:2",), seeds=pruning_seeds))
     kept = {s: r["kept"] for s, r in runs.items()}
     row = robustness.teacher_row(study, kept, name)
     v5 = V.claim5_massive([row["max|h|/std"]], [row["share beyond 10σ"]])

@@ -1032,33 +1032,48 @@ def status_change(old: Verdict, new: Verdict, reason: str) -> str:
 ROBUST_CLAIMS = (1, 2, 3, 4, 9)
 
 
-def robustness_sentences(table: Mapping[int, Mapping[str, str]], reference: str) -> dict:
+def robustness_sentences(table: Mapping[int, Mapping[str, str]], reference, teachers: Mapping[str, str] = None,
+                         caveats: Mapping[str, str] = None) -> dict:
     """One sentence per claim saying whether its verdict survives: ``table`` {claim: {setting: status}}, every cell
     from the same rule; ``reference`` the setting the committed verdict comes from (the DiT seed-0 teacher at 938
-    gate steps). Survives when every setting with a status gives the reference's; otherwise the settings that
-    differ are named. A setting with no status (not run) is said to be missing, not counted; a claim with a status in
-    the reference alone is "not re-judged in any other setting"."""
+    gate steps), or {claim: setting} where claims differ (claim 9's is the SiT teacher's notebook 10). Survives when
+    every setting with a status gives the reference's; otherwise the settings that differ are named. A setting with
+    an empty status (not run) is said to be missing, not counted; one with None (the claim is not part of that
+    setting) is left out; a claim with a status in the reference alone is "not re-judged in any other setting".
+
+    ``teachers`` {setting: teacher}: settings that share a teacher share most of their runs, so the sentence also
+    says on how many distinct teachers the agreeing statuses stand. ``caveats`` {setting: text}: said in brackets
+    after that setting wherever a sentence names it (e.g. a teacher under notebook 00's class-accuracy bar); a caveat
+    changes no status and no count."""
+    teachers, caveats = dict(teachers or {}), dict(caveats or {})
+    name = lambda s: f"{s} ({caveats[s]})" if caveats.get(s) else s  # noqa: E731
     out = {}
     for claim, row in table.items():
-        ref = row.get(reference)
+        row = {s: v for s, v in row.items() if v is not None}
+        ref_setting = reference.get(claim) if isinstance(reference, Mapping) else reference
+        ref = row.get(ref_setting)
         have = {s: v for s, v in row.items() if v}
         missing = [s for s, v in row.items() if not v]
         if not ref:  # e.g. notebooks 03, 04, 10 not yet run under these rules: say what the other settings found
-            seen = "; elsewhere: " + ", ".join(f"'{v}' in {s}" for s, v in have.items()) if have else ""
-            out[claim] = (f"Claim {claim}: no status in the reference setting ({reference}), nothing to compare"
+            seen = "; elsewhere: " + ", ".join(f"'{v}' in {name(s)}" for s, v in have.items()) if have else ""
+            out[claim] = (f"Claim {claim}: no status in the reference setting ({ref_setting}), nothing to compare"
                           f"{seen}.")
             continue
         differ = {s: v for s, v in have.items() if v != ref}
         tail = f" (not run: {', '.join(missing)})" if missing else ""
+        agree = [s for s in have if s not in differ]
+        on = len({teachers.get(s, s) for s in agree})
+        over = f", on {on} teacher{'s' if on != 1 else ''}" if teachers else ""
         if len(have) < 2:
-            out[claim] = f"Claim {claim}: '{ref}' in {reference}; not re-judged in any other setting{tail}."
+            out[claim] = f"Claim {claim}: '{ref}' in {name(ref_setting)}; not re-judged in any other setting{tail}."
         elif not differ:
-            out[claim] = (f"Claim {claim}: '{ref}' in all {len(have)} settings with a status — the verdict "
+            out[claim] = (f"Claim {claim}: '{ref}' in all {len(have)} settings with a status{over} — the verdict "
                           f"survives{tail}.")
         else:
-            out[claim] = (f"Claim {claim}: '{ref}' in {reference}, but " + ", ".join(
-                f"'{v}' in {s}" for s, v in differ.items()) + f" — the verdict does not survive every "
-                f"setting{tail}.")
+            out[claim] = (f"Claim {claim}: '{ref}' in {name(ref_setting)}" + (
+                f" and {len(agree) - 1} other setting{'s' if len(agree) != 2 else ''}" if len(agree) > 1 else "")
+                + f"{over}, but " + ", ".join(f"'{v}' in {name(s)}" for s, v in differ.items())
+                + f" — the verdict does not survive every setting{tail}.")
     return out
 
 
