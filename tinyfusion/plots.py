@@ -237,13 +237,15 @@ def speedup(rows, title, fontsize=11):
     return fig
 
 
-def recovery_curves(curves, marks=None, highlight="learnable"):
+def recovery_curves(curves, marks=None, highlight="learnable", dashed=()):
     """FID against fine-tuning steps (log-log), one line per method at the mean over its distinct runs with a band of
     ± one sd, and beside it each method's FID relative to ``highlight``'s at the same step, in percent (below 0:
     better than it; relative, so that the small late gaps stay as visible as the large early ones).
 
     ``curves``: rows with method, kept, seed, steps, fid (``Study.recovery_curves``); identical models (same kept
     and seed) count once. ``marks``: {label: steps} drawn as vertical lines (the paper's 100K and 500K points).
+    ``dashed``: methods drawn dashed and on top, so a line that lies on another (e.g. learnable at two gate budgets)
+    stays visible.
     """
     import pandas as pd
     df = pd.DataFrame(curves).drop_duplicates(["method", "kept", "seed", "steps"])
@@ -253,8 +255,9 @@ def recovery_curves(curves, marks=None, highlight="learnable"):
     agg = df.groupby(["method", "steps"], sort=False).fid.agg(["mean", "std"]).reset_index()
     for m in methods:
         a = agg[agg.method == m].sort_values("steps")
-        lw, z = (2.8, 5) if m == highlight else (1.5, 3)
-        ax.plot(a.steps, a["mean"], marker="o", ms=4, lw=lw, color=palette[m], label=m, zorder=z)
+        lw, z = (2.8, 5) if m == highlight else (1.5, 6 if m in dashed else 3)
+        ax.plot(a.steps, a["mean"], marker="o", ms=4, lw=lw, color=palette[m], label=m, zorder=z,
+                ls="--" if m in dashed else "-")
         ax.fill_between(a.steps, a["mean"] - a["std"].fillna(0), a["mean"] + a["std"].fillna(0), color=palette[m],
                         alpha=0.15, lw=0)
     ref = agg[agg.method == highlight].set_index("steps")["mean"]
@@ -263,7 +266,8 @@ def recovery_curves(curves, marks=None, highlight="learnable"):
             continue
         a = agg[agg.method == m].set_index("steps")["mean"]
         common = a.index.intersection(ref.index)
-        dx.plot(common, 100 * (a[common] / ref[common] - 1), marker="o", ms=4, lw=1.5, color=palette[m], label=m)
+        dx.plot(common, 100 * (a[common] / ref[common] - 1), marker="o", ms=4, lw=1.5, color=palette[m], label=m,
+                ls="--" if m in dashed else "-", zorder=6 if m in dashed else 3)
     dx.axhline(0, color=palette.get(highlight, "k"), lw=2.8, label=highlight)
     from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
     steps = sorted(df.steps.unique())
