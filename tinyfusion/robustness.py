@@ -145,8 +145,9 @@ def teacher_row(study, learned_kept, label):
 def robustness_table(cells, reference, teachers=None, caveats=None):
     """The claim-robustness table: ``cells`` {setting: {claim: Verdict, status string or None}} (None: the claim
     belongs to the setting but has no status, e.g. not recorded under these rules; a claim absent from a setting is
-    not part of it, shown as "—" and left out of the sentences). Returns (DataFrame: one row per claim of ``verdicts.ROBUST_CLAIMS``, one column per
-    setting, and a "verdict survives?" column from ``verdicts.robustness_sentences``; the sentences). ``reference``,
+    not part of it, shown as "—" and left out of the sentences). Returns (DataFrame: one row per claim of
+    ``verdicts.ROBUST_CLAIMS``, one column per setting, and a "verdict survives?" column from
+    ``verdicts.robustness_sentences``; the sentences). ``reference``,
     ``teachers`` and ``caveats`` go to ``verdicts.robustness_sentences`` (the reference setting, per claim where they
     differ; the teacher of each setting; a bracketed note per setting)."""
     from tinyfusion import verdicts as V

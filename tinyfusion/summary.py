@@ -170,7 +170,8 @@ def findings(verdicts, robustness=None):
         keep = [t.split(":")[0] for t in text if "the verdict survives" in t]
         lose = [t.split(":")[0] for t in text if "does not survive" in t]
         out.append("Notebook 11 re-judged the claims in other settings (gate budget, pruning seeds, a second DiT "
-                   f"teacher, SiT, MAR): the verdict survives for {', '.join(keep) or 'none'}, and not for {', '.join(lose) or 'none'}.")
+                   f"teacher, SiT, MAR): the verdict survives for {', '.join(keep) or 'none'}, and not for "
+                   f"{', '.join(lose) or 'none'}.")
     out.append("The table below gives each claim's status with one line of evidence; the full evidence, the rules "
                "and their yardsticks follow it, and every number comes from the executed notebooks.")
     return out
