@@ -336,3 +336,21 @@ def test_notebooks_run_on_a_kernel_over_ipc_without_the_tcp_warning(tmp_path, mo
     out = capfd.readouterr()
     assert "without encryption" not in out.out + out.err and "notebook 1 of 1: 00_a.ipynb" in out.out
     assert rep._kernel_manager()().transport == "ipc"
+
+
+def test_the_scale_clock_is_from_empty_when_its_new_rungs_caches_are(tmp_path):
+    """Today's rung of the scale ladder reuses make reproduce's cache, so the scale study's clock checks the caches of
+    the rungs it adds; the other studies check their profile's."""
+    from tinyfusion.cli.reproduce import Clock, checked_roots
+    root = tmp_path / "cpu"
+    assert checked_roots("scale", "cpu", root) == [tmp_path / "cpu-w128", tmp_path / "cpu-t49"]
+    assert checked_roots("robustness", "cpu", root) == [root] and checked_roots("main", "cpu", root) == [root]
+    (root / "finetune" / "run-abc").mkdir(parents=True)   # today's rung: filled by make reproduce
+    c = Clock(root, "cpu", every=0.05, name="scale_clock.json", checked=checked_roots("scale", "cpu", root))
+    c.stop(finished=False)
+    (tmp_path / "cpu-t49" / "scores" / "run-x").mkdir(parents=True)  # a rung's cache from an earlier attempt
+    c = Clock(root, "cpu", every=0.05, name="scale_clock.json", checked=checked_roots("scale", "cpu", root))
+    c.stop(finished=True)
+    attempts = json.loads((root / "scale_clock.json").read_text())["attempts"]
+    assert [a["from_empty"] for a in attempts] == [True, False]
+    assert attempts[0]["checked"] == ["cpu-w128", "cpu-t49"]

@@ -131,7 +131,7 @@ def test_a_rung_whose_teacher_saw_other_samples_is_refused(tmp_path):
         teacher = tmp_path / f"teacher_{name}.pt"
         if record:
             teacher.with_suffix(".json").write_text(json.dumps({"steps": steps, "batch_size": batch}))
-        return SimpleNamespace(prof=SimpleNamespace(name=name), teacher_path=teacher)
+        return SimpleNamespace(prof=SimpleNamespace(name=name, teacher=TRAIN_HERE), teacher_path=teacher)
     same = {"cpu": rung("cpu", 12000, 128), "cpu-w128": rung("cpu-w128", 6000, 256),
             "smoke-t49": rung("t", 0, 0, False)}
     table = scale.teacher_budgets(same)   # 6,000 x 256 = 12,000 x 128; no record: nothing to check
@@ -142,3 +142,45 @@ def test_a_rung_whose_teacher_saw_other_samples_is_refused(tmp_path):
     study = SimpleNamespace(prof=SimpleNamespace(seeds=(0, 1)))
     assert scale.pruning_seeds_of(study) == (0, 1) and scale.pruning_seeds_of(study, "0,2") == (0, 2)
     assert scale.pruning_seeds_of(study, 3) == (3,)
+
+
+def test_a_shipped_rung_teacher_is_checked_before_the_ladder_runs(tmp_path):
+    """The teacher file, its .sha256 and its record must exist and agree, each refusal naming the file and
+    tools/install_teacher.py; the training time sums every call, the rate is the fastest long call's."""
+    from types import SimpleNamespace
+
+    from tinyfusion import scale
+    from tinyfusion.io import CorruptArtefactError, sha256
+    teacher = tmp_path / "teacher_cpu_w128.pt"
+    prof = SimpleNamespace(name="cpu-w128", model="DiT-T28/4-w128", teacher="data/teacher_cpu_w128.pt")
+    study = SimpleNamespace(prof=prof, teacher_path=teacher)
+    with pytest.raises(FileNotFoundError, match=r"rung cpu-w128: .*teacher_cpu_w128.pt is missing.*install_teacher.py"):
+        scale.teacher_budget(study)
+    teacher.write_bytes(b"weights")
+    with pytest.raises(FileNotFoundError, match=r"teacher_cpu_w128.pt.sha256 is missing"):
+        scale.teacher_budget(study)
+    (tmp_path / "teacher_cpu_w128.pt.sha256").write_text(sha256(teacher) + "  teacher_cpu_w128.pt\n")
+    with pytest.raises(FileNotFoundError, match=r"teacher_cpu_w128.json is missing"):
+        scale.teacher_budget(study)
+    record = {"model": "DiT-T28/4-w128", "profile": "cpu-w128", "steps": 12000, "batch_size": 128, "wall_s": 36000.0,
+              "segments": [{"from_step": 0, "threads": 1}, {"from_step": 1800, "to_step": 2000, "wall_s": 900.0,
+                                                          "threads": 1},
+                           {"from_step": 2000, "to_step": 12000, "wall_s": 17000.0, "threads": 1},
+                           {"from_step": 12000, "to_step": 12000, "wall_s": 0.5, "threads": 1}]}
+    teacher.with_suffix(".json").write_text(json.dumps({**record, "model": "DiT-T28/4"}))
+    with pytest.raises(ValueError, match=r"names \(its, the rung's\) \{'model': \('DiT-T28/4', 'DiT-T28/4-w128'\)\}"):
+        scale.teacher_budget(study)
+    teacher.with_suffix(".json").write_text(json.dumps(record))
+    row = scale.teacher_budget(study)
+    assert row["samples"] == 1_536_000 and row["training h"] == 10 and row["calls"] == 4 and row["threads"] == "1"
+    assert row["s/step (fastest call)"] == pytest.approx(1.7)   # 17,000 s / 10,000 steps; 200 steps at 4.5 s/step
+    teacher.write_bytes(b"other weights")
+    with pytest.raises(CorruptArtefactError, match="teacher_cpu_w128.pt has SHA-256"):
+        scale.teacher_budget(study)
+
+
+def test_relative_fid_above_a_floor_subtracts_it_from_both_sides():
+    plain = V.relative_fid([2.0, 2.2], {"oracle": [1.5, 1.5]}, sd=0.1, df=2)
+    above = V.relative_fid([2.0, 2.2], {"oracle": [1.5, 1.5]}, sd=0.1, df=2, floor=0.5)
+    assert plain[0] == pytest.approx(2.1 / 1.5) and above[0] == pytest.approx(1.6 / 1.0) and above[1] > plain[1]
+    assert math.isnan(V.relative_fid([2.0, 2.2], {"oracle": [1.5, 1.5]}, 0.1, 2, floor=1.6)[0])  # a side not above it

@@ -1,5 +1,7 @@
 """The one training loop: a loss that falls, hooks called as documented, a stopped-and-resumed run that equals the
 uninterrupted one, a state of another run refused."""
+import os
+
 import pytest
 import torch
 
@@ -59,10 +61,15 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
     assert rest["steps_run"] == 18 and torch.equal(model.weight, whole.weight) and torch.equal(model.bias, whole.bias)
     assert [e["step"] for e in rest["log"]] == [e["step"] for e in ref["log"]]
     assert rest["first"] == ref["first"]  # the initial loss survives the resume
-    # each call's thread count is recorded (a run is bit-identical only on the same count)
-    me = {"threads": torch.get_num_threads(), "world_size": 1, "torch": str(torch.__version__)}
-    assert rest["segments"] == [{"from_step": 0, **me}, {"from_step": 12, **me}]
-    assert ref["segments"] == [{"from_step": 0, **me}]
+    # each call's thread count, priority, steps and time are recorded (a run is bit-identical only on the same
+    # thread count; a rate is read from a call that had the cores to itself); the total time sums the calls'
+    me = {"threads": torch.get_num_threads(), "world_size": 1, "torch": str(torch.__version__), "nice": os.nice(0)}
+    span = lambda seg: {k: seg[k] for k in (*me, "from_step", "to_step")}  # noqa: E731
+    assert [span(s) for s in rest["segments"]] == [{"from_step": 0, "to_step": 12, **me},
+                                                   {"from_step": 12, "to_step": 30, **me}]
+    assert [span(s) for s in ref["segments"]] == [{"from_step": 0, "to_step": 30, **me}]
+    assert all(s["wall_s"] >= 0 for s in rest["segments"])
+    assert rest["total_wall_s"] == pytest.approx(sum(s["wall_s"] for s in rest["segments"]), abs=0.11)
 
 
 def test_nonfinite_steps_are_skipped_and_bounded():

@@ -469,30 +469,31 @@ def per_layer(values, ylabel, title):
 
 
 def scale_ladder(table, points=("100K", "500K")):
-    """The scale figure (notebook 12): left, learnable's FID over the best baseline's against the teacher's parameters
-    times its tokens (what a forward pass costs per image, to first order: the rungs that grow width and tokens
-    separate), one series per curve point with error bars of the t critical value the rule calls with
-    (``verdicts.t_critical`` at the ratio's df) times its standard error, each rung labelled with its parameters and
-    tokens (1 = the baseline's FID; the paper's DiT-XL/2 as a star at 100K); right, max |h| / std and the calibration-loss span per
-    rung on log axes, beside the paper's values. ``table``: ``scale.scale_table``'s rows, the paper's last."""
+    """The scale figure (notebook 12): left, learnable's FID over the best baseline's per rung, one tick per rung
+    labelled with its parameters and tokens (the rungs are separate one-change steps from today's teacher, not a
+    sequence, so they are not placed on a size axis), the paper's DiT-XL/2 set apart at the right as a star (100K);
+    one series per curve point with error bars of the t critical value the rule calls with (``verdicts.t_critical``
+    at the ratio's df) times its standard error (1 = the baseline's FID); right, max |h| / std and the
+    calibration-loss span per rung on log axes, beside the paper's values. ``table``: ``scale.scale_table``'s rows,
+    the paper's last."""
     import pandas as pd
 
     from tinyfusion.verdicts import t_critical
     ours, paper = table[table.rung != "paper DiT-XL/2"], table[table.rung == "paper DiT-XL/2"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    at = np.arange(len(ours))
     for i, p in enumerate(points):
-        x = ours.params * ours.tokens * (1 + 0.06 * (i - 0.5))  # side by side, so the bars do not hide each other
         half = [t_critical(d) * s if np.isfinite(s) and d else np.nan for s, d in zip(ours[f"se {p}"], ours[f"df {p}"])]
-        ax.errorbar(x, ours[f"learnable/best {p}"], yerr=half, marker="o", ls="", capsize=3,
+        ax.errorbar(at + 0.12 * (i - 0.5), ours[f"learnable/best {p}"], yerr=half, marker="o", ls="", capsize=3,
                     label=f"ours, {p}-equivalent point")
-    for _, r in ours.iterrows():
-        ax.annotate(f"{r.rung}: {r.params / 1e6:.1f}M x {r.tokens}", (r.params * r.tokens, r["learnable/best 100K"]),
-                    fontsize=7, xytext=(6, 6), textcoords="offset points")
+    ticks = [f"{r.rung}\n{r.params / 1e6:.1f}M, {r.tokens} tokens" for r in ours.itertuples()]
     if len(paper):
-        ax.plot(paper.params * paper.tokens, paper["learnable/best 100K"], "*", ms=12, color="k", label="paper DiT-XL/2, 100K")
+        ax.plot([len(ours) + 0.5], paper["learnable/best 100K"], "*", ms=12, color="k", label="paper DiT-XL/2, 100K")
+        ax.axvline(len(ours) - 0.25, color="grey", lw=0.6)
+        ticks.append(f"paper DiT-XL/2\n{paper.params.iloc[0] / 1e6:.0f}M, {paper.tokens.iloc[0]} tokens")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_xscale("log")
-    ax.set_xlabel("teacher parameters x tokens")
+    ax.set_xticks([*at, *([len(ours) + 0.5] if len(paper) else [])], ticks, fontsize=7)
+    ax.set_xlim(-0.5, len(ours) + (1.0 if len(paper) else -0.5))
     ax.set_ylabel("learnable FID / best baseline FID")
     ax.set_title("Learnable pruning against the best baseline (below 1: learnable better)", fontsize=10)
     ax.legend(fontsize=8)

@@ -17,7 +17,7 @@ import pandas as pd
 from tinyfusion import robustness
 from tinyfusion.io import load_json
 from tinyfusion import verdicts as V
-from tinyfusion.profiles import PROFILES, SCALE_LADDER, listed, tuple_field
+from tinyfusion.profiles import PROFILES, SCALE_LADDER, TRAIN_HERE, listed, tuple_field
 from tinyfusion.study import BASELINES
 
 # The core comparison of every rung (the issue's list): learnable 1:2 on each pruning seed and the baselines.
@@ -61,16 +61,50 @@ def pruning_seeds_of(study, given=None):
 
 
 def teacher_budget(study):
-    """What one rung's teacher was pre-trained on, from the training record beside a shipped teacher
+    """What one rung's teacher was pre-trained on and what it took, from the training record beside a shipped teacher
     (``data/<teacher>.json``, written by ``tools/install_teacher.py``): {"rung", "teacher", "steps", "batch_size",
-    "samples"}; None for the steps and samples where there is no record (a teacher the study pre-trains itself, as the
-    smoke rungs do)."""
+    "samples", "training h" (wall time over every call of a resumed run), "calls", "s/step (fastest call)" (the
+    quickest call of at least 100 steps: a run resumed across sessions shared its cores in some of them, so its wall
+    time says less of the cost than its rate), "threads"}; None where there is no record (a teacher the study
+    pre-trains itself, as the smoke rungs do).
+
+    A shipped teacher is checked first, so a missing or wrong file stops the ladder here and not hours into a rung:
+    the file, its ``.sha256`` (verified) and its record must exist, and the record must name the rung's model; each
+    refusal names the file and :mod:`tools.install_teacher`, which writes all three."""
     path = Path(study.teacher_path)
     record = path.with_suffix(".json")
+    if study.prof.teacher != TRAIN_HERE:
+        _check_shipped(study.prof, path, record)
     info = load_json(record) if record.exists() else {}   # a damaged record is refused, naming the file
     steps, batch = info.get("steps"), info.get("batch_size")
+    segments = info.get("segments") or []
+    rates = [s["wall_s"] / (s["to_step"] - s["from_step"]) for s in segments
+             if s.get("wall_s") and s.get("to_step", 0) - s.get("from_step", 0) >= 100]
+    if not rates and info.get("wall_s") and steps and len(segments) <= 1:
+        rates = [info["wall_s"] / steps]          # one call (or a record from before calls were timed)
+    threads = sorted({s.get("threads") for s in segments if s.get("threads")})
     return {"rung": study.prof.name, "teacher": str(path), "steps": steps, "batch_size": batch,
-            "samples": steps * batch if steps and batch else None}
+            "samples": steps * batch if steps and batch else None,
+            "training h": info["wall_s"] / 3600 if info.get("wall_s") else None, "calls": len(segments) or None,
+            "s/step (fastest call)": min(rates) if rates else None,
+            "threads": ", ".join(map(str, threads)) or None}
+
+
+def _check_shipped(prof, path, record):
+    """Refuse a rung's shipped teacher that is missing, fails its checksum, or whose record names another model;
+    every message says which file and how to make it."""
+    from tinyfusion.io import verify_sha256
+    make = (f"train it with `python -m tinyfusion.cli.pretrain --profile {prof.name} --out <run>` and install it "
+            f"with `python tools/install_teacher.py <run> --profile {prof.name}` (teacher, .sha256 and .json)")
+    checksum = Path(str(path) + ".sha256")
+    for need in (path, checksum, record):
+        if not need.exists():
+            raise FileNotFoundError(f"rung {prof.name}: {need} is missing; {make}")
+    verify_sha256(path, checksum)
+    info = load_json(record)
+    if info.get("model") != prof.model:   # the model, not the profile: the smoke rung borrows the cpu teacher
+        raise ValueError(f"rung {prof.name}: the record {record} names (its, the rung's) "
+                         f"{ {'model': (info.get('model'), prof.model)} }: it belongs to another teacher; {make}")
 
 
 def teacher_budgets(studies):
@@ -91,8 +125,9 @@ def teacher_budgets(studies):
 
 def rung(study, pruning_seeds=None):
     """Everything notebook 12 reads of one rung ``study``: ``{"row": teacher_row + claim 5, "kept": {pruning seed:
-    kept layers}, "curves": the core comparison's recovery curves, "claims": (claim 1, claim 2, claim 5)}``. The learned
-    masks are the profile's gate budget (1:2, LoRA, as Table 3), so today's rung reuses notebooks 01-03's runs;
+    kept layers}, "curves": the core comparison's recovery curves, "claims": (claim 1, claim 2, claim 5), "check":
+    notebook 00's teacher check, "floor": the real-vs-real FID at the rung's samples per score}``. The learned masks
+    are the profile's gate budget (1:2, LoRA, as Table 3), so today's rung reuses notebooks 01-03's runs;
     ``pruning_seeds`` None: the profile's seeds (cpu: 0 and 1)."""
     name = study.prof.name
     pruning_seeds = pruning_seeds_of(study, pruning_seeds)
@@ -104,30 +139,64 @@ def rung(study, pruning_seeds=None):
     curves = robustness.setting_curves(study, study.candidates(METHODS, learned=runs), f"12_curves_{name}",
                                        points=points)
     v1, v2 = robustness.claims_1_2(study, {name: curves})[name]
-    return {"row": row, "kept": kept, "curves": curves, "claims": (v1, v2, v5)}
+    return {"row": row, "kept": kept, "curves": curves, "claims": (v1, v2, v5),
+            "check": robustness.teacher_check(study, study.fid_floor()),
+            "floor": study.fid_floor(n=study.prof.eval_samples)["fid"]}
+
+
+def _points(study, points):
+    """{label: steps} of the rung's 100K- and 500K-equivalent points."""
+    return dict(zip(points, (study.prof.finetune_steps, study.prof.finetune_long)))
 
 
 def rung_row(study, result, points=("100K", "500K")):
-    """The per-rung row of the scale table: the teacher's diagnostics, learnable's and the best baseline's mean FID at
-    the 100K- and 500K-equivalent points, their ratio (``verdicts.relative_fid``) and the claims' statuses."""
+    """The per-rung row of the scale table: the teacher's diagnostics and notebook 00's check, learnable's and the
+    best baseline's mean FID at the 100K- and 500K-equivalent points, their ratio (``verdicts.relative_fid``) and the
+    same ratio above the real-vs-real floor at the rung's samples per score (both means carry it; it pulls the plain
+    ratio towards 1 the more, the nearer the FIDs sit to it), the claims' statuses at both points, and the statuses
+    notebook 01 recorded on its fuller set of models where the rung's results hold them (today's teacher;
+    ``robustness.recorded_status``, None elsewhere)."""
     prof, row = study.prof, result["row"]
     pts = study.curve_points(result["curves"])
     mean = lambda v: float(np.mean(np.asarray(v, dtype=float)))  # noqa: E731  (a diverged run's NaN shows)
     out = {"rung": prof.name, "model": prof.model, "params": row["params"], "tokens": row["tokens"],
            "teacher FID": row["fid"], "teacher class accuracy": row["class_accuracy"],
+           "teacher meets notebook 00's bar": result["check"].status, "FID floor": result["floor"],
            "calib loss span": row["calib loss span (max/min)"], "max|h|/std": row["max|h|/std"],
            "block 0 keeps": row["block 0 keeps (1:2 masks)"]}
-    for label, steps in zip(points, (prof.finetune_steps, prof.finetune_long)):
+    for label, steps in _points(study, points).items():
         p = pts[steps]
-        ratio, se, df, best = V.relative_fid(p["fid"]["learnable"], {m: p["fid"][m] for m in BEST_OF if m in p["fid"]},
-                                             p["sd"], p["df"])
+        base = {m: p["fid"][m] for m in BEST_OF if m in p["fid"]}
+        ratio, se, df, best = V.relative_fid(p["fid"]["learnable"], base, p["sd"], p["df"])
+        above, above_se, _, _ = V.relative_fid(p["fid"]["learnable"], base, p["sd"], p["df"], floor=result["floor"])
         out.update({f"learnable FID {label}": mean(p["fid"]["learnable"]),
                     f"best baseline {label}": best,
                     f"best baseline FID {label}": mean(p["fid"][best]) if best else float("nan"),
-                    f"learnable/best {label}": ratio, f"se {label}": se, f"df {label}": df})
-    out.update({f"claim {c}": v.status for c, v in zip(V.SCALE_CLAIMS, result["claims"])})
+                    f"learnable/best {label}": ratio, f"se {label}": se, f"df {label}": df,
+                    f"above floor {label}": above, f"above floor se {label}": above_se})
+    for c, v in zip(V.SCALE_CLAIMS, result["claims"]):
+        out[f"claim {c}"] = v.status
+        by_point = v.details.get("by_point", {})
+        if by_point:
+            out[f"claim {c} at 500K"] = by_point.get(prof.finetune_long)
     out["claim 1 models"] = result["claims"][0].details.get("n_models")  # its Spearman's n (distinct models)
+    out.update({f"claim {c} in notebook 01": robustness.recorded_status(study, c) for c in (1, 2)})  # None: no record
     return out
+
+
+def ratios(study, result, points=("100K", "500K")):
+    """Learnable's FID over each of claim 2's baselines in turn, at both points (``verdicts.relative_fid`` with one
+    baseline): "the best baseline" of the scale table is picked by its own noisy mean, so the ratio against every
+    baseline is shown beside it. One row per (point, baseline)."""
+    pts = study.curve_points(result["curves"])
+    rows = []
+    for label, steps in _points(study, points).items():
+        p = pts[steps]
+        for m in (m for m in BEST_OF if m in p["fid"]):
+            ratio, se, df, _ = V.relative_fid(p["fid"]["learnable"], {m: p["fid"][m]}, p["sd"], p["df"])
+            rows.append({"rung": study.prof.name, "point": label, "baseline": m, "learnable/baseline": ratio,
+                         "se": se, "df": df})
+    return pd.DataFrame(rows)
 
 
 def paper_row():

@@ -262,7 +262,9 @@ def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr
 
     Returns dict(log, first (step 0's entry: the "initial loss"), skipped_steps, steps_run, stopped_at (None if
     finished), wall_s and samples_per_s of this call, total_wall_s over every call of a resumed run, segments: one
-    ``{"from_step", "threads", "world_size", "torch"}`` per call of a resumed run). The segments are provenance: a
+    ``{"from_step", "threads", "world_size", "torch", "nice", "to_step", "wall_s"}`` per call of a resumed run, the
+    last two as of its latest save, "nice" the process's priority, so a rate can be read from a call that had the
+    cores to itself). The segments are provenance: a
     run is bit-identical only on the same thread count and world size (float sums run in another order; measured on
     the cpu 1:2 learnable run: 2.6e-8 apart after 40 steps, and a block whose gates sit near 0.5 then keeps the other
     layer).
@@ -285,7 +287,8 @@ def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr
         segments = list(saved.get("segments") or [])  # states written before segments were recorded have none
         dist.print0(f"resuming {state_path} at step {start}")
     segments.append({"from_step": start, "threads": torch.get_num_threads(), "world_size": dist.world_size(),
-                     "torch": str(torch.__version__)})  # a plain str: TorchVersion is refused by weights_only
+                     "torch": str(torch.__version__), "nice": os.nice(0) if hasattr(os, "nice") else 0,
+                     "to_step": start, "wall_s": 0.0})  # a plain str: TorchVersion is refused by weights_only
     net = DDP(model) if dist.is_dist() else model
     inject = {int(s) for s in cfg.inject_nan_at or ()}
     snaps = {int(s) for s in cfg.snapshots or ()}
@@ -296,6 +299,7 @@ def train(model, loss_fn, opt, images, labels, objective, cfg: LoopConfig, *, lr
 
     def checkpoint(step, wall):
         last_save[0] = time.time()
+        segments[-1].update(to_step=int(step), wall_s=round(wall - prior_wall, 1))
         if state_path:
             save_train_state(state_path, step, getattr(m, "config", None), log=log, skipped=guard.skipped,
                              wall_s=wall, run_config=identity, segments=segments,

@@ -1084,7 +1084,8 @@ def robustness_sentences(table: Mapping[int, Mapping[str, str]], reference, teac
 SCALE_CLAIMS = (1, 2, 5)
 
 
-def relative_fid(learnable: Sequence[float], baselines: Mapping[str, Sequence[float]], sd: float, df: int):
+def relative_fid(learnable: Sequence[float], baselines: Mapping[str, Sequence[float]], sd: float, df: int,
+                 floor: float = 0.0):
     """Learnable's mean FID over the best baseline's (the lowest mean FID of ``baselines``, {name: FIDs over fine-tune
     seeds}, a baseline with a non-finite FID left out): ``(ratio, standard error, df, best baseline's name)``. Each
     side is weighed as in :func:`called`: the baseline's mean by the pooled fine-tune-seed ``sd`` over its runs with
@@ -1092,7 +1093,8 @@ def relative_fid(learnable: Sequence[float], baselines: Mapping[str, Sequence[fl
     spread, with its own n - 1 df when that is the larger. The ratio's standard error is the delta method's, its df
     the Welch-Satterthwaite combination of the two (:func:`welch_df`). A learnable run with a non-finite FID (a
     diverged run) makes the ratio infinite, as a non-finite side loses in :func:`called`; NaN when no baseline has
-    every FID finite."""
+    every FID finite. ``floor``: subtracted from both means first (the real-vs-real FID at the same sample count,
+    which both sides carry and which pulls the plain ratio towards 1); NaN when a mean is not above it."""
     a = np.asarray(learnable, dtype=float)
     means = {m: float(np.mean(v)) for m, v in baselines.items() if len(v)
              and np.isfinite(np.asarray(v, dtype=float)).all()}
@@ -1103,8 +1105,11 @@ def relative_fid(learnable: Sequence[float], baselines: Mapping[str, Sequence[fl
         return math.inf, math.nan, 0, best
     b = np.asarray(baselines[best], dtype=float)
     (var_a, df_a), (var_b, df_b) = _side(a, sd, df, True), _side(b, sd, df, False)
-    ratio = float(a.mean() / b.mean())
-    parts = [(ratio ** 2 * var_a / a.mean() ** 2, df_a), (ratio ** 2 * var_b / b.mean() ** 2, df_b)]
+    ma, mb = a.mean() - floor, b.mean() - floor
+    if not (ma > 0 and mb > 0):
+        return math.nan, math.nan, 0, best
+    ratio = float(ma / mb)
+    parts = [(ratio ** 2 * var_a / ma ** 2, df_a), (ratio ** 2 * var_b / mb ** 2, df_b)]
     return ratio, math.sqrt(sum(v for v, _ in parts)), welch_df(parts), best
 
 

@@ -22,7 +22,7 @@ SHIP_LIMIT_MB = 40
 
 def install(run, profile, force=False):
     """Copy ``run``'s teacher and training log to ``profile``'s teacher path; returns {"teacher", "log", "mb"}."""
-    from tinyfusion.io import _atomic_write, load_json, sha256
+    from tinyfusion.io import _atomic_write, _replace_atomically, load_json, sha256
     from tinyfusion.models.registry import build, load_model
     from tinyfusion.profiles import get_profile
 
@@ -43,7 +43,7 @@ def install(run, profile, force=False):
         raise SystemExit(f"error: {dest} already holds another teacher; pass --force to replace it")
     _atomic_write(dest, lambda f: shutil.copyfileobj(open(src, "rb"), f))  # and dest.sha256, naming dest
     summary = load_json(log)
-    (dest.with_suffix(".json")).write_text(log.read_text())
+    _replace_atomically(dest.with_suffix(".json"), lambda f: f.write(log.read_text()), "w")  # no half-written log
     mb = dest.stat().st_size / 2**20
     return {"teacher": dest, "log": dest.with_suffix(".json"), "mb": mb, "steps": summary.get("steps"),
             "wall_s": summary.get("wall_s")}

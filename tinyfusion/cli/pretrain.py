@@ -107,7 +107,8 @@ def _run(cfg):
         return {"stopped_at": res["stopped_at"], "out": str(out)}
     log = res["log"]
     summary = {"model": cfg["model"], "config": model.config, "params": n_params, "steps": cfg["steps"],
-               "batch_size": cfg["batch_size"], "world_size": dist.world_size(), "wall_s": round(res["wall_s"], 1),
+               "batch_size": cfg["batch_size"], "world_size": dist.world_size(),
+               "wall_s": round(res["total_wall_s"], 1), "wall_s_last_call": round(res["wall_s"], 1),
                "samples_per_s": round(res["samples_per_s"], 1), "skipped_steps": res["skipped_steps"],
                "final_loss": log[-1]["loss"] if log else None, "seed": cfg["seed"], "profile": prof.name,
                "segments": res["segments"],

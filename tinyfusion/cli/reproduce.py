@@ -159,13 +159,15 @@ class Clock:
     is recorded as ``paused_s``. Stop the whole process group (``kill -STOP -- -<pgid>``): a kernel stopped alone
     leaves this heartbeat running. ``timings.json``'s per-notebook seconds are plain wall time, pauses included."""
 
-    def __init__(self, root, profile, every=30.0, name=CLOCK):
+    def __init__(self, root, profile, every=30.0, name=CLOCK, checked=None):
         import threading
         from tinyfusion.io import load_json
         self.path = Path(root) / name
         self.clock = load_json(self.path) if self.path.exists() else {"attempts": []}
-        empty = not any((Path(root) / k).is_dir() and any((Path(root) / k).iterdir()) for k in CACHE_KINDS)
+        checked = [Path(r) for r in (checked or [root])]   # the caches whose emptiness makes a run "from empty"
+        empty = not any((r / k).is_dir() and any((r / k).iterdir()) for r in checked for k in CACHE_KINDS)
         self.attempt = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "profile": profile, "from_empty": empty,
+                        "checked": [r.name for r in checked],
                         "elapsed_s": 0.0, "paused_s": 0.0, "finished": False, "notebooks_done": []}
         self.clock["attempts"].append(self.attempt)
         self._last, self.every, self._stop, self._lock = time.time(), every, threading.Event(), threading.Lock()
@@ -197,6 +199,18 @@ class Clock:
         self._thread.join()
         self.attempt["finished"] = bool(finished)
         self.save()
+
+
+def checked_roots(study, profile, root):
+    """The caches whose emptiness makes a ``study``'s run "from empty" on its clock: the profile's (``root``), or for
+    the scale ladder its new rungs' (``results/cpu-w128``, ``results/cpu-t49``): today's rung there reuses notebooks
+    01-03's runs in the profile's cache, which ``make reproduce`` fills, so that cache is never empty when it runs."""
+    if study == "scale":
+        from tinyfusion.profiles import SCALE_LADDER
+        rungs = SCALE_LADDER.get(profile, (profile,))[1:]
+        if rungs:
+            return [Path(root).parent / r for r in rungs]
+    return [Path(root)]
 
 
 def from_empty_seconds(clock):
@@ -246,7 +260,7 @@ def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError, study
     todo = notebooks(only, study)
     if not todo:
         raise SystemExit(f"no notebooks of the {study} study matched {only!r} in {NOTEBOOKS}")
-    clock = Clock(root, profile, name=clock_name(study))
+    clock = Clock(root, profile, name=clock_name(study), checked=checked_roots(study, profile, root))
     try:
         _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError, root, out_dir, partial_dir,
                        timings, timings_path, this_run, clock)
