@@ -74,8 +74,9 @@ def teacher_budget(study):
     path = Path(study.teacher_path)
     record = path.with_suffix(".json")
     if study.prof.teacher != TRAIN_HERE:
-        _check_shipped(study.prof, path, record)
-    info = load_json(record) if record.exists() else {}   # a damaged record is refused, naming the file
+        info = _check_shipped(study.prof, path, record)
+    else:
+        info = load_json(record) if record.exists() else {}   # a damaged record is refused, naming the file
     steps, batch = info.get("steps"), info.get("batch_size")
     segments = info.get("segments") or []
     rates = [s["wall_s"] / (s["to_step"] - s["from_step"]) for s in segments
@@ -92,7 +93,7 @@ def teacher_budget(study):
 
 def _check_shipped(prof, path, record):
     """Refuse a rung's shipped teacher that is missing, fails its checksum, or whose record names another model;
-    every message says which file and how to make it."""
+    every message says which file and how to make it. Returns the record."""
     from tinyfusion.io import verify_sha256
     make = (f"train it with `python -m tinyfusion.cli.pretrain --profile {prof.name} --out <run>` and install it "
             f"with `python tools/install_teacher.py <run> --profile {prof.name}` (teacher, .sha256 and .json)")
@@ -105,6 +106,7 @@ def _check_shipped(prof, path, record):
     if info.get("model") != prof.model:   # the model, not the profile: the smoke rung borrows the cpu teacher
         raise ValueError(f"rung {prof.name}: the record {record} names (its, the rung's) "
                          f"{ {'model': (info.get('model'), prof.model)} }: it belongs to another teacher; {make}")
+    return info
 
 
 def teacher_budgets(studies):
@@ -178,7 +180,7 @@ def rung_row(study, result, points=("100K", "500K")):
         out[f"claim {c}"] = v.status
         by_point = v.details.get("by_point", {})
         if by_point:
-            out[f"claim {c} at 500K"] = by_point.get(prof.finetune_long)
+            out[f"claim {c} at {points[1]}"] = by_point.get(prof.finetune_long)
     out["claim 1 models"] = result["claims"][0].details.get("n_models")  # its Spearman's n (distinct models)
     out.update({f"claim {c} in notebook 01": robustness.recorded_status(study, c) for c in (1, 2)})  # None: no record
     return out
