@@ -124,3 +124,26 @@ def test_a_killed_job_is_resumed_once_and_forgotten_when_it_succeeds(tmp_path):
     finally:
         for pid in _job_pids(results):
             os.kill(pid, 9)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc (Linux)")
+def test_a_name_value_argument_goes_to_every_make_of_the_job_not_run_as_a_target(tmp_path):
+    tree, results = tmp_path / "tree", tmp_path / "results"
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    (tree / ".venv" / "bin" / "python").write_text("#!/bin/sh\n")
+    (tree / ".venv" / "bin" / "python").chmod(0o755)
+    (tree / "Makefile").write_text('first:\n\t@echo default target ran >> "$$TINYFUSION_RESULTS/first.txt"\n'
+                                   'a:\n\t@echo "a $(RUNGS)" >> "$$TINYFUSION_RESULTS/a.txt"\n'
+                                   'b:\n\t@echo "b $(RUNGS)" >> "$$TINYFUSION_RESULTS/b.txt"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("TINYFUSION_RESULTS", "PROFILE", "RUNGS")}
+    try:
+        r = subprocess.run([str(SCRIPT), "run", str(results), "a", "RUNGS=cpu,cpu-w128 x", "b"],
+                           env={**env, "BG_TREE": str(tree)}, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert _wait(lambda: (results / "b.txt").exists() and not list((results / "jobs").iterdir()))
+        assert (results / "a.txt").read_text() == "a cpu,cpu-w128 x\n"   # quoted whole, for every target
+        assert (results / "b.txt").read_text() == "b cpu,cpu-w128 x\n"
+        assert not (results / "first.txt").exists()                     # never a make of its own
+    finally:
+        for pid in _job_pids(results):
+            os.kill(pid, 9)

@@ -354,3 +354,30 @@ def test_the_scale_clock_is_from_empty_when_its_new_rungs_caches_are(tmp_path):
     attempts = json.loads((root / "scale_clock.json").read_text())["attempts"]
     assert [a["from_empty"] for a in attempts] == [True, False]
     assert attempts[0]["checked"] == ["cpu-w128", "cpu-t49"]
+
+
+def test_part_of_the_scale_ladder_runs_on_the_clock_as_an_unfinished_attempt_beside_the_result(tmp_path, monkeypatch):
+    """``--rungs`` (make scale RUNGS=...): the rungs reach the notebook as its parameter, the attempt is clocked but
+    does not finish the study, and the executed copy and "latest" time stay the whole ladder's."""
+    for bad, says in [(("smoke-t49",), "'smoke' first"), (("smoke", "cpu-w128"), "smoke,smoke-t49"),
+                      (("smoke", "smoke"), "each once")]:
+        with pytest.raises(SystemExit, match=says):
+            rep.part_ladder("scale", "smoke", ",".join(bad))
+    with pytest.raises(SystemExit, match="not the main study"):
+        rep.part_ladder("main", "smoke", "smoke")
+    assert rep.part_ladder("scale", "smoke", "smoke, smoke-t49") is None   # the whole ladder is the plain run
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    _notebook(nbdir / "12_scale.ipynb", ["profile = 'cpu'\nrungs = None", "print(f'rungs={rungs}')"], True)
+    monkeypatch.setattr(rep, "NOTEBOOKS", nbdir)
+    monkeypatch.delenv("TINYFUSION_RESULTS", raising=False)
+    rep.reproduce("smoke", results_root=tmp_path / "res", progress=False, study="scale", rungs="smoke")
+    out = tmp_path / "res" / "smoke"
+    assert not (out / "notebooks" / "12_scale.ipynb").exists()
+    assert "rungs=smoke" in (out / "partial" / "12_scale__smoke.ipynb").read_text()
+    (attempt,) = json.loads((out / "scale_clock.json").read_text())["attempts"]
+    assert attempt["rungs"] == ["smoke"] and attempt["finished"] is False and attempt["notebooks_done"]
+    timings = json.loads((out / "timings.json").read_text())
+    assert "12_scale.ipynb" not in timings.get("latest", {}) and timings["runs"][-1]["rungs"] == ["smoke"]
+    r = subprocess.run([sys.executable, "-m", "tinyfusion.cli.reproduce", "--help"], capture_output=True, text=True)
+    assert "--rungs RUNG[,RUNG...]" in r.stdout

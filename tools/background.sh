@@ -2,7 +2,8 @@
 # Long studies in the background: resumable, on a frozen copy of the code, sharing the cores politely.
 #
 #   tools/background.sh run RESULTS TARGET...      # make TARGET... one after the other (PROFILE=cpu unless set),
-#                                                  # e.g. run ~/tf_results reproduce robustness
+#                                                  # e.g. run ~/tf_results reproduce robustness; NAME=VALUE
+#                                                  # goes to every make: run ~/tf_results scale RUNGS=cpu,cpu-w128
 #   tools/background.sh soak RESULTS NAME CMD...   # a low-priority job (its autogroup at nice 19) that takes only
 #                                                  # the time the others leave idle, e.g. soak ~/tf_results w128
 #                                                  #   .venv/bin/python -m tinyfusion.cli.pretrain --profile cpu-w128
@@ -22,7 +23,7 @@
 # BG_TREE=DIR uses DIR (a clone with its .venv) as the copy, as it is: no clone, no move, no setup.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-usage() { sed -n '3,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '3,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 2 ] || usage
 argv=("$@")
 cmd=$1; results=$(mkdir -p "$2" && cd "$2" && pwd); shift 2
@@ -86,9 +87,11 @@ case $cmd in
     [ $# -ge 1 ] || usage
     job="run-$(IFS=+; echo "$*")"
     mkdir -p "$logs"; frozen_tree; record "$job"
-    chain="ok=0; "
+    chain="ok=0; "; vars=""
+    for a in "$@"; do [[ $a == *=* ]] && vars+=" $(printf '%q' "$a")"; done   # NAME=VALUE: a variable of every make
     for target in "$@"; do
-      chain+="make $target PROFILE=${PROFILE:-cpu} >> '$logs/$target.log' 2>&1; rc=\$?; echo \"rc \$rc\" >> '$logs/$target.log'; [ \$rc = 0 ] || ok=1; "
+      [[ $target == *=* ]] && continue
+      chain+="make $target$vars PROFILE=${PROFILE:-cpu} >> '$logs/$target.log' 2>&1; rc=\$?; echo \"rc \$rc\" >> '$logs/$target.log'; [ \$rc = 0 ] || ok=1; "
     done
     chain+="[ \$ok = 0 ] && rm -f '$jobs/$job'"
     # every fd of the detached chain is /dev/null (a caller reading this script's output through a pipe returns now)

@@ -3,6 +3,7 @@
     python -m tinyfusion.cli.reproduce --profile cpu [--only 01,06] [--out results]
     make reproduce PROFILE=cpu          # every notebook
     make notebook NB=07 PROFILE=smoke   # one notebook (--only 07)
+    make scale RUNGS=cpu,cpu-w128       # the scale ladder on some of its rungs (--study scale --rungs ...)
 
 Executed copies go to ``results/<profile>/notebooks/``, figures and tables to ``results/<profile>/figures`` and
 ``tables``, the wall time of each notebook to ``results/<profile>/timings.json``; notebook 09 writes
@@ -11,6 +12,11 @@ executed copy for inspection under ``results/<profile>/partial/`` and exits non-
 figures, tables, verdicts and "latest" time replace the old ones only when it finished: it is executed into
 ``partial/`` and moved into ``notebooks/`` at the end, and the outputs it wrote are rolled back when it failed or
 the run was interrupted (Ctrl-C, SIGTERM). Finished steps are cached, so a rerun takes minutes.
+
+``--rungs`` runs notebook 12 on part of its ladder (today's teacher first), e.g. as soon as one rung's teacher is
+shipped while another still trains: its cached steps count on the scale clock as an attempt that did not finish
+the study, its executed copy stays in ``partial/`` (``12_scale__cpu+cpu-w128.ipynb``) and the notebook's "latest"
+time is left alone; the tables and figures it wrote are the part-ladder's until the whole ladder runs.
 """
 from __future__ import annotations
 
@@ -54,20 +60,21 @@ def notebooks(only=None, study="main"):
     return [p for p in found if p.name[:2] in STUDIES[study]]
 
 
-def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", progress=True, study="main"):
+def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", progress=True, study="main", rungs=None):
     """Execute the notebooks of ``study`` ("main": ``make reproduce``; "robustness": ``make robustness``; "scale":
-    ``make scale``; "mar": ``make mar``); returns
-    {notebook: seconds}. Raises ``SystemExit`` with a message on failure."""
+    ``make scale``; "mar": ``make mar``); ``rungs`` (scale only): part of the profile's ladder, see the module
+    docstring. Returns {notebook: seconds}. Raises ``SystemExit`` with a message on failure."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    rungs = part_ladder(study, profile, rungs)
     saved_env = {k: os.environ.get(k) for k in ("TINYFUSION_RESULTS", "TINYFUSION_CACHE_LOG")}  # set for the kernels
     if results_root:
         os.environ["TINYFUSION_RESULTS"] = str(Path(results_root).resolve())
     try:
-        return _run_all(profile, only, kernel, progress, pm, PapermillExecutionError, study)
+        return _run_all(profile, only, kernel, progress, pm, PapermillExecutionError, study, rungs)
     finally:
         for k, v in saved_env.items():
             if v is None:
@@ -213,6 +220,24 @@ def checked_roots(study, profile, root):
     return [Path(root)]
 
 
+def part_ladder(study, profile, rungs):
+    """``rungs`` ("cpu,cpu-w128" or a list) checked against the profile's scale ladder: a list starting with today's
+    teacher, or None for the whole ladder (``rungs`` None, or every rung in order). Refused, naming the ladder: rungs
+    for another study, a name not on the ladder, today's teacher not first."""
+    if rungs is None:
+        return None
+    from tinyfusion.profiles import SCALE_LADDER
+    given = [r.strip() for r in rungs.split(",")] if isinstance(rungs, str) else list(rungs)
+    ladder = SCALE_LADDER.get(profile)
+    if study != "scale" or not ladder:
+        raise SystemExit(f"--rungs {','.join(given)}: rungs are the scale ladder's (--study scale, make scale) on a "
+                         f"profile with a ladder ({', '.join(SCALE_LADDER)}), not the {study} study on {profile}")
+    if not given or given[0] != ladder[0] or any(r not in ladder for r in given) or len(set(given)) < len(given):
+        raise SystemExit(f"--rungs {','.join(given)}: give rungs of the {profile} ladder ({','.join(ladder)}), each "
+                         f"once, today's teacher {ladder[0]!r} first, e.g. --rungs {ladder[0]},{ladder[-1]}")
+    return None if given == list(ladder) else given
+
+
 def from_empty_seconds(clock):
     """Seconds of the last reproduction that started from an empty cache and finished, summed over its attempts
     (a killed attempt counts up to its last heartbeat), and the attempts counted; (None, 0) when there is none."""
@@ -245,7 +270,7 @@ def _failing_cell(path):
     return ""
 
 
-def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError, study="main"):
+def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError, study="main", rungs=None):
     from tinyfusion.io import load_json, save_json
     root = Path(os.environ.get("TINYFUSION_RESULTS", ROOT / "results")) / profile
     out_dir, partial_dir = root / "notebooks", root / "partial"
@@ -261,11 +286,13 @@ def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError, study
     if not todo:
         raise SystemExit(f"no notebooks of the {study} study matched {only!r} in {NOTEBOOKS}")
     clock = Clock(root, profile, name=clock_name(study), checked=checked_roots(study, profile, root))
+    if rungs:
+        this_run["rungs"] = clock.attempt["rungs"] = rungs
     try:
         _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError, root, out_dir, partial_dir,
-                       timings, timings_path, this_run, clock)
+                       timings, timings_path, this_run, clock, rungs)
     finally:
-        clock.stop(finished=only is None and len(this_run["notebooks"]) == len(todo)
+        clock.stop(finished=only is None and not rungs and len(this_run["notebooks"]) == len(todo)
                    and not any(v.get("failed") for v in this_run["notebooks"].values()))
     this_run["total_seconds"] = round(time.time() - total0, 1)
     save_json(timings, timings_path)
@@ -312,7 +339,7 @@ def _ipc_dir():
 
 
 def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError, root, out_dir, partial_dir, timings,
-                   timings_path, this_run, clock):
+                   timings_path, this_run, clock, rungs=None):
     from tinyfusion import cache
     from tinyfusion.io import load_json, save_json
     RUNNING["root"] = root
@@ -326,6 +353,8 @@ def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError,
     for i, nb in enumerate(todo):
         RUNNING["notebook"] = nb.name
         out, partial = out_dir / nb.name, partial_dir / nb.name
+        if rungs:   # part of the ladder: the executed copy is not the notebook's result
+            out = partial_dir / f"{nb.stem}__{'+'.join(rungs)}.ipynb"
         times = notebook_times(timings)
         borrowed = any(n.name not in times and n.name in fallback for n in todo[i:])
         print(progress_line(i, todo, time.time() - started, {**fallback, **times}, profile,
@@ -336,7 +365,8 @@ def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError,
         steps_log.unlink(missing_ok=True)
         os.environ[cache.LOG_ENV] = str(steps_log)
         try:
-            pm.execute_notebook(str(nb), str(partial), parameters={"profile": profile}, kernel_name=kernel,
+            params = {"profile": profile, **({"rungs": ",".join(rungs)} if rungs else {})}
+            pm.execute_notebook(str(nb), str(partial), parameters=params, kernel_name=kernel,
                                 cwd=str(NOTEBOOKS), progress_bar=progress, log_output=False,
                                 kernel_manager_class=_kernel_manager())
         except BaseException as e:  # failed, or interrupted: the previous outputs stay the current ones
@@ -359,10 +389,11 @@ def _run_notebooks(todo, profile, kernel, progress, pm, PapermillExecutionError,
             snapshot.drop()
         dt = round(time.time() - t0, 1)
         compact_streams(partial, {"input_path": f"notebooks/{nb.name}",
-                                  "output_path": f"{profile}/notebooks/{nb.name} (under the results folder)"})
+                                  "output_path": f"{out.relative_to(root.parent)} (under the results folder)"})
         os.replace(partial, out)
         this_run["notebooks"][nb.name] = {"seconds": dt}
-        timings["latest"] = {**timings.get("latest", {}), nb.name: dt}
+        if not rungs:
+            timings["latest"] = {**timings.get("latest", {}), nb.name: dt}
         save_json(timings, timings_path)
         clock.done(nb.name)
         steps = cache.count_steps(steps_log)
@@ -430,6 +461,9 @@ def parser():
                    help="which notebooks: main (make reproduce: all but the other studies'), robustness (notebook "
                         "11, make robustness), scale (notebook 12, make scale) or mar (notebook 13, make mar); each "
                         "has its own from-empty clock")
+    p.add_argument("--rungs", default=None, metavar="RUNG[,RUNG...]",
+                   help="scale study only: run notebook 12 on these rungs of the profile's ladder, today's teacher "
+                        "first, e.g. cpu,cpu-w128 (default: the whole ladder); an unfinished attempt on its clock")
     p.add_argument("--out", default=None, help="results root (default: $TINYFUSION_RESULTS, else results/)")
     add_switch(p, "--progress", True, "show papermill's progress bar (cells executed)")
     return p
@@ -439,13 +473,13 @@ def main(argv=None):
     a = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # so a killed run rolls back like Ctrl-C
     try:
-        reproduce(a.profile, a.only or None, a.out, progress=a.progress, study=a.study)
+        reproduce(a.profile, a.only or None, a.out, progress=a.progress, study=a.study, rungs=a.rungs)
     except KeyboardInterrupt as e:
         target = "reproduce" if a.study == "main" else a.study
         where = f"in {RUNNING['notebook']}" if RUNNING["notebook"] else "before the first notebook"
         print(f"[reproduce] stopped {where} ({str(e) or 'Ctrl-C'}): every step it finished is cached under "
               f"{RUNNING['root'] or 'the results folder'}, the last finished notebooks' results are untouched; "
-              f"`make {target} PROFILE={a.profile}` resumes", file=sys.stderr, flush=True)
+              f"`make {target} PROFILE={a.profile}{f' RUNGS={a.rungs}' if a.rungs else ''}` resumes", file=sys.stderr, flush=True)
         return 130
 
 
