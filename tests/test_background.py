@@ -74,6 +74,16 @@ def _job_pids(results):
     return pids
 
 
+def _tree(tmp_path, makefile):
+    """A stand-in for the frozen copy (BG_TREE): a .venv/bin/python and a Makefile of ``makefile``."""
+    tree = tmp_path / "tree"
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    (tree / ".venv" / "bin" / "python").write_text("#!/bin/sh\n")
+    (tree / ".venv" / "bin" / "python").chmod(0o755)
+    (tree / "Makefile").write_text(makefile)
+    return tree
+
+
 def _wait(cond, timeout=30.0):
     end = time.time() + timeout
     while not cond() and time.time() < end:
@@ -83,12 +93,8 @@ def _wait(cond, timeout=30.0):
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc (Linux)")
 def test_a_killed_job_is_resumed_once_and_forgotten_when_it_succeeds(tmp_path):
-    tree, results = tmp_path / "tree", tmp_path / "results"
-    (tree / ".venv" / "bin").mkdir(parents=True)
-    (tree / ".venv" / "bin" / "python").write_text("#!/bin/sh\n")
-    (tree / ".venv" / "bin" / "python").chmod(0o755)
-    (tree / "Makefile").write_text('a:\n\t@echo a >> "$$TINYFUSION_RESULTS/a.txt"; sleep "$$SLEEP_S"\n'
-                                   'b:\n\t@echo b >> "$$TINYFUSION_RESULTS/b.txt"\n')
+    tree, results = _tree(tmp_path, 'a:\n\t@echo a >> "$$TINYFUSION_RESULTS/a.txt"; sleep "$$SLEEP_S"\n'
+                                     'b:\n\t@echo b >> "$$TINYFUSION_RESULTS/b.txt"\n'), tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if k not in ("TINYFUSION_RESULTS", "PROFILE")}
     env.update(BG_TREE=str(tree), SLEEP_S="60")
 
@@ -128,13 +134,9 @@ def test_a_killed_job_is_resumed_once_and_forgotten_when_it_succeeds(tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc (Linux)")
 def test_a_name_value_argument_goes_to_every_make_of_the_job_not_run_as_a_target(tmp_path):
-    tree, results = tmp_path / "tree", tmp_path / "results"
-    (tree / ".venv" / "bin").mkdir(parents=True)
-    (tree / ".venv" / "bin" / "python").write_text("#!/bin/sh\n")
-    (tree / ".venv" / "bin" / "python").chmod(0o755)
-    (tree / "Makefile").write_text('first:\n\t@echo default target ran >> "$$TINYFUSION_RESULTS/first.txt"\n'
-                                   'a:\n\t@echo "a $(RUNGS)" >> "$$TINYFUSION_RESULTS/a.txt"\n'
-                                   'b:\n\t@echo "b $(RUNGS)" >> "$$TINYFUSION_RESULTS/b.txt"\n')
+    tree, results = _tree(tmp_path, 'first:\n\t@echo default target ran >> "$$TINYFUSION_RESULTS/first.txt"\n'
+                                     'a:\n\t@echo "a $(RUNGS)" >> "$$TINYFUSION_RESULTS/a.txt"\n'
+                                     'b:\n\t@echo "b $(RUNGS)" >> "$$TINYFUSION_RESULTS/b.txt"\n'), tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if k not in ("TINYFUSION_RESULTS", "PROFILE", "RUNGS")}
     try:
         r = subprocess.run([str(SCRIPT), "run", str(results), "a", "RUNGS=cpu,cpu-w128 x", "b"],
