@@ -27,7 +27,7 @@ TABLES = ["00_teacher_metrics", "01_table3", "01_table3_runs", "01_recovery_curv
           "01_curve_noise", "01_verdicts_by_point", "02_block_confidence", "02_settled", "02_gate_costs",
           "02_corrected_curves", "02_corrected_summary", "table4_runs", "table4", "05_summary",
           "06_table5", "07_speedup", "08_table7", "11_gate_decisions", "11_block0", "11_teachers", "11_robustness",
-          "11_robustness_evidence", "12_teachers", "12_scale", "12_scale_evidence", "12_ratios"]
+          "11_robustness_evidence", "12_teachers", "12_scale", "12_scale_evidence", "12_ratios", "12_scale_trend"]
 SIT_FIGURES = ["10_sit_teacher_samples", "10_kept_layers", "10_fid_by_method", "10_tinysit_samples"]  # <profile>-sit/
 SIT_TABLES = ["10_teachers", "10_table2", "10_table2_runs"]
 MAR_FIGURES = ["13_mar_teacher_samples", "13_kept_layers", "13_recovery_curves", "13_tinymar_samples"]  # <profile>-mar/
@@ -67,6 +67,7 @@ def test_notebooks_wrote_every_artefact(notebook_session):
     assert "![" in summary and "figures/01_recovery_curves.png" in summary  # the key figures are embedded
     assert all(f"| {claim} |" in summary for claim in CLAIMS)  # one verdict row per claim
     assert "Does the verdict survive?" in summary                # notebook 11 rewrote it with the robustness table
+    assert "The scale ladder (notebook 12" in summary and "Claim 2 (learnable beats every baseline)" in summary
     robust = (out / "tables" / "11_robustness.csv").read_text()
     assert all(s in robust for s in ("notebook 01's runs", "gate steps", "DiT teacher seed 1", "SiT teacher", "MAR teacher",
                                           "survive"))

@@ -303,6 +303,28 @@ def test_the_summary_leads_with_the_finding_written_from_the_verdicts(tmp_path):
     assert text.splitlines()[2].startswith("No claim has a verdict yet")
 
 
+def test_the_summary_gains_the_scale_ladder_with_its_trend_and_clock_when_notebook_12_ran(tmp_path):
+    study = _study(tmp_path)
+    assert summary.scale_section(tmp_path) == []                     # notebook 12 has not run: nothing said
+    pd.DataFrame([{"rung": "cpu", "params": 2.1e6, "tokens": 16, "learnable/best 100K": 2.27, "claim 2": "not held",
+                   "se 100K": 0.1},
+                  {"rung": "paper DiT-XL/2", "params": 6.75e8, "tokens": 256, "learnable/best 100K": 0.77,
+                   "claim 2": "held", "se 100K": None}]).to_csv(tmp_path / "tables" / "12_scale.csv", index=False)
+    pd.DataFrame({"claim": [2], "trend": ["Claim 2 (learnable beats every baseline): 'not held' at cpu."]}).to_csv(
+        tmp_path / "tables" / "12_scale_trend.csv", index=False)
+    (tmp_path / "scale_clock.json").write_text(json.dumps({"attempts": [
+        {"from_empty": True, "finished": False, "elapsed_s": 3600.0, "rungs": ["cpu", "cpu-w128"]},
+        {"from_empty": False, "finished": True, "elapsed_s": 1800.0}]}))
+    text = summary.write_summary(study, *summary.collect(study)).read_text()
+    section = text[text.index("## The scale ladder (notebook 12, `make scale`; rungs cpu)"):]
+    assert "| 2.270 |" in section and "se 100K" not in section           # the main columns, not the standard errors
+    assert "- Claim 2 (learnable beats every baseline): 'not held' at cpu." in section
+    assert "1.50 hours over 2 attempt(s)" in section                      # the part-ladder attempt counts
+    (tmp_path / "scale_clock.json").write_text(json.dumps({"attempts": [
+        {"from_empty": True, "finished": False, "elapsed_s": 3600.0, "rungs": ["cpu", "cpu-w128"]}]}))
+    assert "has not finished the whole ladder" in "\n".join(summary.scale_section(tmp_path))
+
+
 def test_the_progress_line_says_where_the_run_is_and_what_is_left():
     todo = [Path(f"{i:02d}_x.ipynb") for i in range(3)]
     line = rep.progress_line(1, todo, 125.0, {"00_x.ipynb": 60.0, "01_x.ipynb": 3000.0, "02_x.ipynb": 900.0}, "cpu")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -102,7 +103,7 @@ def yardstick_text(yardstick):
 
 def markdown_table(df, digits=3):
     cols = list(df.columns)
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out = ["| " + " | ".join(str(c).replace("|", "\\|") for c in cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
         cells = []
         for c in cols:
@@ -188,6 +189,36 @@ def one_line(text, limit=160):
     return (cut[:end] if end > limit // 3 else cut.rstrip()) + " …"
 
 
+SCALE_COLUMNS = ("rung", "params", "tokens", "teacher FID", "calib loss span", "max|h|/std", "block 0 keeps",
+                 "learnable FID 100K", "best baseline FID 100K", "learnable/best 100K", "learnable FID 500K",
+                 "best baseline FID 500K", "learnable/best 500K", "claim 1", "claim 2", "claim 5")
+
+
+def scale_section(root):
+    """summary.md's lines on the scale ladder when notebook 12 ran (``tables/12_scale.csv``): the per-rung table's
+    main columns, the trend sentences it wrote (``12_scale_trend.csv``) and the from-empty time on its clock."""
+    root = Path(root)
+    table = root / "tables" / "12_scale.csv"
+    if not table.exists():
+        return []
+    df = pd.read_csv(table)
+    rungs = ", ".join(r for r in df.rung if not str(r).startswith("paper"))
+    df["params"] = [f"{p / 1e6:.1f}M" for p in df.params]
+    lines = [f"## The scale ladder (notebook 12, `make scale`; rungs {rungs})", "",
+             markdown_table(df[[c for c in SCALE_COLUMNS if c in df]]), ""]
+    trend = root / "tables" / "12_scale_trend.csv"
+    if trend.exists():
+        lines += [f"- {t}" for t in pd.read_csv(trend)["trend"]] + [""]
+    clock = root / "scale_clock.json"
+    if clock.exists():
+        from tinyfusion.cli.reproduce import from_empty_seconds
+        seconds, attempts = from_empty_seconds(load_json(clock))
+        lines += [(f"`make scale` from an empty cache (the new rungs'), teachers excluded: {seconds / 3600:.2f} hours "
+                   f"over {attempts} attempt(s) (scale_clock.json)." if seconds else "`make scale` has not finished "
+                   "the whole ladder from an empty cache yet (scale_clock.json)."), ""]
+    return lines
+
+
 def write_summary(study, table, verdicts):
     """Write ``results/<profile>/summary.md``: verdicts first, then the main table and the run's timings."""
     p = study.prof
@@ -204,7 +235,7 @@ def write_summary(study, table, verdicts):
              *findings(verdicts, rt), "",
              markdown_table(narrow), "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the profile's verdicts (notebook 09 writes it; notebook 11 adds "
-             f"the robustness table, notebook 13 claim 10). {p.notes}.", "",
+             f"the robustness table, notebook 12 the scale ladder, notebook 13 claim 10). {p.notes}.", "",
              f"Budgets: fine-tuning {p.finetune_steps} steps (paper 100K; Table 4: {p.ablation_finetune_steps} vs 10K), "
              f"learnable pruning {p.prune_steps} steps of batch {p.prune_batch}, {p.random_candidates} random candidates "
              f"(paper 100,000). Every row is scored on {p.eval_samples} samples, {p.sampler} {p.sample_steps} steps, "
@@ -235,6 +266,7 @@ def write_summary(study, table, verdicts):
             lines += [(f"`make robustness` from an empty cache: {seconds / 3600:.2f} hours over {attempts} attempt(s) "
                        f"(robustness_clock.json)." if seconds else "`make robustness` has not finished a run from an "
                        "empty cache yet (robustness_clock.json)."), ""]
+    lines += scale_section(study.root)
     clock = study.root / "reproduce_clock.json"
     if clock.exists():
         seconds, attempts = run_clock(load_json(clock))
