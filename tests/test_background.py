@@ -149,3 +149,12 @@ def test_a_name_value_argument_goes_to_every_make_of_the_job_not_run_as_a_target
     finally:
         for pid in _job_pids(results):
             os.kill(pid, 9)
+
+
+def test_status_counts_the_steps_a_running_notebook_reused_and_computed(tmp_path):
+    (tmp_path / "cpu" / "partial").mkdir(parents=True)
+    (tmp_path / "cpu" / "partial" / ".12_scale.steps").write_text(
+        f"reused {tmp_path}/cpu/finetune/a-1\nreused {tmp_path}/cpu/scores/b-2\n"
+        f"computed {tmp_path}/cpu-w128/prune_learn/1of2_lora_s0-abc\n")
+    out = subprocess.run([str(SCRIPT), "status", str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert "cpu/12_scale steps: 2 reused, 1 computed; last done: cpu-w128/prune_learn/1of2_lora_s0-abc" in out

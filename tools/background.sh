@@ -9,7 +9,8 @@
 #                                                  #   .venv/bin/python -m tinyfusion.cli.pretrain --profile cpu-w128
 #   tools/background.sh pause|continue RESULTS     # SIGSTOP / SIGCONT every process of those runs (the study clocks
 #                                                  # do not count a pause), e.g. to lend the cores to `make test`
-#   tools/background.sh status RESULTS             # their processes, the jobs not finished, the last line of each log
+#   tools/background.sh status RESULTS             # their processes, the jobs not finished, the last line of each log,
+#                                                  # the cached steps a running notebook reused and computed so far
 #   tools/background.sh resume RESULTS             # start again every job that has not finished and is not running
 #                                                  # (a session's end, a kill or a reboot stopped it), on the same copy
 #
@@ -23,7 +24,7 @@
 # BG_TREE=DIR uses DIR (a clone with its .venv) as the copy, as it is: no clone, no move, no setup.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-usage() { sed -n '3,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '3,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 2 ] || usage
 argv=("$@")
 cmd=$1; results=$(mkdir -p "$2" && cd "$2" && pwd); shift 2
@@ -145,6 +146,13 @@ case $cmd in
       if [ -f "$f" ]; then
         printf '%s: %s\n' "$(basename "$f" .log)" "$(tail -c 300 "$f" | tr '\r' '\n' | grep -av '^\s*$' | tail -1)"
       fi
+    done
+    # a notebook running under cli.reproduce logs each cached step it reuses or computes (partial/.<notebook>.steps)
+    for f in "$results"/*/partial/.*.steps; do
+      [ -f "$f" ] || continue
+      nb=$(basename "$f" .steps); nb=${nb#.}
+      printf '%s/%s steps: %s reused, %s computed; last done: %s\n' "$(basename "$(dirname "$(dirname "$f")")")" "$nb" \
+        "$(grep -c '^reused ' "$f")" "$(grep -c '^computed ' "$f")" "$(tail -n 1 "$f" | sed 's|.*/\([^/]*/[^/]*/[^/]*\)$|\1|')"
     done
     ;;
   *) usage ;;
