@@ -43,9 +43,10 @@ robustness: setup
 # The scale ladder (notebook 12: today's teacher, width 128, 49 tokens) on the profile's rungs, its own from-empty clock
 # (results/<profile>/scale_clock.json); needs the rung teachers data/teacher_cpu_w128.pt and data/teacher_cpu_t49.pt
 # (python -m tinyfusion.cli.pretrain --profile cpu-w128, ... cpu-t49); the smoke ladder pre-trains its own.
-# RUNGS=cpu,cpu-w128: part of the ladder (a rung whose teacher is shipped while another trains), clocked, not the result.
+# RUNGS=cpu,cpu-w128: part of the ladder (a rung whose teacher is shipped while another trains), clocked; its tables,
+# figures and summary.md section (marked as part) stand until the whole ladder runs.
 scale: setup
-	$(PY) -m tinyfusion.cli.reproduce --profile $(PROFILE) --study scale $(if $(RUNGS),--rungs $(RUNGS))
+	$(PY) -m tinyfusion.cli.reproduce --profile $(PROFILE) --study scale $(if $(RUNGS),--rungs '$(RUNGS)')
 
 # TinyMAR (notebook 13: paper Table 2's MAR row, claim 10) on the profile's "-mar" variant (smoke, cpu), its own from-empty
 # clock (results/<profile>/mar_clock.json); needs the MAR teacher data/mar_teacher_cpu.pt.

@@ -146,6 +146,10 @@ def test_a_name_value_argument_goes_to_every_make_of_the_job_not_run_as_a_target
         assert (results / "a.txt").read_text() == "a cpu,cpu-w128 x\n"   # quoted whole, for every target
         assert (results / "b.txt").read_text() == "b cpu,cpu-w128 x\n"
         assert not (results / "first.txt").exists()                     # never a make of its own
+        assert r.stdout.startswith("started job run-a+b ")               # one job per targets, whatever the values
+        bad = subprocess.run([str(SCRIPT), "run", str(results), "a", "PROFILE=smoke"], env={**env, "BG_TREE": str(tree)},
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "set the profile in the environment" in bad.stderr
     finally:
         for pid in _job_pids(results):
             os.kill(pid, 9)

@@ -317,12 +317,16 @@ def test_the_summary_gains_the_scale_ladder_with_its_trend_and_clock_when_notebo
         {"from_empty": False, "finished": True, "elapsed_s": 1800.0}]}))
     text = summary.write_summary(study, *summary.collect(study)).read_text()
     section = text[text.index("## The scale ladder (notebook 12, `make scale`; rungs cpu)"):]
+    assert "**Part of the ladder**" not in section                          # the root is not a profile's
     assert "| 2.270 |" in section and "se 100K" not in section           # the main columns, not the standard errors
     assert "- Claim 2 (learnable beats every baseline): 'not held' at cpu." in section
     assert "1.50 hours over 2 attempt(s)" in section                      # the part-ladder attempt counts
     (tmp_path / "scale_clock.json").write_text(json.dumps({"attempts": [
         {"from_empty": True, "finished": False, "elapsed_s": 3600.0, "rungs": ["cpu", "cpu-w128"]}]}))
     assert "has not finished the whole ladder" in "\n".join(summary.scale_section(tmp_path))
+    (tmp_path / "cpu" / "tables").mkdir(parents=True)
+    shutil.copy(tmp_path / "tables" / "12_scale.csv", tmp_path / "cpu" / "tables")
+    assert "**Part of the ladder** (`make scale RUNGS=cpu`)" in "\n".join(summary.scale_section(tmp_path / "cpu"))
 
 
 def test_the_progress_line_says_where_the_run_is_and_what_is_left():
@@ -382,23 +386,26 @@ def test_part_of_the_scale_ladder_runs_on_the_clock_as_an_unfinished_attempt_bes
     """``--rungs`` (make scale RUNGS=...): the rungs reach the notebook as its parameter, the attempt is clocked but
     does not finish the study, and the executed copy and "latest" time stay the whole ladder's."""
     for bad, says in [(("smoke-t49",), "'smoke' first"), (("smoke", "cpu-w128"), "smoke,smoke-t49"),
-                      (("smoke", "smoke"), "each once")]:
+                      (("smoke", "smoke"), "each once"), (("smoke",), "at least one rung after it")]:
         with pytest.raises(SystemExit, match=says):
             rep.part_ladder("scale", "smoke", ",".join(bad))
     with pytest.raises(SystemExit, match="not the main study"):
         rep.part_ladder("main", "smoke", "smoke")
     assert rep.part_ladder("scale", "smoke", "smoke, smoke-t49") is None   # the whole ladder is the plain run
+    assert rep.part_ladder("scale", "cpu", "cpu,cpu-t49,cpu-w128") is None and rep.part_ladder(
+        "scale", "cpu", "cpu,cpu-t49") == ["cpu", "cpu-t49"]
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()
     _notebook(nbdir / "12_scale.ipynb", ["profile = 'cpu'\nrungs = None", "print(f'rungs={rungs}')"], True)
     monkeypatch.setattr(rep, "NOTEBOOKS", nbdir)
     monkeypatch.delenv("TINYFUSION_RESULTS", raising=False)
+    monkeypatch.setitem(rep.__dict__, "part_ladder", lambda study, profile, rungs: ["smoke"])   # a one-rung ladder
     rep.reproduce("smoke", results_root=tmp_path / "res", progress=False, study="scale", rungs="smoke")
     out = tmp_path / "res" / "smoke"
     assert not (out / "notebooks" / "12_scale.ipynb").exists()
     assert "rungs=smoke" in (out / "partial" / "12_scale__smoke.ipynb").read_text()
     (attempt,) = json.loads((out / "scale_clock.json").read_text())["attempts"]
-    assert attempt["rungs"] == ["smoke"] and attempt["finished"] is False and attempt["notebooks_done"]
+    assert attempt["rungs"] == ["smoke"] and attempt["finished"] is False and attempt["notebooks_done"] == ["12_scale.ipynb"]
     timings = json.loads((out / "timings.json").read_text())
     assert "12_scale.ipynb" not in timings.get("latest", {}) and timings["runs"][-1]["rungs"] == ["smoke"]
     r = subprocess.run([sys.executable, "-m", "tinyfusion.cli.reproduce", "--help"], capture_output=True, text=True)

@@ -202,10 +202,15 @@ def scale_section(root):
     if not table.exists():
         return []
     df = pd.read_csv(table)
-    rungs = ", ".join(r for r in df.rung if not str(r).startswith("paper"))
+    from tinyfusion.profiles import SCALE_LADDER
+    ran = [r for r in df.rung if not str(r).startswith("paper")]
     df["params"] = [f"{p / 1e6:.1f}M" for p in df.params]
-    lines = [f"## The scale ladder (notebook 12, `make scale`; rungs {rungs})", "",
-             markdown_table(df[[c for c in SCALE_COLUMNS if c in df]]), ""]
+    lines = [f"## The scale ladder (notebook 12, `make scale`; rungs {', '.join(ran)})", ""]
+    whole = SCALE_LADDER.get(root.name)
+    if whole and ran != list(whole):
+        lines += [f"**Part of the ladder** (`make scale RUNGS={','.join(ran)}`), not the study's result: the whole "
+                  f"ladder is {', '.join(whole)}.", ""]
+    lines += [markdown_table(df[[c for c in SCALE_COLUMNS if c in df]]), ""]
     trend = root / "tables" / "12_scale_trend.csv"
     if trend.exists():
         lines += [f"- {t}" for t in pd.read_csv(trend)["trend"]] + [""]

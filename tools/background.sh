@@ -86,7 +86,11 @@ frozen_tree() {  # RESULTS/tree at this repository's HEAD, with its .venv (BG_TR
 case $cmd in
   run)
     [ $# -ge 1 ] || usage
-    job="run-$(IFS=+; echo "$*")"
+    for a in "$@"; do
+      [[ $a == PROFILE=* ]] && { echo "error: $a: set the profile in the environment (PROFILE=${a#PROFILE=} $0 run ...)" >&2; exit 2; }
+    done
+    names=(); for a in "$@"; do [[ $a == *=* ]] || names+=("$a"); done
+    job="run-$(IFS=+; echo "${names[*]}")"   # one job per targets, whatever NAME=VALUE: a part run is not run beside the whole
     mkdir -p "$logs"; frozen_tree; record "$job"
     chain="ok=0; "; vars=""
     for a in "$@"; do [[ $a == *=* ]] && vars+=" $(printf '%q' "$a")"; done   # NAME=VALUE: a variable of every make

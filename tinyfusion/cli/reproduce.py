@@ -16,7 +16,8 @@ the run was interrupted (Ctrl-C, SIGTERM). Finished steps are cached, so a rerun
 ``--rungs`` runs notebook 12 on part of its ladder (today's teacher first), e.g. as soon as one rung's teacher is
 shipped while another still trains: its cached steps count on the scale clock as an attempt that did not finish
 the study, its executed copy stays in ``partial/`` (``12_scale__cpu+cpu-w128.ipynb``) and the notebook's "latest"
-time is left alone; the tables and figures it wrote are the part-ladder's until the whole ladder runs.
+time is left alone; the tables, figures and ``summary.md`` section it wrote are the part-ladder's (so marked in
+``summary.md``) until the whole ladder runs.
 """
 from __future__ import annotations
 
@@ -232,10 +233,11 @@ def part_ladder(study, profile, rungs):
     if study != "scale" or not ladder:
         raise SystemExit(f"--rungs {','.join(given)}: rungs are the scale ladder's (--study scale, make scale) on a "
                          f"profile with a ladder ({', '.join(SCALE_LADDER)}), not the {study} study on {profile}")
-    if not given or given[0] != ladder[0] or any(r not in ladder for r in given) or len(set(given)) < len(given):
+    if len(given) < 2 or given[0] != ladder[0] or any(r not in ladder for r in given) or len(set(given)) < len(given):
         raise SystemExit(f"--rungs {','.join(given)}: give rungs of the {profile} ladder ({','.join(ladder)}), each "
-                         f"once, today's teacher {ladder[0]!r} first, e.g. --rungs {ladder[0]},{ladder[-1]}")
-    return None if given == list(ladder) else given
+                         f"once, today's teacher {ladder[0]!r} first and at least one rung after it, e.g. --rungs "
+                         f"{ladder[0]},{ladder[-1]}")
+    return None if set(given) == set(ladder) else given
 
 
 def from_empty_seconds(clock):
@@ -476,10 +478,11 @@ def main(argv=None):
         reproduce(a.profile, a.only or None, a.out, progress=a.progress, study=a.study, rungs=a.rungs)
     except KeyboardInterrupt as e:
         target = "reproduce" if a.study == "main" else a.study
+        rungs = f" RUNGS={''.join(a.rungs.split())}" if a.rungs else ""
         where = f"in {RUNNING['notebook']}" if RUNNING["notebook"] else "before the first notebook"
         print(f"[reproduce] stopped {where} ({str(e) or 'Ctrl-C'}): every step it finished is cached under "
               f"{RUNNING['root'] or 'the results folder'}, the last finished notebooks' results are untouched; "
-              f"`make {target} PROFILE={a.profile}{f' RUNGS={a.rungs}' if a.rungs else ''}` resumes", file=sys.stderr, flush=True)
+              f"`make {target} PROFILE={a.profile}{rungs}` resumes", file=sys.stderr, flush=True)
         return 130
 
 
