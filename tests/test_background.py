@@ -155,10 +155,12 @@ def test_a_name_value_argument_goes_to_every_make_of_the_job_not_run_as_a_target
             os.kill(pid, 9)
 
 
-def test_status_counts_the_steps_a_running_notebook_reused_and_computed(tmp_path):
+def test_status_counts_the_steps_a_notebook_reused_and_computed_and_says_when_it_was_cut(tmp_path):
     (tmp_path / "cpu" / "partial").mkdir(parents=True)
     (tmp_path / "cpu" / "partial" / ".12_scale.steps").write_text(
         f"reused {tmp_path}/cpu/finetune/a-1\nreused {tmp_path}/cpu/scores/b-2\n"
         f"computed {tmp_path}/cpu-w128/prune_learn/1of2_lora_s0-abc\n")
     out = subprocess.run([str(SCRIPT), "status", str(tmp_path)], capture_output=True, text=True, check=True).stdout
-    assert "cpu/12_scale steps: 2 reused, 1 computed; last done: cpu-w128/prune_learn/1of2_lora_s0-abc" in out
+    # nothing runs for this root: the counts are a cut run's, and status says so
+    assert ("cpu/12_scale steps: 2 reused, 1 computed; cut, nothing runs now; last done: "
+            "cpu-w128/prune_learn/1of2_lora_s0-abc") in out

@@ -151,12 +151,15 @@ case $cmd in
         printf '%s: %s\n' "$(basename "$f" .log)" "$(tail -c 300 "$f" | tr '\r' '\n' | grep -av '^\s*$' | tail -1)"
       fi
     done
-    # a notebook running under cli.reproduce logs each cached step it reuses or computes (partial/.<notebook>.steps)
+    # a notebook running under cli.reproduce logs each cached step it reuses or computes (partial/.<notebook>.steps);
+    # a file left by a run that was cut (the session ended) says so instead of passing for a running notebook
     for f in "$results"/*/partial/.*.steps; do
       [ -f "$f" ] || continue
       nb=$(basename "$f" .steps); nb=${nb#.}
-      printf '%s/%s steps: %s reused, %s computed; last done: %s\n' "$(basename "$(dirname "$(dirname "$f")")")" "$nb" \
-        "$(grep -c '^reused ' "$f")" "$(grep -c '^computed ' "$f")" "$(tail -n 1 "$f" | sed 's|.*/\([^/]*/[^/]*/[^/]*\)$|\1|')"
+      state=$([ -n "$pids" ] && echo "last done" || echo "cut, nothing runs now; last done")
+      printf '%s/%s steps: %s reused, %s computed; %s: %s\n' "$(basename "$(dirname "$(dirname "$f")")")" "$nb" \
+        "$(grep -c '^reused ' "$f")" "$(grep -c '^computed ' "$f")" "$state" \
+        "$(tail -n 1 "$f" | sed 's|.*/\([^/]*/[^/]*/[^/]*\)$|\1|')"
     done
     ;;
   *) usage ;;

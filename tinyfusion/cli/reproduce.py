@@ -223,7 +223,7 @@ def checked_roots(study, profile, root):
 
 def part_ladder(study, profile, rungs):
     """``rungs`` ("cpu,cpu-w128" or a list) checked against the profile's scale ladder: a list starting with today's
-    teacher, or None for the whole ladder (``rungs`` None, or every rung in order). Refused, naming the ladder: rungs
+    teacher, or None for the whole ladder (``rungs`` None, or every rung of it, in any order). Refused, naming the ladder: rungs
     for another study, a name not on the ladder, today's teacher not first."""
     if rungs is None:
         return None
@@ -412,9 +412,12 @@ def _minutes(seconds):
 def notebook_times(timings):
     """{notebook: (latest, slowest)} from a ``timings.json``: the seconds of the last run that finished each notebook,
     and of its slowest finished run. A run that reused cached steps takes minutes where one from an empty cache
-    took hours, so the last run alone can promise far too little."""
+    took hours, so the last run alone can promise far too little. A run on part of the scale ladder (``rungs``) ran
+    another workload than the notebook's whole run and is left out."""
     slowest = {}
     for run in timings.get("runs", []):
+        if run.get("rungs"):
+            continue
         for name, r in run.get("notebooks", {}).items():
             if not r.get("failed"):
                 slowest[name] = max(slowest.get(name, 0.0), float(r["seconds"]))
