@@ -164,3 +164,12 @@ def test_status_counts_the_steps_a_notebook_reused_and_computed_and_says_when_it
     # nothing runs for this root: the counts are a cut run's, and status says so
     assert ("cpu/12_scale steps: 2 reused, 1 computed; cut, nothing runs now; last done: "
             "cpu-w128/prune_learn/1of2_lora_s0-abc") in out
+    # a process of this root runs: the counts are a running notebook's
+    env = {**os.environ, "TINYFUSION_RESULTS": str(tmp_path)}
+    runner = subprocess.Popen(["sleep", "60"], env=env)
+    try:
+        out = subprocess.run([str(SCRIPT), "status", str(tmp_path)], capture_output=True, text=True,
+                             check=True).stdout
+    finally:
+        runner.kill()
+    assert "cpu/12_scale steps: 2 reused, 1 computed; last done: cpu-w128/prune_learn/1of2_lora_s0-abc" in out

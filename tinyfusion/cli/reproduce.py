@@ -223,8 +223,8 @@ def checked_roots(study, profile, root):
 
 def part_ladder(study, profile, rungs):
     """``rungs`` ("cpu,cpu-w128" or a list) checked against the profile's scale ladder: a list starting with today's
-    teacher, or None for the whole ladder (``rungs`` None, or every rung of it, in any order). Refused, naming the ladder: rungs
-    for another study, a name not on the ladder, today's teacher not first."""
+    teacher, or None for the whole ladder (``rungs`` None, or every rung of it, in any order). Refused, naming the
+    ladder: rungs for another study, a name not on the ladder, today's teacher not first."""
     if rungs is None:
         return None
     from tinyfusion.profiles import SCALE_LADDER
