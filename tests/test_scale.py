@@ -5,7 +5,7 @@ import math
 import pytest
 
 from tinyfusion import verdicts as V
-from tinyfusion.profiles import PROFILES, SCALE_LADDER, TRAIN_HERE, get_profile
+from tinyfusion.profiles import PROFILES, ROOT, SCALE_LADDER, TRAIN_HERE, get_profile
 
 
 def test_each_rung_changes_one_thing_of_the_cpu_teacher():
@@ -136,6 +136,10 @@ def test_a_rung_whose_teacher_saw_other_samples_is_refused(tmp_path):
             "smoke-t49": rung("t", 0, 0, False)}
     table = scale.teacher_budgets(same)   # 6,000 x 256 = 12,000 x 128; no record: nothing to check
     assert list(table.samples[:2]) == [1_536_000, 1_536_000] and table.samples.isna().iloc[2]
+    assert table.teacher[0] == str(tmp_path / "teacher_cpu.pt")   # outside the repository: as given
+    inside = SimpleNamespace(prof=SimpleNamespace(name="cpu", teacher=TRAIN_HERE),
+                             teacher_path=ROOT / "data" / "teacher_cpu.pt")
+    assert scale.teacher_budget(inside)["teacher"] == "data/teacher_cpu.pt"   # not the runner's tree
     with pytest.raises(ValueError, match=r"rung cpu-t49: its teacher .*teacher_cpu-t49.pt was pre-trained on 768,000 "
                                          r"samples.*today's .* on 1,536,000.*--profile cpu-t49"):
         scale.teacher_budgets({"cpu": same["cpu"], "cpu-t49": rung("cpu-t49", 6000, 128)})

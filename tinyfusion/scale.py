@@ -17,7 +17,7 @@ import pandas as pd
 from tinyfusion import robustness
 from tinyfusion.io import load_json
 from tinyfusion import verdicts as V
-from tinyfusion.profiles import PROFILES, SCALE_LADDER, TRAIN_HERE, listed, tuple_field
+from tinyfusion.profiles import PROFILES, ROOT, SCALE_LADDER, TRAIN_HERE, listed, tuple_field
 from tinyfusion.study import BASELINES
 
 # The core comparison of every rung (the issue's list): learnable 1:2 on each pruning seed and the baselines.
@@ -62,7 +62,8 @@ def pruning_seeds_of(study, given=None):
 
 def teacher_budget(study):
     """What one rung's teacher was pre-trained on and what it took, from the training record beside a shipped teacher
-    (``data/<teacher>.json``, written by ``tools/install_teacher.py``): {"rung", "teacher", "steps", "batch_size",
+    (``data/<teacher>.json``, written by ``tools/install_teacher.py``): {"rung", "teacher" (its path, relative to the
+    repository when inside it, so an executed notebook does not carry the runner's tree), "steps", "batch_size",
     "samples", "training h" (wall time over every call of a resumed run), "calls", "s/step (fastest call)" (the
     quickest call of at least 100 steps: a run resumed across sessions shared its cores in some of them, so its wall
     time says less of the cost than its rate), "threads"}; None where there is no record (a teacher the study
@@ -84,7 +85,8 @@ def teacher_budget(study):
     if not rates and info.get("wall_s") and steps and len(segments) <= 1:
         rates = [info["wall_s"] / steps]          # one call (or a record from before calls were timed)
     threads = sorted({s.get("threads") for s in segments if s.get("threads")})
-    return {"rung": study.prof.name, "teacher": str(path), "steps": steps, "batch_size": batch,
+    shown = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    return {"rung": study.prof.name, "teacher": str(shown), "steps": steps, "batch_size": batch,
             "samples": steps * batch if steps and batch else None,
             "training h": info["wall_s"] / 3600 if info.get("wall_s") else None, "calls": len(segments) or None,
             "s/step (fastest call)": min(rates) if rates else None,
