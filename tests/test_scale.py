@@ -20,6 +20,13 @@ def test_each_rung_changes_one_thing_of_the_cpu_teacher():
     assert get_profile("cpu-t49").image_size == 28 and get_profile("cpu-w128").image_size == cpu.image_size
     assert SCALE_LADDER["smoke"][0] == "smoke" and all(PROFILES[r].teacher == TRAIN_HERE
                                                         for r in SCALE_LADDER["smoke"][1:])
+    # the optional third rung: today's model and recipe pre-trained 4x longer, the sample-derived budgets 4x
+    x4 = get_profile("cpu-x4")
+    assert (x4.model, x4.pretrain_batch, x4.pretrain_lr, x4.prune_steps) == (cpu.model, cpu.pretrain_batch,
+                                                                            cpu.pretrain_lr, cpu.prune_steps)
+    assert (x4.pretrain_steps, x4.finetune_steps, x4.finetune_long, x4.curve_points[-1]) == (
+        48000, 4 * 336, 4 * 1680, 4 * cpu.curve_points[-1])
+    assert x4.teacher == "data/teacher_cpu_x4.pt" and "cpu-x4" not in SCALE_LADDER["cpu"]   # until it ships
 
 
 def test_the_ladder_of_an_unknown_profile_is_refused():
@@ -127,11 +134,12 @@ def test_a_rung_whose_teacher_saw_other_samples_is_refused(tmp_path):
 
     from tinyfusion import scale
 
-    def rung(name, steps, batch, record=True):
+    def rung(name, steps, batch, record=True, longer=1):
         teacher = tmp_path / f"teacher_{name}.pt"
         if record:
             teacher.with_suffix(".json").write_text(json.dumps({"steps": steps, "batch_size": batch}))
-        return SimpleNamespace(prof=SimpleNamespace(name=name, teacher=TRAIN_HERE), teacher_path=teacher)
+        return SimpleNamespace(prof=SimpleNamespace(name=name, teacher=TRAIN_HERE, finetune_steps=336 * longer),
+                               teacher_path=teacher)
     same = {"cpu": rung("cpu", 12000, 128), "cpu-w128": rung("cpu-w128", 6000, 256),
             "smoke-t49": rung("t", 0, 0, False)}
     table = scale.teacher_budgets(same)   # 6,000 x 256 = 12,000 x 128; no record: nothing to check
@@ -143,6 +151,11 @@ def test_a_rung_whose_teacher_saw_other_samples_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"rung cpu-t49: its teacher .*teacher_cpu-t49.pt was pre-trained on 768,000 "
                                          r"samples.*today's .* on 1,536,000.*--profile cpu-t49"):
         scale.teacher_budgets({"cpu": same["cpu"], "cpu-t49": rung("cpu-t49", 6000, 128)})
+    # a rung trained 4x longer on budgets 4x today's is accepted; the same budgets on today's samples are refused
+    assert scale.teacher_budgets({"cpu": same["cpu"], "cpu-x4": rung("cpu-x4", 48000, 128, longer=4)}).samples[1] == (
+        4 * 1_536_000)
+    with pytest.raises(ValueError, match=r"rung cpu-x4: .* on 1,536,000 samples .*budgets assume 6,144,000 \(4x"):
+        scale.teacher_budgets({"cpu": same["cpu"], "cpu-x4": rung("cpu-x4", 12000, 128, longer=4)})
     study = SimpleNamespace(prof=SimpleNamespace(seeds=(0, 1)))
     assert scale.pruning_seeds_of(study) == (0, 1) and scale.pruning_seeds_of(study, "0,2") == (0, 2)
     assert scale.pruning_seeds_of(study, 3) == (3,)

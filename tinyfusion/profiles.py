@@ -181,6 +181,19 @@ SCALE_RUNGS = {
 for _name, _fields in SCALE_RUNGS.items():
     PROFILES[_name] = replace(PROFILES["cpu"], name=_name, **_fields,
                               notes=f"{PROFILES['cpu'].notes}; scale rung: {_fields['model']}")
+# Issue 26's optional third rung, not on SCALE_LADDER yet: today's teacher (config, data, batch, learning rate)
+# pre-trained LONGER times as long (`python -m tinyfusion.cli.pretrain --profile cpu-x4`: 48,000 steps, about 4.8 h
+# of both cores at today's 0.36 s/step). Every budget the profiles derive from the teacher's pre-training samples scales
+# with them (the 100K and 500K points: 1,344 and 6,720 fine-tune steps); the gate budget, one epoch of the data, does
+# not. It joins the ladder when its teacher ships (notebook 12 then needs the file).
+LONGER = 4
+_cpu = PROFILES["cpu"]
+PROFILES["cpu-x4"] = replace(
+    _cpu, name="cpu-x4", teacher="data/teacher_cpu_x4.pt", pretrain_steps=LONGER * _cpu.pretrain_steps,
+    finetune_steps=LONGER * _cpu.finetune_steps, finetune_long=LONGER * _cpu.finetune_long,
+    curve_points=tuple(LONGER * p for p in _cpu.curve_points),
+    ablation_finetune_steps=LONGER * _cpu.ablation_finetune_steps,
+    notes=f"{_cpu.notes}; scale rung: today's teacher pre-trained {LONGER}x longer")
 # The smoke profile's rungs: the same configs, each teacher pre-trained by the Study itself (10 steps, seconds: a
 # shipped 8.4M-parameter file for a test is not worth its size), smaller batches (16 to pre-train, 8 to prune and
 # fine-tune) and fewer candidates and samples than smoke's, so notebook 12 stays short in make test.

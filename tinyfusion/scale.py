@@ -113,17 +113,22 @@ def _check_shipped(prof, path, record):
 
 def teacher_budgets(studies):
     """One row per rung (``studies``: {rung: Study}, today's teacher first) with its teacher's pre-training budget
-    (:func:`teacher_budget`). Every rung's budgets (gate steps, the 100K/500K points) are today's, which is right only
-    when its teacher saw as many samples as today's: a rung whose record says otherwise is refused, naming both."""
+    (:func:`teacher_budget`). A rung's fine-tune budgets (the 100K/500K points) are its profile's, derived from the
+    samples its teacher should have seen: today's on the size rungs, 4x on ``cpu-x4``. A rung whose record says its
+    teacher saw another share of today's samples than its budgets assume is refused, naming both."""
     rows = [teacher_budget(s) for s in studies.values()]
-    ref = rows[0]
-    for r in rows[1:]:
-        if r["samples"] is not None and ref["samples"] is not None and r["samples"] != ref["samples"]:
+    ref, base = rows[0], next(iter(studies.values())).prof
+    for r, study in zip(rows[1:], list(studies.values())[1:]):
+        if r["samples"] is None or ref["samples"] is None:
+            continue
+        scale = study.prof.finetune_steps / base.finetune_steps   # 1 on a size rung
+        if r["samples"] != ref["samples"] * scale:
             record = Path(r["teacher"]).with_suffix(".json")
             raise ValueError(f"rung {r['rung']}: its teacher {r['teacher']} was pre-trained on {r['samples']:,} "
                              f"samples ({r['steps']} steps of batch {r['batch_size']}, {record}), today's "
-                             f"({ref['teacher']}) on {ref['samples']:,}; the ladder changes one thing, size, so "
-                             f"train it with today's steps and batch (cli.pretrain --profile {r['rung']})")
+                             f"({ref['teacher']}) on {ref['samples']:,}, and the rung's budgets assume "
+                             f"{ref['samples'] * scale:,.0f} ({scale:g}x today's fine-tune steps); train it with its "
+                             f"profile's steps and batch (cli.pretrain --profile {r['rung']})")
     return pd.DataFrame(rows)
 
 
