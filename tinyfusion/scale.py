@@ -121,13 +121,13 @@ def teacher_budgets(studies):
     for r, study in zip(rows[1:], list(studies.values())[1:]):
         if r["samples"] is None or ref["samples"] is None:
             continue
-        scale = study.prof.finetune_steps / base.finetune_steps   # 1 on a size rung
-        if r["samples"] != ref["samples"] * scale:
+        times = study.prof.finetune_steps / base.finetune_steps   # 1 on a size rung; budgets are whole steps
+        if abs(r["samples"] / (ref["samples"] * times) - 1) > 0.01:
             record = Path(r["teacher"]).with_suffix(".json")
             raise ValueError(f"rung {r['rung']}: its teacher {r['teacher']} was pre-trained on {r['samples']:,} "
                              f"samples ({r['steps']} steps of batch {r['batch_size']}, {record}), today's "
                              f"({ref['teacher']}) on {ref['samples']:,}, and the rung's budgets assume "
-                             f"{ref['samples'] * scale:,.0f} ({scale:g}x today's fine-tune steps); train it with its "
+                             f"{ref['samples'] * times:,.0f} ({times:g}x today's fine-tune steps); train it with its "
                              f"profile's steps and batch (cli.pretrain --profile {r['rung']})")
     return pd.DataFrame(rows)
 
