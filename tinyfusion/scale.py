@@ -116,9 +116,10 @@ def teacher_budgets(studies):
     (:func:`teacher_budget`). A rung's fine-tune budgets (the 100K/500K points) are its profile's, derived from the
     samples its teacher should have seen: today's on the size rungs, 4x on ``cpu-x4``. A rung whose record says its
     teacher saw another share of today's samples than its budgets assume is refused, naming both."""
-    rows = [teacher_budget(s) for s in studies.values()]
-    ref, base = rows[0], next(iter(studies.values())).prof
-    for r, study in zip(rows[1:], list(studies.values())[1:]):
+    order = list(studies.values())
+    rows = [teacher_budget(s) for s in order]
+    ref, base = rows[0], order[0].prof
+    for r, study in zip(rows[1:], order[1:]):
         if r["samples"] is None or ref["samples"] is None:
             continue
         times = study.prof.finetune_steps / base.finetune_steps   # 1 on a size rung; budgets are whole steps
