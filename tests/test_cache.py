@@ -1,6 +1,7 @@
 """One cache keyed by the resolved config: every setting a step reads, and its input files' contents."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -229,3 +230,57 @@ def test_records_are_relocatable_a_moved_root_is_reused_without_recomputing(tmp_
     out_c = cache.folder(c / "cpu", "finetune", "ft", config_c)
     assert out_c == c / "cpu" / "finetune" / out_b.name and not (out_c / "state.pt").exists()
     assert cache.cached(out_c, config_c, compute)["model"] == str((out_c / "model.pt").resolve()) and len(ran) == 1
+
+
+def test_a_lean_copy_carries_a_studys_numbers_without_its_models_and_reuses_every_score(tmp_path, monkeypatch):
+    """copy_step(lean=True) leaves models and samples behind with their SHA-256 in the record (and each model's
+    skeleton): carried to another root and back, the fine-tune counts as done, the score that read its model keeps
+    its key and is reused with nothing recomputed, loading the left-behind weights says which folder to delete, and
+    deleting it recomputes."""
+    import shutil
+
+    from tinyfusion.io import checkpoint_skeleton, load_checkpoint, load_json, sha256
+    a, carry, b = tmp_path / "a", tmp_path / "carry", tmp_path / "b"
+    ran = []
+
+    def finetune(out):
+        ran.append("finetune")
+        torch.save({"w": torch.ones(2)}, out / "model.pt")
+        return {"model": str(out / "model.pt"), "steps": 3}
+
+    def score(checkpoint):
+        def compute(out):
+            ran.append("score")
+            np.savez(out / "samples.npz", x=np.zeros(2))
+            return {"fid": 1.5, "samples": str(out / "samples.npz")}
+        return compute
+
+    def run(root):
+        monkeypatch.setenv("TINYFUSION_RESULTS", str(root))
+        ft_config = {"steps": 3}
+        ft_out = cache.folder(root / "cpu", "finetune", "ft", ft_config)
+        model = Path(cache.cached(ft_out, ft_config, finetune)["model"])
+        sc_config = {"checkpoint": model, "n": 10}
+        sc_out = cache.folder(root / "cpu", "scores", "sc", sc_config)
+        return ft_out, sc_out, cache.cached(sc_out, sc_config, score(model))
+
+    ft_a, sc_a, first = run(a)
+    assert ran == ["finetune", "score"]
+    for step in (ft_a, sc_a):   # to the carry, lean, and from it into a root that lost everything
+        kind = step.parent.name
+        lean = cache.copy_step(step, carry / "cpu" / kind / step.name, a, carry, lean=True)
+        assert not [f for f in lean if f.suffix in (".pt", ".npz")]
+        cache.copy_step(carry / "cpu" / kind / step.name, b / "cpu" / kind / step.name, carry, b)
+    record = load_json(b / "cpu" / "finetune" / ft_a.name / cache.RECORD)
+    assert record[cache.OMITTED] == {"model.pt": sha256(ft_a / "model.pt")}
+    ft_b, sc_b, again = run(b)
+    assert (ft_b.name, sc_b.name) == (ft_a.name, sc_a.name)      # the same keys: the score's names the model's hash
+    assert again["fid"] == first["fid"] and ran == ["finetune", "score"]   # nothing recomputed
+    assert not (ft_b / "model.pt").exists()
+    assert checkpoint_skeleton(ft_b / "model.pt")["w"].shape == (2,)   # its skeleton stays: a score config reads it
+    with pytest.raises(FileNotFoundError, match=f"{ft_b}.*lean copy.*delete that folder"):
+        load_checkpoint(ft_b / "model.pt")
+    shutil.rmtree(ft_b)   # what the error says: the step runs again, and its score with the new model's hash
+    run(b)
+    assert ran[2] == "finetune"   # (its score too, unless the new model.pt has the old one's bytes)
+    assert (ft_b / "model.pt").exists() and cache.OMITTED not in load_json(ft_b / cache.RECORD)

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from tinyfusion import dist
-from tinyfusion.io import CorruptArtefactError, check_writable, config_key, folder_lock, load_json, plain, save_json, sha256
+from tinyfusion.io import (OMITTED, SKELETON_SUFFIX, CorruptArtefactError, check_writable, config_key, folder_lock,
+                           load_json, omitted_hash, plain, save_json, sha256)
 
 RECORD = "run.json"
 LOG_ENV = "TINYFUSION_CACHE_LOG"   # a file to which every step appends "reused <folder>" or "computed <folder>"
@@ -109,8 +110,9 @@ def file_id(path):
             name = str(p.relative_to(ROOT))
         except ValueError:
             name = str(p)
-    if not p.is_file():
-        return name
+    if not p.is_file():   # a file a lean copy of its step was shipped without is named by the hash it had
+        shipped = omitted_hash(p)
+        return f"{name}@{shipped[:12]}" if shipped else name
     st = p.stat()
     k = (str(p), st.st_size, st.st_mtime_ns)
     if k not in _HASHES:
@@ -160,22 +162,48 @@ def jsonable(config):
     return config
 
 
-def copy_step(src, dest, src_root, dest_root):
+LEAN_SUFFIXES = (".pt", ".npz")   # what a lean copy leaves behind: models and samples, the bulk of a results root
+
+
+def _save_skeleton(checkpoint, path):
+    """Write ``io.checkpoint_skeleton(checkpoint)`` (its config, kept layers and records; meta tensors in place of
+    its weights: kilobytes) to ``path``, which ``io.checkpoint_skeleton`` reads once the checkpoint is left behind."""
+    import torch
+
+    from tinyfusion.io import checkpoint_skeleton
+    torch.save(checkpoint_skeleton(checkpoint), path)
+    return path
+
+
+def copy_step(src, dest, src_root, dest_root, lean=False):
     """Copy the finished step in folder ``src`` (under the results root ``src_root``) to folder ``dest`` (under
     ``dest_root``): its artefacts, not the resumable ``state.pt``, the lock or integrity sidecars, and its record
     rewritten relocatable (an older record's absolute paths too). Returns the files copied. Used to ship long finished
-    steps in a committed results folder (``tools/copy_steps.py``)."""
+    steps in a committed results folder (``tools/copy_steps.py``).
+
+    ``lean``: leave its models and samples (``LEAN_SUFFIXES``) behind and write their SHA-256 into the record
+    (``"omitted"``), and beside each checkpoint its skeleton (``<name>.skeleton``: config and shapes, which resolving
+    a score's config reads). A lean step carries a study's numbers across machines in kilobytes: it counts as done,
+    and a step that read one of its files keeps its key (:func:`file_id` names a left-behind file by the hash it had),
+    so a study resumed from lean copies reuses every score and recomputes nothing it had finished. Loading a
+    left-behind file's weights raises an error naming the step folder to delete (``io.missing_file``)."""
     import shutil
     src, dest = Path(src), Path(dest)
     rec = load_json(src / RECORD)
     rec["result"] = relocatable(resolved(rec["result"], src, src_root), src, src_root)  # the same under dest
     dest.mkdir(parents=True, exist_ok=True)
-    copied = []
+    copied, omitted = [], dict(rec.get(OMITTED) or {})
     for f in sorted(src.iterdir()):
         if f.is_file() and f.name not in ("state.pt", ".lock", RECORD) and not f.name.endswith(".sha256"):
+            if lean and f.suffix in LEAN_SUFFIXES:
+                omitted[f.name] = sha256(f)
+                if f.suffix == ".pt":   # what asking it its architecture needs (a score's config reads it)
+                    copied.append(_save_skeleton(f, dest / (f.name + SKELETON_SUFFIX)))
+                continue
             shutil.copy2(f, dest / f.name)
             copied.append(dest / f.name)
-    save_json(rec, dest / RECORD)
+            omitted.pop(f.name, None)
+    save_json({**rec, OMITTED: omitted} if omitted else {k: v for k, v in rec.items() if k != OMITTED}, dest / RECORD)
     return copied + [dest / RECORD]
 
 
@@ -196,10 +224,10 @@ def read_record(out):
 ARTEFACT_SUFFIXES = (".pt", ".npz", ".npy", ".json", ".csv", ".png", ".txt", ".md")
 
 
-def missing_artefacts(out, result):
+def missing_artefacts(out, result, omitted=()):
     """Files under ``out`` that ``result`` names (its string values at any depth: absolute paths, or names with an
     artefact suffix relative to ``out``) but that are gone. ``state.pt`` (the resumable state) is not an
-    artefact: deleting it after a run is fine."""
+    artefact: deleting it after a run is fine; nor are the names in ``omitted`` (what a lean copy left behind)."""
     out = Path(out).resolve()
     names = []
 
@@ -221,7 +249,8 @@ def missing_artefacts(out, result):
         except (OSError, ValueError):
             continue
         file_like = Path(v).is_absolute() or (p.suffix in ARTEFACT_SUFFIXES and not any(c.isspace() for c in v))
-        if inside and file_like and p.name != "state.pt" and not p.exists():
+        left_behind = p.name in omitted and p.resolve().parent == out
+        if inside and file_like and p.name != "state.pt" and not left_behind and not p.exists():
             gone.append(str(p))
     return gone
 
@@ -229,11 +258,11 @@ def missing_artefacts(out, result):
 def done(out, config):
     """True when ``out`` holds a finished record of ``config`` whose artefacts are all still there (a corrupt
     record raises, naming the file; a record whose artefacts were deleted is not done: the step heals by running
-    again, and says why)."""
+    again, and says why; the files a lean copy left behind, :func:`copy_step`, do not count as deleted)."""
     rec = read_record(out)
     if rec is None or rec.get("config") != fingerprint(config):
         return False
-    gone = missing_artefacts(out, rec["result"])
+    gone = missing_artefacts(out, rec["result"], rec.get(OMITTED) or {})
     if gone:
         dist.print0(f"{Path(out) / RECORD} names artefacts that are gone ({', '.join(gone[:3])}"
                     f"{' ...' if len(gone) > 3 else ''}); computing the step again")

@@ -230,6 +230,31 @@ def save_checkpoint(obj, path):
 SAFE_GLOBALS = [torch.torch_version.TorchVersion]
 
 
+OMITTED = "omitted"   # in a lean copy's step record: {artefact name: SHA-256} of the files it was shipped without
+SKELETON_SUFFIX = ".skeleton"   # beside a left-behind checkpoint: its checkpoint_skeleton (config, shapes; no weights)
+
+
+def omitted_hash(path):
+    """The SHA-256 that the record beside ``path`` (``run.json`` of its step folder) holds for it when that step is a
+    lean copy shipped without it (``cache.copy_step(lean=True)``, ``tools/copy_steps.py --lean``), else None."""
+    record = Path(path).parent / "run.json"
+    try:
+        rec = json.loads(record.read_text()) if record.is_file() else None
+    except (OSError, ValueError):
+        return None
+    omitted = rec.get(OMITTED) if isinstance(rec, dict) else None
+    return omitted.get(Path(path).name) if isinstance(omitted, dict) else None
+
+
+def missing_file(path, what):
+    """The FileNotFoundError for an artefact ``path`` (a ``what``) that is not there; for one a lean copy of its step
+    was shipped without, it says so and what to do: delete the step's folder, so the next run computes it anew."""
+    path = Path(path)
+    lean = (f": its step {path.parent} is a lean copy (tools/copy_steps.py --lean), shipped with its numbers but "
+            f"without this file; delete that folder and run again to compute the step anew") if omitted_hash(path) else ""
+    return FileNotFoundError(f"{what} {path} does not exist{lean}")
+
+
 def load_checkpoint(path, map_location="cpu", weights_only=True):
     """torch.load of tensors and plain containers only (``weights_only=True``: a file carrying pickled objects is
     refused unread, because unpickling could run code), after checking the file against its integrity record;
@@ -239,7 +264,7 @@ def load_checkpoint(path, map_location="cpu", weights_only=True):
                          "tensors, numbers, strings and plain containers only")
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise missing_file(path, "checkpoint")
     check_integrity(path)
     check_zip(path)
     try:
@@ -285,7 +310,10 @@ def checkpoint_skeleton(path):
     its record reads it again (and checks it again). Not for weights."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        kept = Path(str(path) + SKELETON_SUFFIX)   # a lean copy keeps what this function returns, beside the record
+        if kept.is_file() and omitted_hash(path):
+            return copy.deepcopy(load_checkpoint(kept))
+        raise missing_file(path, "checkpoint")
     st = path.stat()
     record = record_path(path)
     digest = record.read_text()[:64] if record.is_file() else None
@@ -330,14 +358,13 @@ def save_npz(path, embed_digest=True, **arrays):
 def load_npz(path):
     """The arrays of the ``.npz`` at ``path`` (no pickled objects), checked against its integrity record."""
     path = Path(path)
-    if path.exists():
-        check_integrity(path)
-        check_zip(path)
+    if not path.exists():
+        raise missing_file(path, "array file")
+    check_integrity(path)
+    check_zip(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise
     except Exception as e:
         raise CorruptArtefactError(f"{path} is truncated or corrupted ({type(e).__name__}: {e}); "
                                    f"delete it and recompute it") from e

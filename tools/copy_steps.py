@@ -10,6 +10,15 @@ them by key instead of recomputing them:
 
 Only finished steps (a record whose artefacts are all there) are copied; a step already in the destination is left
 as it is. The resumable ``state.pt`` is not copied.
+
+``--lean`` copies a step without its models and samples (``.pt``, ``.npz``; their SHA-256 go into its record): a study
+that runs for several sessions under a cache outside the work tree carries what it has finished in kilobytes, in
+``results/carry`` (committed; not a results root, so no notebook reads it), and a machine that lost the cache gets it
+back before the study resumes; every finished score is reused, and a step that needs a left-behind file stops with an
+error naming the folder to delete (that step then runs again):
+
+    python tools/copy_steps.py /work/tf_results results/carry --profile cpu-w128 --kind all --lean   # at a session's end
+    python tools/copy_steps.py results/carry /work/tf_results --profile cpu-w128 --kind all          # after a lost cache
 """
 import argparse
 import os
@@ -22,27 +31,38 @@ def main(argv=None):
     ap.add_argument("src_root", help="results root to copy from (a TINYFUSION_RESULTS folder)")
     ap.add_argument("dest_root", help="results root to copy to (e.g. the repository's results/)")
     ap.add_argument("--profile", default="cpu", help="profile folder under each root")
-    ap.add_argument("--kind", default="prune_learn", help="step kind (a folder under the profile's)")
+    ap.add_argument("--kind", default="prune_learn",
+                    help="step kind (a folder under the profile's), several separated by commas, or 'all'")
     ap.add_argument("--match", default="", help="copy only step folders whose name contains this")
+    ap.add_argument("--lean", action="store_true", help="leave models and samples (.pt, .npz) behind, their SHA-256 "
+                    "in the record: the numbers of a study carried across machines in kilobytes")
     args = ap.parse_args(argv)
     os.environ["TINYFUSION_RESULTS"] = str(Path(args.src_root).resolve())
     from tinyfusion import cache
-    src = Path(args.src_root) / args.profile / args.kind
-    if not src.is_dir():
-        raise SystemExit(f"error: {src} is not a folder; pass the results root that holds {args.profile}/{args.kind}")
-    for step in sorted(src.iterdir()):
-        if not step.is_dir() or args.match not in step.name:
-            continue
-        rec = cache.read_record(step)
-        dest = Path(args.dest_root) / args.profile / args.kind / step.name
-        if rec is None or cache.missing_artefacts(step, rec["result"]):
-            print(f"skip {step.name}: not finished")
-        elif (dest / cache.RECORD).exists():
-            print(f"skip {step.name}: already in {dest.parent}")
-        else:
-            files = cache.copy_step(step, dest, args.src_root, args.dest_root)
-            size = sum(f.stat().st_size for f in files) / 2**20
-            print(f"copied {step.name}: {len(files)} files, {size:.1f} MiB")
+    base = Path(args.src_root) / args.profile
+    steps_in = lambda k: any((c / cache.RECORD).is_file() for c in k.iterdir() if c.is_dir())  # noqa: E731
+    kinds = (sorted(k.name for k in base.iterdir() if k.is_dir() and steps_in(k)) if base.is_dir() else []) \
+        if args.kind == "all" else args.kind.split(",")
+    if not kinds or not all((base / k).is_dir() for k in kinds):
+        raise SystemExit(f"error: {base}/{args.kind} is not a folder; pass the results root that holds "
+                         f"{args.profile}/<kind>, and a kind it has")
+    total = 0
+    for kind in kinds:
+        for step in sorted((base / kind).iterdir()):
+            if not step.is_dir() or args.match not in step.name:
+                continue
+            rec = cache.read_record(step)
+            dest = Path(args.dest_root) / args.profile / kind / step.name
+            if rec is None or cache.missing_artefacts(step, rec["result"], rec.get(cache.OMITTED) or {}):
+                print(f"skip {kind}/{step.name}: not a finished step")
+            elif (dest / cache.RECORD).exists():
+                print(f"skip {kind}/{step.name}: already in {dest.parent}")
+            else:
+                files = cache.copy_step(step, dest, args.src_root, args.dest_root, lean=args.lean)
+                size = sum(f.stat().st_size for f in files) / 2**20
+                total += size
+                print(f"copied {kind}/{step.name}: {len(files)} files, {size:.2f} MiB")
+    print(f"{total:.1f} MiB copied")
 
 
 if __name__ == "__main__":
