@@ -88,3 +88,31 @@ def test_a_missing_source_is_refused_naming_it(tmp_path):
     (tmp_path / "src" / "cpu").mkdir(parents=True)
     with pytest.raises(SystemExit, match="profiles there: cpu"):
         ship_results.ship(tmp_path / "src", tmp_path, profiles=["cpu-sit"])
+
+
+def test_copy_steps_carries_every_profile_and_kind_lean_and_refuses_a_kind_it_lacks(tmp_path, monkeypatch, capsys):
+    """tools/copy_steps.py --profile all --kind all --lean: every finished step of every profile folder, without its
+    .pt/.npz (their hashes in the record), skipping an unfinished one and the folders that are not steps; a second
+    run copies nothing again; a kind the profile lacks is refused, naming the kinds it has."""
+    import copy_steps
+
+    from tinyfusion import cache
+    src, carry = tmp_path / "src", tmp_path / "carry"
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(src))
+    for profile in ("cpu", "cpu-w128"):
+        def compute(out):
+            (out / "model.pt").write_bytes(b"weights")
+            return {"model": str(out / "model.pt"), "fid": 1.0}
+        cache.cached(cache.folder(src / profile, "finetune", "ft", {"p": profile}), {"p": profile}, compute)
+    (src / "cpu" / "finetune" / "unfinished-abc").mkdir()
+    (src / "cpu" / "tables").mkdir()
+    (src / "cpu" / "tables" / "t.csv").write_text("a\n")
+    copy_steps.main([str(src), str(carry), "--profile", "all", "--kind", "all", "--lean"])
+    out = capsys.readouterr().out
+    assert "skip cpu/finetune/unfinished-abc: not a finished step" in out and "(cpu, cpu-w128)" in out
+    steps = sorted(p.relative_to(carry).as_posix() for p in carry.rglob("*") if p.is_file() and "sha256" not in p.name)
+    assert sorted(s.split("/", 1)[0] for s in steps) == ["cpu", "cpu-w128"] and all(s.endswith("run.json") for s in steps)
+    copy_steps.main([str(src), str(carry), "--profile", "all", "--kind", "all", "--lean"])
+    assert "0.0 MiB copied" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="cpu/scores is not a folder.*finetune"):
+        copy_steps.main([str(src), str(carry), "--profile", "cpu", "--kind", "scores"])

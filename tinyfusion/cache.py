@@ -167,11 +167,16 @@ LEAN_SUFFIXES = (".pt", ".npz")   # what a lean copy leaves behind: models and s
 
 def _save_skeleton(checkpoint, path):
     """Write ``io.checkpoint_skeleton(checkpoint)`` (its config, kept layers and records; meta tensors in place of
-    its weights: kilobytes) to ``path``, which ``io.checkpoint_skeleton`` reads once the checkpoint is left behind."""
+    its weights: kilobytes) to ``path``, which ``io.checkpoint_skeleton`` reads once the checkpoint is left behind;
+    returns ``path``, or None for a ``.pt`` that is not a loadable checkpoint (it is left behind without one)."""
     import torch
 
     from tinyfusion.io import checkpoint_skeleton
-    torch.save(checkpoint_skeleton(checkpoint), path)
+    try:
+        skeleton = checkpoint_skeleton(checkpoint)
+    except CorruptArtefactError:
+        return None
+    torch.save(skeleton, path)
     return path
 
 
@@ -197,8 +202,8 @@ def copy_step(src, dest, src_root, dest_root, lean=False):
         if f.is_file() and f.name not in ("state.pt", ".lock", RECORD) and not f.name.endswith(".sha256"):
             if lean and f.suffix in LEAN_SUFFIXES:
                 omitted[f.name] = sha256(f)
-                if f.suffix == ".pt":   # what asking it its architecture needs (a score's config reads it)
-                    copied.append(_save_skeleton(f, dest / (f.name + SKELETON_SUFFIX)))
+                skeleton = f.suffix == ".pt" and _save_skeleton(f, dest / (f.name + SKELETON_SUFFIX))
+                copied += [skeleton] if skeleton else []   # what asking its architecture needs (a score's config)
                 continue
             shutil.copy2(f, dest / f.name)
             copied.append(dest / f.name)

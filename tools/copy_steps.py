@@ -17,12 +17,49 @@ that runs for several sessions under a cache outside the work tree carries what 
 back before the study resumes; every finished score is reused, and a step that needs a left-behind file stops with an
 error naming the folder to delete (that step then runs again):
 
-    python tools/copy_steps.py /work/tf_results results/carry --profile cpu-w128 --kind all --lean   # at a session's end
-    python tools/copy_steps.py results/carry /work/tf_results --profile cpu-w128 --kind all          # after a lost cache
+    python tools/copy_steps.py /work/tf_results results/carry --profile all --kind all --lean   # at a session's end
+    python tools/copy_steps.py results/carry /work/tf_results --profile all --kind all          # after a lost cache
 """
 import argparse
 import os
 from pathlib import Path
+
+
+def step_kinds(folder):
+    """The step kinds under a profile ``folder``: its subfolders that hold at least one step record."""
+    from tinyfusion.cache import RECORD
+    return sorted(k.name for k in folder.iterdir() if k.is_dir()
+                  and any((c / RECORD).is_file() for c in k.iterdir() if c.is_dir())) if folder.is_dir() else []
+
+
+def copy_profile(src_root, dest_root, profile, kinds, match="", lean=False):
+    """Copy the finished steps of ``kinds`` (a list, or "all") of one ``profile`` folder; returns the MiB copied."""
+    from tinyfusion import cache
+    base = Path(src_root) / profile
+    if not base.is_dir():
+        raise SystemExit(f"error: {base} is not a folder; pass a results root and a profile folder it holds")
+    kinds = step_kinds(base) if kinds == "all" else kinds
+    missing = [k for k in kinds if not (base / k).is_dir()]
+    if missing:
+        raise SystemExit(f"error: {base / missing[0]} is not a folder; pass the results root that holds "
+                         f"{profile}/<kind>, and a kind it has ({', '.join(step_kinds(base)) or 'none'})")
+    total = 0.0
+    for kind in kinds:
+        for step in sorted((base / kind).iterdir()):
+            if not step.is_dir() or match not in step.name:
+                continue
+            rec = cache.read_record(step)
+            dest = Path(dest_root) / profile / kind / step.name
+            if rec is None or cache.missing_artefacts(step, rec["result"], rec.get(cache.OMITTED) or {}):
+                print(f"skip {profile}/{kind}/{step.name}: not a finished step")
+            elif (dest / cache.RECORD).exists():
+                print(f"skip {profile}/{kind}/{step.name}: already in {dest.parent}")
+            else:
+                files = cache.copy_step(step, dest, src_root, dest_root, lean=lean)
+                size = sum(f.stat().st_size for f in files) / 2**20
+                total += size
+                print(f"copied {profile}/{kind}/{step.name}: {len(files)} files, {size:.2f} MiB")
+    return total
 
 
 def main(argv=None):
@@ -30,7 +67,8 @@ def main(argv=None):
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("src_root", help="results root to copy from (a TINYFUSION_RESULTS folder)")
     ap.add_argument("dest_root", help="results root to copy to (e.g. the repository's results/)")
-    ap.add_argument("--profile", default="cpu", help="profile folder under each root")
+    ap.add_argument("--profile", default="cpu",
+                    help="profile folder under each root, several separated by commas, or 'all' (every profile folder)")
     ap.add_argument("--kind", default="prune_learn",
                     help="step kind (a folder under the profile's), several separated by commas, or 'all'")
     ap.add_argument("--match", default="", help="copy only step folders whose name contains this")
@@ -38,31 +76,13 @@ def main(argv=None):
                     "in the record: the numbers of a study carried across machines in kilobytes")
     args = ap.parse_args(argv)
     os.environ["TINYFUSION_RESULTS"] = str(Path(args.src_root).resolve())
-    from tinyfusion import cache
-    base = Path(args.src_root) / args.profile
-    steps_in = lambda k: any((c / cache.RECORD).is_file() for c in k.iterdir() if c.is_dir())  # noqa: E731
-    kinds = (sorted(k.name for k in base.iterdir() if k.is_dir() and steps_in(k)) if base.is_dir() else []) \
-        if args.kind == "all" else args.kind.split(",")
-    if not kinds or not all((base / k).is_dir() for k in kinds):
-        raise SystemExit(f"error: {base}/{args.kind} is not a folder; pass the results root that holds "
-                         f"{args.profile}/<kind>, and a kind it has")
-    total = 0
-    for kind in kinds:
-        for step in sorted((base / kind).iterdir()):
-            if not step.is_dir() or args.match not in step.name:
-                continue
-            rec = cache.read_record(step)
-            dest = Path(args.dest_root) / args.profile / kind / step.name
-            if rec is None or cache.missing_artefacts(step, rec["result"], rec.get(cache.OMITTED) or {}):
-                print(f"skip {kind}/{step.name}: not a finished step")
-            elif (dest / cache.RECORD).exists():
-                print(f"skip {kind}/{step.name}: already in {dest.parent}")
-            else:
-                files = cache.copy_step(step, dest, args.src_root, args.dest_root, lean=args.lean)
-                size = sum(f.stat().st_size for f in files) / 2**20
-                total += size
-                print(f"copied {kind}/{step.name}: {len(files)} files, {size:.2f} MiB")
-    print(f"{total:.1f} MiB copied")
+    from tinyfusion.profiles import PROFILES
+    src = Path(args.src_root)
+    profiles = sorted(p.name for p in src.iterdir() if p.is_dir() and p.name in PROFILES) if args.profile == "all" \
+        and src.is_dir() else args.profile.split(",")
+    kinds = "all" if args.kind == "all" else args.kind.split(",")
+    total = sum(copy_profile(src, args.dest_root, p, kinds, args.match, args.lean) for p in profiles)
+    print(f"{total:.1f} MiB copied ({', '.join(profiles)})")
 
 
 if __name__ == "__main__":
