@@ -312,7 +312,7 @@ def checkpoint_skeleton(path):
     if not path.exists():
         kept = Path(str(path) + SKELETON_SUFFIX)   # a lean copy keeps what this function returns, beside the record
         if kept.is_file() and omitted_hash(path):
-            return copy.deepcopy(load_checkpoint(kept))
+            return load_checkpoint(kept)
         raise missing_file(path, "checkpoint")
     st = path.stat()
     record = record_path(path)
