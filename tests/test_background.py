@@ -173,3 +173,17 @@ def test_status_counts_the_steps_a_notebook_reused_and_computed_and_says_when_it
     finally:
         runner.kill()
     assert "cpu/12_scale steps: 2 reused, 1 computed; last done: cpu-w128/prune_learn/1of2_lora_s0-abc" in out
+
+
+def test_resume_on_a_root_that_never_ran_here_points_at_the_carried_steps(tmp_path):
+    """A machine that came back empty has no job records: resume starts nothing and says how to put back the steps
+    carried in git (results/carry) first; a root whose jobs ran here does not get the hint."""
+    env = {k: v for k, v in os.environ.items() if k != "TINYFUSION_RESULTS"}
+    r = subprocess.run([str(SCRIPT), "resume", str(tmp_path / "lost")], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "resume: 0 jobs started" in r.stdout, r.stdout + r.stderr
+    assert f"copy_steps.py results/carry {tmp_path / 'lost'} --profile all --kind all" in r.stdout
+    (tmp_path / "ran" / "jobs").mkdir(parents=True)
+    r = subprocess.run([str(SCRIPT), "resume", str(tmp_path / "ran")], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert "resume: 0 jobs started" in r.stdout and "carry" not in r.stdout

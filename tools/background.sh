@@ -12,7 +12,9 @@
 #   tools/background.sh status RESULTS             # their processes, the jobs not finished, the last line of each log,
 #                                                  # the cached steps a running notebook reused and computed so far
 #   tools/background.sh resume RESULTS             # start again every job that has not finished and is not running
-#                                                  # (a session's end, a kill or a reboot stopped it), on the same copy
+#                                                  # (a session's end, a kill or a reboot stopped it), on the same copy;
+#                                                  # a root with no job records (a machine that came back empty): says
+#                                                  # how to put back the steps carried in results/carry first
 #
 # RESULTS is the results root (TINYFUSION_RESULTS of every run; keep it outside the work tree). The runs use
 # RESULTS/tree, a clone of this repository's HEAD made (with its own .venv) on the first `run` or `soak`, so editing
@@ -24,7 +26,7 @@
 # BG_TREE=DIR uses DIR (a clone with its .venv) as the copy, as it is: no clone, no move, no setup.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-usage() { sed -n '3,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '3,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 2 ] || usage
 argv=("$@")
 cmd=$1; results=$(mkdir -p "$2" && cd "$2" && pwd); shift 2
@@ -137,6 +139,10 @@ case $cmd in
       n=$((n + 1))
     done
     echo "resume: $n jobs started"
+    if [ "$n" = 0 ] && [ ! -d "$jobs" ]; then   # a root that never ran here: a machine that came back empty?
+      echo "no job records in $results: if this machine lost that cache, put back the finished steps carried in git" \
+           "first (python tools/copy_steps.py results/carry $results --profile all --kind all), then run the study again"
+    fi
     ;;
   status)
     pids=$(mine)
