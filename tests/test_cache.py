@@ -284,3 +284,26 @@ def test_a_lean_copy_carries_a_studys_numbers_without_its_models_and_reuses_ever
     run(b)
     assert ran[2] == "finetune"   # (its score too, unless the new model.pt has the old one's bytes)
     assert (ft_b / "model.pt").exists() and cache.OMITTED not in load_json(ft_b / cache.RECORD)
+
+
+def test_a_repository_file_has_one_name_in_the_work_tree_and_in_a_clone_inside_the_results_root(tmp_path, monkeypatch):
+    """tools/background.sh clones the repository into RESULTS/tree: a shipped teacher there is named by its place in
+    the repository (the nearer base), as in the work tree, so both compute the same keys; a step's output in the
+    default root (results/, inside the repository) is still named by its place in the root."""
+    import tinyfusion.profiles as profiles
+    work, root = tmp_path / "work", tmp_path / "tf_results"
+    for repo in (work, root / "tree"):
+        (repo / "data").mkdir(parents=True)
+        (repo / "data" / "teacher.pt").write_bytes(b"teacher")
+    ids = []
+    for repo in (work, root / "tree"):
+        monkeypatch.setattr(profiles, "ROOT", repo)
+        monkeypatch.setenv("TINYFUSION_RESULTS", str(root))
+        ids.append(cache.file_id(repo / "data" / "teacher.pt"))
+    assert ids[0] == ids[1] and ids[0].startswith("data/teacher.pt@")
+    monkeypatch.setattr(profiles, "ROOT", work)
+    monkeypatch.delenv("TINYFUSION_RESULTS")
+    (work / "results" / "cpu" / "finetune" / "x").mkdir(parents=True)
+    (work / "results" / "cpu" / "finetune" / "x" / "model.pt").write_bytes(b"m")
+    assert cache.file_id(work / "results" / "cpu" / "finetune" / "x" / "model.pt").startswith("$RESULTS/cpu/finetune/x/model.pt@")
+    assert cache.file_id(tmp_path / "elsewhere.pt") == str(tmp_path / "elsewhere.pt")

@@ -99,17 +99,21 @@ def resolved(result, out, root=None):
 
 
 def file_id(path):
-    """A file as a stable key string: its path (relative to the repository when inside it) and, when it exists,
-    the start of its SHA-256."""
+    """A file as a stable key string: its path (relative to the results root as "$RESULTS/...", or to the
+    repository, when inside it) and, when it exists, the start of its SHA-256. Inside both (the default root
+    ``results/`` lies in the repository; ``tools/background.sh`` clones the repository into ``RESULTS/tree``), the
+    nearer one names it, so a shipped teacher has one name in the work tree and in the background's clone."""
     from tinyfusion.profiles import ROOT
     p = Path(path).resolve()
-    try:  # a step's output named by its place in the results root, so a moved root keeps its keys (relocate)
-        name = f"{RESULTS_MARK}/{p.relative_to(results_root().resolve())}"
-    except ValueError:
-        try:
-            name = str(p.relative_to(ROOT))
-        except ValueError:
-            name = str(p)
+    # a step's output is named by its place in the results root, so a moved root keeps its keys (relocate)
+    bases = [(len(b.parts), mark, b) for mark, b in ((RESULTS_MARK, results_root().resolve()), ("", ROOT.resolve()))
+             if p.is_relative_to(b)]
+    if bases:
+        _, mark, base = max(bases)
+        rel = p.relative_to(base).as_posix()
+        name = f"{mark}/{rel}" if mark else rel
+    else:
+        name = str(p)
     if not p.is_file():   # a file a lean copy of its step was shipped without is named by the hash it had
         shipped = omitted_hash(p)
         return f"{name}@{shipped[:12]}" if shipped else name
