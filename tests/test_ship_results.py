@@ -114,5 +114,13 @@ def test_copy_steps_carries_every_profile_and_kind_lean_and_refuses_a_kind_it_la
     assert sorted(s.split("/", 1)[0] for s in steps) == ["cpu", "cpu-w128"] and all(s.endswith("run.json") for s in steps)
     copy_steps.main([str(src), str(carry), "--profile", "all", "--kind", "all", "--lean"])
     assert "0.0 MiB copied" in capsys.readouterr().out
+    again, lost = tmp_path / "carry2", tmp_path / "lost"      # lean of lean keeps the hashes; a cut run is not overwritten
+    copy_steps.main([str(carry), str(again), "--profile", "cpu", "--kind", "all", "--lean"])
+    assert "lean: 1 left behind (model.pt)" in capsys.readouterr().out
+    cut = lost / "cpu" / "finetune" / next((carry / "cpu" / "finetune").iterdir()).name
+    cut.mkdir(parents=True)
+    (cut / "state.pt").write_bytes(b"resume me")
+    copy_steps.main([str(carry), str(lost), "--profile", "cpu", "--kind", "all"])
+    assert "holds an unfinished run" in capsys.readouterr().out and not (cut / cache.RECORD).exists()
     with pytest.raises(SystemExit, match="cpu/scores is not a folder.*finetune"):
         copy_steps.main([str(src), str(carry), "--profile", "cpu", "--kind", "scores"])

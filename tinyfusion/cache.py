@@ -178,7 +178,8 @@ def _save_skeleton(checkpoint, path):
     from tinyfusion.io import checkpoint_skeleton
     try:
         skeleton = checkpoint_skeleton(checkpoint)
-    except CorruptArtefactError:
+    except CorruptArtefactError as e:   # said, not hidden: a damaged model is left behind with the hash it has now
+        print(f"warning: {checkpoint} left behind without a skeleton: {e}")
         return None
     torch.save(skeleton, path)
     return path
@@ -203,7 +204,8 @@ def copy_step(src, dest, src_root, dest_root, lean=False):
     dest.mkdir(parents=True, exist_ok=True)
     copied, omitted = [], dict(rec.get(OMITTED) or {})
     for f in sorted(src.iterdir()):
-        if f.is_file() and f.name not in ("state.pt", ".lock", RECORD) and not f.name.endswith(".sha256"):
+        stale = f.name.endswith(SKELETON_SUFFIX) and (src / f.name[:-len(SKELETON_SUFFIX)]).is_file()
+        if f.is_file() and f.name not in ("state.pt", ".lock", RECORD) and not f.name.endswith(".sha256") and not stale:
             if lean and f.suffix in LEAN_SUFFIXES:
                 omitted[f.name] = sha256(f)
                 skeleton = f.suffix == ".pt" and _save_skeleton(f, dest / (f.name + SKELETON_SUFFIX))

@@ -54,11 +54,16 @@ def copy_profile(src_root, dest_root, profile, kinds, match="", lean=False):
                 print(f"skip {profile}/{kind}/{step.name}: not a finished step")
             elif (dest / cache.RECORD).exists():
                 print(f"skip {profile}/{kind}/{step.name}: already in {dest.parent}")
+            elif dest.is_dir() and any(dest.iterdir()):   # a run of that key was cut there, or runs there now
+                print(f"skip {profile}/{kind}/{step.name}: {dest} holds an unfinished run (its state, lock or files); "
+                      f"delete that folder to copy the finished step in, or let the run finish")
             else:
                 files = cache.copy_step(step, dest, src_root, dest_root, lean=lean)
                 size = sum(f.stat().st_size for f in files) / 2**20
                 total += size
-                print(f"copied {profile}/{kind}/{step.name}: {len(files)} files, {size:.2f} MiB")
+                left = cache.read_record(dest).get(cache.OMITTED) or {}
+                print(f"copied {profile}/{kind}/{step.name}: {len(files)} files, {size:.2f} MiB"
+                      + (f", lean: {len(left)} left behind ({', '.join(sorted(left))})" if left else ""))
     return total
 
 
