@@ -323,10 +323,18 @@ def test_the_summary_gains_the_scale_ladder_with_its_trend_and_clock_when_notebo
     assert "1.50 hours over 2 attempt(s)" in section                      # the part-ladder attempt counts
     (tmp_path / "scale_clock.json").write_text(json.dumps({"attempts": [
         {"from_empty": True, "finished": False, "elapsed_s": 3600.0, "rungs": ["cpu", "cpu-w128"]}]}))
-    assert "has not finished the whole ladder" in "\n".join(summary.scale_section(tmp_path))
+    # notebook 12 writes the summary inside the attempt that runs it, before its clock stops: that attempt counts
+    assert "1.00 hours over 1 attempt(s)" in "\n".join(summary.scale_section(tmp_path))
     (tmp_path / "cpu" / "tables").mkdir(parents=True)
     shutil.copy(tmp_path / "tables" / "12_scale.csv", tmp_path / "cpu" / "tables")
-    assert "**Part of the ladder** (`make scale RUNGS=cpu`)" in "\n".join(summary.scale_section(tmp_path / "cpu"))
+    shutil.copy(tmp_path / "scale_clock.json", tmp_path / "cpu")
+    part = "\n".join(summary.scale_section(tmp_path / "cpu"))
+    assert "**Part of the ladder** (`make scale RUNGS=cpu`)" in part
+    assert "has not finished the whole ladder" in part                   # a part of the ladder has no study time
+    assert "teacher_cpu" not in part                                     # no teachers table: the notebook saved none
+    pd.DataFrame([{"rung": "cpu", "teacher": "data/teacher_cpu.pt", "training h": 1.21, "threads": 2}]).to_csv(
+        tmp_path / "cpu" / "tables" / "12_teacher_budgets.csv", index=False)
+    assert "| data/teacher_cpu.pt |" in "\n".join(summary.scale_section(tmp_path / "cpu"))
 
 
 def test_the_progress_line_says_where_the_run_is_and_what_is_left():

@@ -191,6 +191,14 @@ def test_a_shipped_rung_teacher_is_checked_before_the_ladder_runs(tmp_path):
     row = scale.teacher_budget(study)
     assert row["samples"] == 1_536_000 and row["training h"] == 10 and row["calls"] == 4 and row["threads"] == "1"
     assert row["s/step (fastest call)"] == pytest.approx(1.7)   # 17,000 s / 10,000 steps; 200 steps at 4.5 s/step
+    late = {**record, "segments": [{**seg, "from_step": seg["from_step"] or 600} for seg in record["segments"]]}
+    teacher.with_suffix(".json").write_text(json.dumps(late))
+    assert scale.teacher_budget(study)["calls"] == 5         # a first call from before calls were recorded counts
+    old = {k: v for k, v in record.items() if k != "segments"}
+    teacher.with_suffix(".json").write_text(json.dumps({**old, "command": "OMP_NUM_THREADS=2 python -m ..."}))
+    row = scale.teacher_budget(study)                        # today's teacher's record: one call, threads in its command
+    assert row["calls"] == 1 and row["threads"] == "2" and row["s/step (fastest call)"] == pytest.approx(3.0)
+    teacher.with_suffix(".json").write_text(json.dumps(record))
     teacher.write_bytes(b"other weights")
     with pytest.raises(CorruptArtefactError, match="teacher_cpu_w128.pt has SHA-256"):
         scale.teacher_budget(study)

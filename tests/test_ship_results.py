@@ -124,3 +124,30 @@ def test_copy_steps_carries_every_profile_and_kind_lean_and_refuses_a_kind_it_la
     assert "holds an unfinished run" in capsys.readouterr().out and not (cut / cache.RECORD).exists()
     with pytest.raises(SystemExit, match="cpu/scores is not a folder.*finetune"):
         copy_steps.main([str(src), str(carry), "--profile", "cpu", "--kind", "scores"])
+
+
+def test_copy_steps_carries_a_study_clock_so_a_lost_cache_keeps_its_from_empty_time(tmp_path, monkeypatch, capsys):
+    """A whole root's carry (--kind all) merges each profile's *_clock.json attempt by attempt: restored after a lost
+    cache, the study's next attempt (not "from empty") still adds up to a from-empty time with the carried ones."""
+    import copy_steps
+
+    from tinyfusion.cli.reproduce import from_empty_seconds
+    from tinyfusion.io import load_json, save_json
+    src, carry, lost = tmp_path / "src", tmp_path / "carry", tmp_path / "lost"
+    monkeypatch.setenv("TINYFUSION_RESULTS", str(src))
+    first = {"started": "2026-12-05 13:33:28", "profile": "cpu", "from_empty": True, "finished": False,
+             "elapsed_s": 3600.0}
+    save_json({"attempts": [first]}, src / "cpu" / "scale_clock.json")      # with its integrity record
+    copy_steps.main([str(src), str(carry), "--profile", "all", "--kind", "all", "--lean"])
+    assert "merged cpu/scale_clock.json: 1 attempts" in capsys.readouterr().out
+    save_json({"attempts": [{**first, "elapsed_s": 7200.0}]}, src / "cpu" / "scale_clock.json")  # it ran on
+    copy_steps.main([str(src), str(carry), "--profile", "all", "--kind", "all", "--lean"])
+    assert load_json(carry / "cpu" / "scale_clock.json")["attempts"] == [{**first, "elapsed_s": 7200.0}]
+    copy_steps.main([str(carry), str(lost), "--profile", "all", "--kind", "all"])   # the machine came back empty
+    clock = load_json(lost / "cpu" / "scale_clock.json")
+    clock["attempts"].append({"started": "2026-12-06 09:00:00", "profile": "cpu", "from_empty": False,
+                              "finished": True, "elapsed_s": 1800.0})
+    assert from_empty_seconds(clock) == (9000.0, 2)
+    capsys.readouterr()
+    copy_steps.main([str(src), str(carry), "--profile", "all", "--kind", "all", "--match", "x"])
+    assert "merged" not in capsys.readouterr().out                           # a picked subset carries no clock

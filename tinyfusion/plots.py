@@ -454,13 +454,16 @@ def layer_keep_history(histories, layers=(0, 1), dashed=(), title="EMA probabili
     return fig
 
 
-def per_layer(values, ylabel, title):
+def per_layer(values, ylabel, title, line=None):
     """One line per model of ``values`` ({label: one number per layer}), layer index on x: per-layer diagnostics of
-    several teachers side by side (residual ratio, max |h| / std)."""
+    several teachers side by side (residual ratio, max |h| / std). ``line``: (y, label) of a dashed reference line,
+    e.g. a rule's declared threshold."""
     fig, ax = plt.subplots(figsize=(8, 3.2), layout="constrained")
     for label, v in values.items():
         v = np.asarray(v, dtype=float)
         ax.plot(np.arange(len(v)), v, marker="o", ms=3, lw=1.3, label=label)
+    if line is not None:
+        ax.axhline(line[0], color="grey", ls="--", lw=1, label=line[1])
     ax.set_xlabel("layer")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)

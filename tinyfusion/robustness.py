@@ -124,11 +124,10 @@ def teacher_row(study, learned_kept, label):
     samples, the calibration-loss span of the random study (max / min), max |h| / std over its layers (claim 5's
     measure, and the mean share of positions beyond 10 sigma), the per-layer residual ratio ||f(h) - h|| / ||h|| (largest and which layer), and the layers its learned
     1:2 masks keep in block 0. ``learned_kept``: {pruning seed: kept layers}."""
-    from tinyfusion.activations import hidden_states, hidden_stats
     teacher = study.teacher()
     score = study.score(study.teacher_path)
     rs = study.random_study()
-    stats = pd.DataFrame(hidden_stats(hidden_states(teacher, study.calib()[0], study.objective)))
+    stats = study.hidden_stats()
     res = np.asarray(study.residual_sizes(), dtype=float)
     top = int(np.argmax(res))
     second = float(np.sort(res)[-2]) if len(res) > 1 else np.nan

@@ -821,6 +821,15 @@ class Study:
         self.save_table(table, "02_settled")
         return table
 
+    def hidden_stats(self):
+        """Per layer of the teacher, the hidden-state statistics of claim 5 (``activations.hidden_stats``: max |h| /
+        std, the share of positions beyond 2, 4 and 10 sigma ...) on the first calibration batch, as a DataFrame.
+        Not cached: one forward pass."""
+        import pandas as pd
+
+        from tinyfusion.activations import hidden_states, hidden_stats
+        return pd.DataFrame(hidden_stats(hidden_states(self.teacher(), self.calib()[0], self.objective)))
+
     def residual_sizes(self):
         """Per layer of the teacher, ``||f(h) - h|| / ||h||`` over the calibration set (``scores.residual_sizes``)."""
         from tinyfusion.pruning.scores import residual_sizes

@@ -135,14 +135,16 @@ def display_key_figures(study):
             display(Markdown(f"**{caption}**"), Image(filename=str(path)))
 
 
-def run_clock(clock):
-    """``(seconds, attempts)`` of the last `make reproduce` from an empty cache (``cli.reproduce.from_empty_seconds``),
-    counting the attempt in progress as finished when every notebook but this summary is done in it: notebook 09
-    runs last, inside that attempt, so without this a summary could never report the run it summarises."""
+def run_clock(clock, study="main", writer="summary"):
+    """``(seconds, attempts)`` of the last run of ``study`` (`make reproduce`, `make scale` ...) from an empty cache
+    (``cli.reproduce.from_empty_seconds``), counting the attempt in progress as finished when every notebook but the
+    one writing this summary (``writer`` in its name) is done in it: notebook 09 runs last in `make reproduce`, and
+    notebook 12 is the whole of `make scale`, each inside its attempt, so without this a summary could never report
+    the run it summarises."""
     from tinyfusion.cli.reproduce import from_empty_seconds, notebooks
     attempts = clock.get("attempts", [])
     if attempts and not attempts[-1].get("finished"):
-        others = {p.name for p in notebooks() if "summary" not in p.name}
+        others = {p.name for p in notebooks(study=study) if writer not in p.name}
         if others <= set(attempts[-1].get("notebooks_done", [])):
             clock = {**clock, "attempts": [*attempts[:-1], {**attempts[-1], "finished": True}]}
     return from_empty_seconds(clock)
@@ -214,10 +216,17 @@ def scale_section(root):
     trend = root / "tables" / "12_scale_trend.csv"
     if trend.exists():
         lines += [f"- {t}" for t in pd.read_csv(trend)["trend"]] + [""]
+    budgets = root / "tables" / "12_teacher_budgets.csv"
+    if budgets.exists():
+        lines += ["Each rung's teacher (`data/`, training record beside it; wall time over every call of a resumed "
+                  "run, the fastest call's rate, on the threads shown and beside whatever else ran then: "
+                  "`results/cpu/scale_cost.json` has the like-for-like cost ratios):", "",
+                  markdown_table(pd.read_csv(budgets).convert_dtypes().astype(object)).replace("<NA>", "—"), ""]
     clock = root / "scale_clock.json"
     if clock.exists():
-        from tinyfusion.cli.reproduce import from_empty_seconds
-        seconds, attempts = from_empty_seconds(load_json(clock))
+        # a part of the ladder has no from-empty time of the study; the whole one counts the attempt running it now
+        partial = whole and ran != list(whole)
+        seconds, attempts = (None, 0) if partial else run_clock(load_json(clock), study="scale", writer="12_scale")
         lines += [(f"`make scale` from an empty cache (the new rungs'), teachers excluded: {seconds / 3600:.2f} hours "
                    f"over {attempts} attempt(s) (scale_clock.json)." if seconds else "`make scale` has not finished "
                    "the whole ladder from an empty cache yet (scale_clock.json)."), ""]

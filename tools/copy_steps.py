@@ -9,7 +9,8 @@ them by key instead of recomputing them:
     python tools/copy_steps.py results /work/tf_results --profile cpu --kind prune_learn --match 10010steps
 
 Only finished steps (a record whose artefacts are all there) are copied; a step already in the destination is left
-as it is. The resumable ``state.pt`` is not copied.
+as it is. The resumable ``state.pt`` is not copied. With ``--kind all`` (and no ``--match``) each profile's study
+clocks (``*_clock.json``) are merged into the destination's too, attempt by attempt.
 
 ``--lean`` copies a step without its models and samples (``.pt``, ``.npz``; their SHA-256 go into its record): a study
 that runs for several sessions under a cache outside the work tree carries what it has finished in kilobytes, in
@@ -21,6 +22,7 @@ error naming the folder to delete (that step then runs again):
     python tools/copy_steps.py results/carry /work/tf_results --profile all --kind all          # after a lost cache
 """
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -67,6 +69,26 @@ def copy_profile(src_root, dest_root, profile, kinds, match="", lean=False):
     return total
 
 
+def copy_clocks(src_root, dest_root, profile):
+    """Merge each study clock at the top of ``profile``'s folder (``*_clock.json``: its attempts, each once; see
+    ``ship_results.merged_history``) into the destination's, so a study that runs over several sessions keeps its
+    from-empty time across a lost cache: a restored root's next attempt is not "from empty", and without the first
+    attempts its clock could never say how long the study took. Returns the clocks written."""
+    from ship_results import merged_history
+    written = []
+    for src in sorted((Path(src_root) / profile).glob("*_clock.json")):
+        dest = Path(dest_root) / profile / src.name
+        text = json.dumps(merged_history(src, dest, "attempts"), indent=2) + "\n"
+        if dest.is_file() and dest.read_text() == text:
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text)
+        Path(str(dest) + ".sha256").unlink(missing_ok=True)   # the integrity record of the old content
+        written.append(src.name)
+        print(f"merged {profile}/{src.name}: {len(json.loads(text)['attempts'])} attempts")
+    return written
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -87,6 +109,9 @@ def main(argv=None):
         and src.is_dir() else args.profile.split(",")
     kinds = "all" if args.kind == "all" else args.kind.split(",")
     total = sum(copy_profile(src, args.dest_root, p, kinds, args.match, args.lean) for p in profiles)
+    if kinds == "all" and not args.match:   # a whole root's steps: its study clocks go with them
+        for p in profiles:
+            copy_clocks(src, args.dest_root, p)
     print(f"{total:.1f} MiB copied ({', '.join(profiles)})")
 
 
