@@ -26,6 +26,9 @@ def roots(tmp_path, monkeypatch):
         (src / folder).mkdir(parents=True, exist_ok=True)
         (src / folder / name).write_text(text)
     (src / "tables" / "11_block0.csv.sha256").write_text("0" * 64)
+    (src / "partial").mkdir()
+    for name in ("12_scale__cpu+cpu-w128.ipynb", "12_scale.ipynb", "kernel.log"):   # a part-ladder copy; a running one
+        (src / "partial" / name).write_text("{}")
     (src / "reproduce_clock.json").write_text(_clock(("2026-12-04 11:11:00", False, 600.0)))
     dest.mkdir(parents=True)
     (dest / "reproduce_clock.json").write_text(_clock(("2026-11-23 23:31:41", True, 13920.0)))
@@ -38,7 +41,8 @@ def test_outputs_are_copied_cached_runs_are_not_and_the_clock_keeps_its_history(
     import ship_results
     src, dest = roots
     report = ship_results.ship(src, dest, dry_run=True)
-    assert sorted(report["new"]) == ["cpu/figures/11_block0.png", "cpu/notebooks/11_robustness.ipynb"]
+    assert sorted(report["new"]) == ["cpu/figures/11_block0.png", "cpu/notebooks/11_robustness.ipynb",
+                                     "cpu/partial/12_scale__cpu+cpu-w128.ipynb"]
     assert report["changed"] == ["cpu/reproduce_clock.json"] and report["same"] == 1
     assert not (dest / "cpu" / "figures").exists()                  # a dry run copies nothing
     ship_results.main([str(src), str(dest)])

@@ -1,5 +1,5 @@
-"""Copy what a finished study wrote under a results root (executed notebooks, figures, tables, verdicts, timings and
-clocks) into the repository's ``results/``, to be looked at and committed; ``summary.md`` is written again there.
+"""Copy what a finished study wrote under a results root (executed notebooks, a part of the scale ladder's executed
+copy in ``partial/``, figures, tables, verdicts, timings and clocks) into the repository's ``results/``, to be looked at and committed; ``summary.md`` is written again there.
 
 Long studies run under a root outside the work tree (``TINYFUSION_RESULTS=~/tf_results``, ``tools/background.sh``);
 this brings their outputs home without the cached runs (``tools/copy_steps.py`` ships cached steps):
@@ -28,6 +28,8 @@ FILES = ("summary.md", "timings.json", "reproduce_clock.json", "robustness_clock
 def outputs(profile_dir):
     """The output files of one profile folder, relative to it (cached steps and logs excluded)."""
     found = [Path(name) for name in FILES if (profile_dir / name).is_file()]
+    # a part of the scale ladder's executed copy (12_scale__cpu+cpu-w128.ipynb); never a failed or running notebook
+    found += sorted(p.relative_to(profile_dir) for p in (profile_dir / "partial").glob("*__*.ipynb"))
     for folder in FOLDERS:
         if (profile_dir / folder).is_dir():
             found += sorted(p.relative_to(profile_dir) for p in (profile_dir / folder).rglob("*") if p.is_file()
