@@ -212,7 +212,8 @@ def scale_section(root):
     if whole and ran != list(whole):
         lines += [f"**Part of the ladder** (`make scale RUNGS={','.join(ran)}`), not the study's result: the whole "
                   f"ladder is {', '.join(whole)}.", ""]
-    lines += [markdown_table(df[[c for c in SCALE_COLUMNS if c in df]]), ""]
+    shown = df[[c for c in SCALE_COLUMNS if c in df]]
+    lines += [markdown_table(shown.astype(object).where(shown.notna(), "—")), ""]   # — : the paper gives none
     trend = root / "tables" / "12_scale_trend.csv"
     if trend.exists():
         lines += [f"- {t}" for t in pd.read_csv(trend)["trend"]] + [""]
