@@ -303,7 +303,7 @@ def test_the_summary_leads_with_the_finding_written_from_the_verdicts(tmp_path):
     assert text.splitlines()[2].startswith("No claim has a verdict yet")
 
 
-def test_the_summary_gains_the_scale_ladder_with_its_trend_and_clock_when_notebook_12_ran(tmp_path):
+def test_the_summary_gains_the_scale_ladder_with_its_trend_and_clock_when_notebook_12_ran(tmp_path, monkeypatch):
     study = _study(tmp_path)
     assert summary.scale_section(tmp_path) == []                     # notebook 12 has not run: nothing said
     pd.DataFrame([{"rung": "cpu", "params": 2.1e6, "tokens": 16, "learnable/best 100K": 2.27, "claim 2": "not held",
@@ -323,8 +323,14 @@ def test_the_summary_gains_the_scale_ladder_with_its_trend_and_clock_when_notebo
     assert "1.50 hours over 2 attempt(s)" in section                      # the part-ladder attempt counts
     (tmp_path / "scale_clock.json").write_text(json.dumps({"attempts": [
         {"from_empty": True, "finished": False, "elapsed_s": 3600.0, "rungs": ["cpu", "cpu-w128"]}]}))
-    # notebook 12 writes the summary inside the attempt that runs it, before its clock stops: that attempt counts
-    assert "1.00 hours over 1 attempt(s)" in "\n".join(summary.scale_section(tmp_path))
+    assert "has not finished the whole ladder" in "\n".join(summary.scale_section(tmp_path))   # a part-ladder run
+    done = {"started": "2026-12-05 13:33:28", "from_empty": True, "finished": True, "elapsed_s": 36000.0}
+    killed = {"started": "2026-12-06 09:00:00", "from_empty": True, "finished": False, "elapsed_s": 600.0}
+    (tmp_path / "scale_clock.json").write_text(json.dumps({"attempts": [done, killed]}))
+    assert "10.00 hours over 1 attempt(s)" in "\n".join(summary.scale_section(tmp_path))  # a killed run does not count
+    monkeypatch.setenv("TINYFUSION_ATTEMPT", killed["started"])   # notebook 12 runs inside it, before its clock stops
+    assert "0.17 hours over 1 attempt(s)" in "\n".join(summary.scale_section(tmp_path))
+    monkeypatch.delenv("TINYFUSION_ATTEMPT")
     (tmp_path / "cpu" / "tables").mkdir(parents=True)
     shutil.copy(tmp_path / "tables" / "12_scale.csv", tmp_path / "cpu" / "tables")
     shutil.copy(tmp_path / "scale_clock.json", tmp_path / "cpu")

@@ -1,7 +1,9 @@
 """tools/ship_results.py: a study's outputs come home from another results root; cached runs stay, clocks merge."""
 import json
+import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,6 +154,16 @@ def test_copy_steps_carries_a_study_clock_so_a_lost_cache_keeps_its_from_empty_t
     clock["attempts"].append({"started": "2026-12-06 09:00:00", "profile": "cpu", "from_empty": False,
                               "finished": True, "elapsed_s": 1800.0})
     assert from_empty_seconds(clock) == (9000.0, 2)
+    save_json({"attempts": [{**first, "elapsed_s": 9000.0, "finished": True}]}, src / "cpu" / "scale_clock.json")
     capsys.readouterr()
     copy_steps.main([str(src), str(carry), "--profile", "all", "--kind", "all", "--match", "x"])
     assert "merged" not in capsys.readouterr().out                           # a picked subset carries no clock
+    assert load_json(carry / "cpu" / "scale_clock.json")["attempts"][0]["elapsed_s"] == 7200.0
+    save_json(clock, lost / "cpu" / "scale_clock.json")                       # the restored root ran on, then stopped
+    os.utime(lost / "cpu" / "scale_clock.json", (0, 0))
+    copy_steps.main([str(carry), str(lost), "--profile", "all", "--kind", "all"])   # the older carry again
+    assert load_json(lost / "cpu" / "scale_clock.json") == clock              # it never winds an attempt back
+    now = {**first, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "from_empty": False, "elapsed_s": 30.0}
+    save_json({"attempts": [*clock["attempts"], now]}, src / "cpu" / "scale_clock.json")   # a study runs there now
+    copy_steps.main([str(carry), str(src), "--profile", "all", "--kind", "all"])
+    assert "a study running under" in capsys.readouterr().out                 # its clock is left to it

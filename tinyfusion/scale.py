@@ -9,6 +9,7 @@ one row per rung for the scale figure: learnable's FID relative to the best base
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +87,9 @@ def teacher_budget(study):
     if not rates and info.get("wall_s") and steps and len(segments) <= 1:
         rates = [info["wall_s"] / steps]          # one call (or a record from before calls were timed)
     threads = sorted({s.get("threads") for s in segments if s.get("threads")})
-    if not threads and "OMP_NUM_THREADS=" in info.get("command", ""):   # a record from before calls were timed
-        threads = [int(info["command"].split("OMP_NUM_THREADS=")[1].split()[0])]
+    named = re.search(r"OMP_NUM_THREADS=(\d+)", info.get("command") or "")
+    if not threads and named:                      # a record from before calls were timed: its command says
+        threads = [int(named.group(1))]
     # calls: a run whose first recorded call starts past step 0 had one earlier call (at least), from before calls
     # were recorded; a record with no calls and a wall time is one call
     calls = len(segments) + bool(segments and segments[0].get("from_step")) or (1 if info.get("wall_s") else None)

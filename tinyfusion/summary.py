@@ -1,6 +1,7 @@
 """Notebook 09: gather every notebook's tables and verdicts into a Table 1 analogue and ``summary.md``."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -140,12 +141,16 @@ def run_clock(clock, study="main", writer="summary"):
     (``cli.reproduce.from_empty_seconds``), counting the attempt in progress as finished when every notebook but the
     one writing this summary (``writer`` in its name) is done in it: notebook 09 runs last in `make reproduce`, and
     notebook 12 is the whole of `make scale`, each inside its attempt, so without this a summary could never report
-    the run it summarises."""
-    from tinyfusion.cli.reproduce import from_empty_seconds, notebooks
+    the run it summarises. A study whose one notebook writes the summary (scale) has no other notebooks to show that
+    the summary is written inside that attempt, so there the attempt's start stamp, which `cli.reproduce` hands its
+    kernels (``TINYFUSION_ATTEMPT``), must name it; a part of the scale ladder (an attempt with ``rungs``) never
+    counts."""
+    from tinyfusion.cli.reproduce import ATTEMPT_ENV, from_empty_seconds, notebooks
     attempts = clock.get("attempts", [])
-    if attempts and not attempts[-1].get("finished"):
+    if attempts and not attempts[-1].get("finished") and not attempts[-1].get("rungs"):
         others = {p.name for p in notebooks(study=study) if writer not in p.name}
-        if others <= set(attempts[-1].get("notebooks_done", [])):
+        inside = bool(others) or os.environ.get(ATTEMPT_ENV) == attempts[-1].get("started")
+        if inside and others <= set(attempts[-1].get("notebooks_done", [])):
             clock = {**clock, "attempts": [*attempts[:-1], {**attempts[-1], "finished": True}]}
     return from_empty_seconds(clock)
 

@@ -22,7 +22,6 @@ error naming the folder to delete (that step then runs again):
     python tools/copy_steps.py results/carry /work/tf_results --profile all --kind all          # after a lost cache
 """
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -69,23 +68,49 @@ def copy_profile(src_root, dest_root, profile, kinds, match="", lean=False):
     return total
 
 
+LIVE_S = 90   # a clock rewritten this recently, its last attempt unfinished, belongs to a study running now
+
+
+def running(clock):
+    """Whether the clock's last attempt is unfinished and its heartbeat (start + elapsed + paused: the time of its
+    last save) is within ``LIVE_S`` seconds of now: a study runs with it, rewriting the file every 30 s."""
+    import time
+    last = (clock.get("attempts") or [{"finished": True}])[-1]
+    if last.get("finished"):
+        return False
+    try:
+        beat = time.mktime(time.strptime(last["started"], "%Y-%m-%d %H:%M:%S"))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return abs(time.time() - beat - (last.get("elapsed_s") or 0.0) - (last.get("paused_s") or 0.0)) < LIVE_S
+
+
 def copy_clocks(src_root, dest_root, profile):
-    """Merge each study clock at the top of ``profile``'s folder (``*_clock.json``: its attempts, each once; see
-    ``ship_results.merged_history``) into the destination's, so a study that runs over several sessions keeps its
-    from-empty time across a lost cache: a restored root's next attempt is not "from empty", and without the first
-    attempts its clock could never say how long the study took. Returns the clocks written."""
+    """Merge each study clock at the top of ``profile``'s folder (``*_clock.json``: its attempts, each once, the
+    further version of one both hold, in the order they started; see ``ship_results.merged_history``) into the
+    destination's, so a study that runs over several sessions keeps its from-empty time across a lost cache: a
+    restored root's next attempt is not "from empty", and without the first attempts its clock could never say how
+    long the study took. A destination clock that a running study rewrites (its last attempt unfinished, written in
+    the last ``LIVE_S`` seconds, ``running``) is left alone, said so: the study would write its own over the merge. Written
+    atomically with a fresh integrity record. Returns the clocks written."""
+    import time
+
     from ship_results import merged_history
+
+    from tinyfusion.io import load_json, save_json
     written = []
     for src in sorted((Path(src_root) / profile).glob("*_clock.json")):
         dest = Path(dest_root) / profile / src.name
-        text = json.dumps(merged_history(src, dest, "attempts"), indent=2) + "\n"
-        if dest.is_file() and dest.read_text() == text:
+        if dest.is_file() and time.time() - dest.stat().st_mtime < LIVE_S and running(load_json(dest)):
+            print(f"skip {profile}/{src.name}: a study running under {dest_root} writes it now; copy it when it ends")
             continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(text)
-        Path(str(dest) + ".sha256").unlink(missing_ok=True)   # the integrity record of the old content
+        merged = merged_history(src, dest, "attempts")
+        merged["attempts"].sort(key=lambda a: a.get("started") or "")   # one study's attempts, in their order
+        if dest.is_file() and load_json(dest) == merged:
+            continue
+        save_json(merged, dest)
         written.append(src.name)
-        print(f"merged {profile}/{src.name}: {len(json.loads(text)['attempts'])} attempts")
+        print(f"merged {profile}/{src.name}: {len(merged['attempts'])} attempts")
     return written
 
 

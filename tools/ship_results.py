@@ -46,11 +46,13 @@ def history_key(rel):
 
 
 def merged_history(src, dest, key):
-    """The file ``dest`` with the entries under ``key`` of ``src`` added: each entry once (by its start and profile;
-    the source's version of one both hold, as a resumed run updates its own), the destination's in their order and
-    the source's new ones after them, so attempts of two results roots never interleave; any other key (timings'
-    "latest": per notebook, the last run's seconds) takes the source's values over the destination's."""
+    """The file ``dest`` with the entries under ``key`` of ``src`` added: each entry once (by its start and profile),
+    the destination's in their order and the source's new ones after them, so attempts of two results roots never
+    interleave; any other key (timings' "latest": per notebook, the last run's seconds) takes the source's values
+    over the destination's. Of an entry both hold, the source's version, as a resumed run updates its own; of a
+    clock's attempt, the further one (finished, then the longer elapsed time), whichever file is older."""
     merged, entries = {}, {}
+    further = lambda e: (bool(e.get("finished")), e.get("elapsed_s") or 0.0)  # noqa: E731
     for path in (dest, src):
         if path.is_file():
             obj = json.loads(path.read_text())
@@ -58,7 +60,9 @@ def merged_history(src, dest, key):
                 if k != key:
                     merged[k] = {**merged.get(k, {}), **v} if isinstance(v, dict) else v
             for e in obj.get(key, []):
-                entries[(e.get("started"), e.get("profile"))] = e   # a dict keeps the first place of a key
+                at = (e.get("started"), e.get("profile"))
+                if key != "attempts" or at not in entries or further(e) >= further(entries[at]):
+                    entries[at] = e   # a dict keeps the first place of a key
     return {**merged, key: list(entries.values())}
 
 

@@ -71,7 +71,7 @@ def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", pro
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     rungs = part_ladder(study, profile, rungs)
-    saved_env = {k: os.environ.get(k) for k in ("TINYFUSION_RESULTS", "TINYFUSION_CACHE_LOG")}  # set for the kernels
+    saved_env = {k: os.environ.get(k) for k in ("TINYFUSION_RESULTS", "TINYFUSION_CACHE_LOG", ATTEMPT_ENV)}  # for kernels
     if results_root:
         os.environ["TINYFUSION_RESULTS"] = str(Path(results_root).resolve())
     try:
@@ -148,6 +148,7 @@ class Snapshot:
 
 CACHE_KINDS = ("random_study", "mask_study", "baselines", "prune_learn", "pruned", "finetune", "scores")
 CLOCK = "reproduce_clock.json"
+ATTEMPT_ENV = "TINYFUSION_ATTEMPT"   # the start stamp of the clock attempt that runs a notebook (summary.run_clock)
 
 
 def clock_name(study="main"):
@@ -288,6 +289,7 @@ def _run_all(profile, only, kernel, progress, pm, PapermillExecutionError, study
     if not todo:
         raise SystemExit(f"no notebooks of the {study} study matched {only!r} in {NOTEBOOKS}")
     clock = Clock(root, profile, name=clock_name(study), checked=checked_roots(study, profile, root))
+    os.environ[ATTEMPT_ENV] = clock.attempt["started"]   # the kernels know which attempt runs them
     if rungs:
         this_run["rungs"] = clock.attempt["rungs"] = rungs
     try:
