@@ -142,6 +142,12 @@ def test_compact_streams_keeps_the_final_state_of_progress_bars(tmp_path):
     outs = nbformat.read(str(path), as_version=4).cells[0].outputs
     assert [o.output_type for o in outs] == ["stream", "stream", "display_data", "stream"]
     assert outs[0].text == "start\n" and outs[1].text == "train: 100/100\n" and outs[3].text == "b\nc\n"
+    # nested bars (tqdm's position 1 writes a line below and moves back up with ESC[A); a closed inner bar is cleared
+    outer = lambda i: f"\router {i}/2"  # noqa: E731
+    inner = lambda j: f"\n\rinner {j}/3\x1b[A"  # noqa: E731
+    text = outer(0) + "".join(inner(j) for j in range(4)) + "\n\r" + " " * 9 + "\r\x1b[A" + outer(1) + outer(2) + "\n"
+    assert rep.terminal_text(text) == "outer 2/2\n"
+    assert rep.terminal_text("x\n\ny\r   \rz") == "x\n\nz" and rep.terminal_text("") == ""
 
 
 # ---------------------------------------------------------------------- notebook 09's summary
@@ -426,3 +432,22 @@ def test_part_of_the_scale_ladder_runs_on_the_clock_as_an_unfinished_attempt_bes
     assert "12_scale.ipynb" not in timings.get("latest", {}) and timings["runs"][-1]["rungs"] == ["smoke"]
     r = subprocess.run([sys.executable, "-m", "tinyfusion.cli.reproduce", "--help"], capture_output=True, text=True)
     assert "--rungs RUNG[,RUNG...]" in r.stdout
+
+
+def test_a_notebook_run_for_a_saved_copy_gets_text_progress_bars(monkeypatch):
+    """Under papermill (cli.reproduce sets TINYFUSION_TEXT_BARS for its kernels) every loop's bar is tqdm's text bar,
+    whose last state a saved copy keeps; elsewhere tqdm.auto picks (the widget in an interactive kernel)."""
+    import importlib
+
+    import tqdm.auto
+    import tqdm.std
+
+    from tinyfusion import progress
+    monkeypatch.setenv("TINYFUSION_TEXT_BARS", "1")
+    assert importlib.reload(progress).tqdm is tqdm.std.tqdm
+    monkeypatch.delenv("TINYFUSION_TEXT_BARS")
+    assert importlib.reload(progress).tqdm is tqdm.auto.tqdm
+    seen = {}
+    monkeypatch.setattr(rep, "_run_all", lambda *a: seen.update(bars=os.environ.get("TINYFUSION_TEXT_BARS")) or {})
+    rep.reproduce("smoke")
+    assert seen["bars"] == "1" and "TINYFUSION_TEXT_BARS" not in os.environ   # set for the run, restored after

@@ -27,12 +27,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from tqdm.auto import tqdm
 
 from tinyfusion.data import load_fashion_mnist
 from tinyfusion.images import at_resolution
 from tinyfusion.io import CorruptArtefactError, load_checkpoint, save_checkpoint, save_json, sha256, verify_sha256
 from tinyfusion.profiles import ROOT
+from tinyfusion.progress import tqdm
 
 EXTRACTOR_NAME = "tinyfusion-fmnist"
 DEFAULT_EVALUATOR = ROOT / "data" / "evaluator.pt"

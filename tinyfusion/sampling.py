@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tinyfusion import dist
 from tinyfusion.diffusion import objective_for
 from tinyfusion import validate
 from tinyfusion.io import check_writable, save_npz
+from tinyfusion.progress import tqdm
 from tinyfusion.training import step_seed
 
 

@@ -734,7 +734,7 @@ class Study:
         asks for one worker or for torchrun (``nproc > 1``). Every step caches, so a killed run resumes."""
         import os
 
-        from tqdm.auto import tqdm
+        from tinyfusion.progress import tqdm
         if self.prof.workers <= 1 or self.prof.nproc > 1 or len(calls) <= 1 or os.environ.get(_IN_WORKER):
             return [getattr(self, name)(**kw) for name, kw in tqdm(calls, desc=desc)]
         import multiprocessing as mp

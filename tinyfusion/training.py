@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 
 from tinyfusion import dist, validate
 from tinyfusion.io import check_writable, load_checkpoint, plain, remove_stale_temps, save_checkpoint
+from tinyfusion.progress import tqdm
 
 CHECKPOINT_EVERY_S = 300.0  # with a state_path, the state is also written after this long without a checkpoint
 

@@ -94,7 +94,7 @@ def run(**cfg):
     import numpy as np
     import torch
     from torchvision.datasets import ImageFolder
-    from tqdm.auto import tqdm
+    from tinyfusion.progress import tqdm
 
     from tinyfusion import dist, validate
     from tinyfusion.io import check_writable

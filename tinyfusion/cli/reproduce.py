@@ -71,7 +71,9 @@ def reproduce(profile="cpu", only=None, results_root=None, kernel="python3", pro
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     rungs = part_ladder(study, profile, rungs)
-    saved_env = {k: os.environ.get(k) for k in ("TINYFUSION_RESULTS", "TINYFUSION_CACHE_LOG", ATTEMPT_ENV)}  # for kernels
+    saved_env = {k: os.environ.get(k) for k in ("TINYFUSION_RESULTS", "TINYFUSION_CACHE_LOG", ATTEMPT_ENV,
+                                                 "TINYFUSION_TEXT_BARS")}   # set for the kernels
+    os.environ["TINYFUSION_TEXT_BARS"] = "1"   # text bars: a saved copy shows where each ended (tinyfusion.progress)
     if results_root:
         os.environ["TINYFUSION_RESULTS"] = str(Path(results_root).resolve())
     try:
@@ -107,11 +109,31 @@ def compact_streams(path, paths=None):
                 merged.append(o)
         for o in merged:
             if o.get("output_type") == "stream":
-                lines = o["text"].split("\n")
-                o["text"] = "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines)
+                o["text"] = terminal_text(o["text"])
         if "outputs" in cell:
             cell.outputs = merged
     nbformat.write(nb, str(path))
+
+
+def terminal_text(text):
+    """What a terminal would show after printing ``text``: a carriage return rewrites its line from the start, the
+    cursor-up escape that nested tqdm bars use (``ESC[A``) moves to the line above, and a line a closed bar cleared
+    (blanks only) is dropped; an empty line stays, and so does the end after the last newline."""
+    import re
+    rows, r, col = [""], 0, 0
+    for token in re.split(r"(\r|\n|\x1b\[A)", text):
+        if token == "\n":
+            r, col = r + 1, 0
+            rows += [""] * (r + 1 - len(rows))
+        elif token == "\r":
+            col = 0
+        elif token == "\x1b[A":
+            r = max(0, r - 1)
+        elif token:
+            rows[r] = rows[r][:col].ljust(col) + token + rows[r][col + len(token):]
+            col += len(token)
+    kept = [row.rstrip() for row in rows[:-1] if row == "" or row.strip()]
+    return "\n".join([*kept, rows[-1].rstrip()])   # the last row: where the text ends (after its last newline)
 
 
 OUTPUTS = ("figures", "tables", "verdicts", "summary.md")  # what a notebook writes besides its executed copy

@@ -46,7 +46,7 @@ def fail(mode, message):
 
 
 def run(**cfg):
-    from tqdm.auto import tqdm
+    from tinyfusion.progress import tqdm
 
     from tinyfusion import dist
     from tinyfusion.io import save_json

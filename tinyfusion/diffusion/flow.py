@@ -22,9 +22,9 @@ The rest of the library reaches it only through the objective interface (``tinyf
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from tinyfusion.diffusion.common import conditional_half, eval_mode, initial_batch, network, training_terms
+from tinyfusion.progress import tqdm
 
 SAMPLERS = ("euler", "heun", "sde")
 SDE_LAST_STEP = 0.04  # SiT's last_step_size: the SDE stops at 1 - 0.04 and takes one deterministic step

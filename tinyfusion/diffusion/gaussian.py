@@ -14,9 +14,9 @@ import math
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tinyfusion.diffusion.common import conditional_half, eval_mode, guided, initial_batch, network, training_terms
+from tinyfusion.progress import tqdm
 
 
 def linear_betas(num_timesteps=1000):

@@ -418,7 +418,7 @@ class MAR(nn.Module):
         ``cfg``: classifier-free guidance, ramped linearly from 1 with the fraction of known tokens
         (``cfg_schedule="linear"``) or ``"constant"``. ``layer_mask``: as in ``forward``. ``clip_denoised``: the head
         clamps its predicted x0 to [-1, 1] at every step (tokens of pixels; latent tokens, as the official, are not)."""
-        from tqdm.auto import tqdm
+        from tinyfusion.progress import tqdm
 
         from tinyfusion.diffusion.common import eval_mode
 

@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tinyfusion.models import prunable
 from tinyfusion.models.gates import candidate_matrix, parse_groups
+from tinyfusion.progress import tqdm
 from tinyfusion.pruning.scores import _flatten_calib, _objective_for, first_samples  # noqa: F401
 
 

@@ -235,7 +235,7 @@ def sensitivity(model, calib, keep, objective=None, progress=False):
 
     Returns (sorted kept indices, per-layer loss increase over the full model's calibration loss).
     """
-    from tqdm.auto import tqdm
+    from tinyfusion.progress import tqdm
 
     depth = prunable.depth(model)
     base = calibration_loss(model, calib, objective=objective)
