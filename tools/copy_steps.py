@@ -68,7 +68,7 @@ def copy_profile(src_root, dest_root, profile, kinds, match="", lean=False):
     return total
 
 
-LIVE_S = 90   # a clock rewritten this recently, its last attempt unfinished, belongs to a study running now
+LIVE_S = 90   # a clock whose unfinished last attempt beat this recently belongs to a study running now
 
 
 def running(clock):
@@ -90,18 +90,16 @@ def copy_clocks(src_root, dest_root, profile):
     further version of one both hold, in the order they started; see ``ship_results.merged_history``) into the
     destination's, so a study that runs over several sessions keeps its from-empty time across a lost cache: a
     restored root's next attempt is not "from empty", and without the first attempts its clock could never say how
-    long the study took. A destination clock that a running study rewrites (its last attempt unfinished, written in
-    the last ``LIVE_S`` seconds, ``running``) is left alone, said so: the study would write its own over the merge. Written
-    atomically with a fresh integrity record. Returns the clocks written."""
-    import time
-
+    long the study took. A destination clock that a running study rewrites (``running``) is left alone, said so:
+    the study would write its own over the merge. Written atomically with a fresh integrity record. Returns the
+    clocks written."""
     from ship_results import merged_history
 
     from tinyfusion.io import load_json, save_json
     written = []
     for src in sorted((Path(src_root) / profile).glob("*_clock.json")):
         dest = Path(dest_root) / profile / src.name
-        if dest.is_file() and time.time() - dest.stat().st_mtime < LIVE_S and running(load_json(dest)):
+        if dest.is_file() and running(load_json(dest)):
             print(f"skip {profile}/{src.name}: a study running under {dest_root} writes it now; copy it when it ends")
             continue
         merged = merged_history(src, dest, "attempts")
