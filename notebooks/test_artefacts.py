@@ -28,7 +28,7 @@ TABLES = ["00_teacher_metrics", "01_table3", "01_table3_runs", "01_recovery_curv
           "02_corrected_curves", "02_corrected_summary", "table4_runs", "table4", "05_summary",
           "06_table5", "07_speedup", "08_table7", "11_gate_decisions", "11_block0", "11_teachers", "11_robustness",
           "11_robustness_evidence", "12_teachers", "12_teacher_budgets", "12_scale", "12_scale_evidence", "12_ratios",
-          "12_scale_trend"]
+          "12_scale_trend", "12_gate_decisions"]
 SIT_FIGURES = ["10_sit_teacher_samples", "10_kept_layers", "10_fid_by_method", "10_tinysit_samples"]  # <profile>-sit/
 SIT_TABLES = ["10_teachers", "10_table2", "10_table2_runs"]
 MAR_FIGURES = ["13_mar_teacher_samples", "13_kept_layers", "13_recovery_curves", "13_tinymar_samples"]  # <profile>-mar/

@@ -3,8 +3,9 @@ import json
 import math
 
 import pytest
+import pandas as pd
 
-from tinyfusion import verdicts as V
+from tinyfusion import scale, verdicts as V
 from tinyfusion.profiles import PROFILES, ROOT, SCALE_LADDER, TRAIN_HERE, get_profile
 
 
@@ -209,3 +210,18 @@ def test_relative_fid_above_a_floor_subtracts_it_from_both_sides():
     above = V.relative_fid([2.0, 2.2], {"oracle": [1.5, 1.5]}, sd=0.1, df=2, floor=0.5)
     assert plain[0] == pytest.approx(2.1 / 1.5) and above[0] == pytest.approx(1.6 / 1.0) and above[1] > plain[1]
     assert math.isnan(V.relative_fid([2.0, 2.2], {"oracle": [1.5, 1.5]}, 0.1, 2, floor=1.6)[0])  # a side not above it
+
+
+def test_the_gate_table_names_block_zero_and_the_least_confident_block_per_rung_and_seed():
+    """``scale.gate_table`` reads each learned mask's per-block decisions: block 0's choice, its last change and
+    confidence, how many blocks settled, and the block nearest a tie."""
+    def block(seed, b, kept, conf, last, settled=True):
+        return {"seed": seed, "block": b, "kept": kept, "confidence": conf, "last_change": last, "settled": settled,
+                "steps": 100}
+    d = pd.DataFrame([block(0, 0, "1", 0.9, 18), block(0, 1, "2", 0.51, 90, settled=False), block(0, 2, "5", 0.7, 40),
+                      block(1, 0, "0", 0.6, 72), block(1, 1, "3", 0.8, 10), block(1, 2, "4", 0.55, 99, settled=False)])
+    t = scale.gate_table({"rung-a": {"decisions": d}})
+    assert list(t["pruning seed"]) == [0, 1] and list(t["block 0 keeps"]) == ["1", "0"]
+    assert list(t["block 0 last change"]) == [18, 72] and list(t["blocks settled"]) == ["2 of 3", "2 of 3"]
+    assert list(t["least confident block"]) == ["block 1 keeps 2", "block 2 keeps 4"]
+    assert list(t["its confidence"]) == [0.51, 0.55] and list(t["its last change"]) == [90, 99]

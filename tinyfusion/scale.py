@@ -144,7 +144,8 @@ def teacher_budgets(studies):
 def rung(study, pruning_seeds=None):
     """Everything notebook 12 reads of one rung ``study``: ``{"row": teacher_row + claim 5, "kept": {pruning seed:
     kept layers}, "curves": the core comparison's recovery curves, "claims": (claim 1, claim 2, claim 5), "check":
-    notebook 00's teacher check, "floor": the real-vs-real FID at the rung's samples per score}``. The learned masks
+    notebook 00's teacher check, "decisions": the learned masks' per-block decisions (``robustness.decisions``, its
+    budget column the rung), "floor": the real-vs-real FID at the rung's samples per score}``. The learned masks
     are the profile's gate budget (1:2, LoRA, as Table 3), so today's rung reuses notebooks 01-03's runs;
     ``pruning_seeds`` None: the profile's seeds (cpu: 0 and 1)."""
     name = study.prof.name
@@ -158,8 +159,28 @@ def rung(study, pruning_seeds=None):
                                        points=points)
     v1, v2 = robustness.claims_1_2(study, {name: curves})[name]
     return {"row": row, "kept": kept, "curves": curves, "claims": (v1, v2, v5),
+            "decisions": robustness.decisions({("1:2", s): r for s, r in runs.items()}, name, study.depth),
             "check": robustness.teacher_check(study, study.fid_floor()),
             "floor": study.fid_floor(n=study.prof.eval_samples)["fid"]}
+
+
+def gate_table(results):
+    """One row per rung and pruning seed of the learned 1:2 masks (``results``: {rung: :func:`rung`'s result}): what
+    block 0 keeps, the step of its last change and its final confidence, how many blocks settled (no change over the
+    last 20% of the steps), and the least confident block with its confidence and last change. A 1:2 block's
+    confidence is the EMA probability of its choice, so 0.5 is a tie between its two layers: a block near it, or one
+    that did not settle, is decided by float-level noise, and two pruning seeds (or one seed on another thread count)
+    may split there."""
+    rows = []
+    for rung_name, res in results.items():
+        for seed, d in res["decisions"].groupby("seed", sort=False):
+            b0, low = d[d.block == 0].iloc[0], d.loc[d.confidence.idxmin()]
+            rows.append({"rung": rung_name, "pruning seed": seed, "steps": int(b0.steps), "block 0 keeps": b0.kept,
+                         "block 0 last change": int(b0.last_change), "block 0 confidence": float(b0.confidence),
+                         "blocks settled": f"{int(d.settled.sum())} of {len(d)}",
+                         "least confident block": f"block {int(low.block)} keeps {low.kept}",
+                         "its confidence": float(low.confidence), "its last change": int(low.last_change)})
+    return pd.DataFrame(rows)
 
 
 def _points(study, points):
