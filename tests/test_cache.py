@@ -168,6 +168,21 @@ def test_recompute_runs_again_and_unfinished_runs_resume_under_any_label(tmp_pat
     assert not (out / "state.pt").exists()  # a recompute does not resume the finished state
 
 
+def test_a_full_finished_folder_is_found_before_a_lean_copy_of_the_same_key(tmp_path):
+    """Two finished folders of one key under two labels, the first in name order a lean copy (its model left
+    behind): the step resolves to the one that still has its files, so nothing errors on the missing model."""
+    from tinyfusion.io import save_json
+    config = {"a": 1}
+    lean, full = (tmp_path / "kind" / f"{label}-{cache.key(config)}" for label in ("a-lean", "b-full"))
+    for p in (lean, full):
+        p.mkdir(parents=True)
+    save_json({"v": 1, cache.OMITTED: {"model.pt": "0" * 64}}, lean / cache.RECORD)
+    save_json({"v": 1}, full / cache.RECORD)
+    assert cache.folder(tmp_path, "kind", "any", config) == full
+    (full / cache.RECORD).unlink()   # the full one unfinished: the lean finished copy comes first
+    assert cache.folder(tmp_path, "kind", "any", config) == lean
+
+
 @pytest.mark.parametrize("name", ["cpu", "gpu"])
 def test_fine_tune_budgets_spend_the_papers_share_of_the_teachers_pretraining(name):
     """finetune_steps / finetune_long spend 1.4% / 7% of the teacher's pre-training samples, the shares the issue

@@ -145,10 +145,18 @@ def folder(root, kind, label, config):
     """Where the step ``kind`` of ``config`` lives: ``<root>/<kind>/<label>-<key>``.
 
     The label only makes folders readable: a run of the same key under another label (a notebook's run found by
-    the entry point, or the other way round) is that folder, a finished one first, else one to resume.
+    the entry point, or the other way round) is that folder: a finished one with its files first, then a lean copy
+    of one (its models left behind, ``--lean``), else one to resume.
     """
     k = key(config)
-    before = sorted((Path(root) / kind).glob(f"*-{k}"), key=lambda p: (not (p / RECORD).exists(), p.name))
+
+    def lean(p):
+        try:
+            return bool(load_json(p / RECORD).get(OMITTED))
+        except Exception:   # an unreadable record is judged where the step is loaded, not here
+            return False
+    before = sorted((Path(root) / kind).glob(f"*-{k}"), key=lambda p: (not (p / RECORD).exists(),
+                                                                       (p / RECORD).exists() and lean(p), p.name))
     if before:
         return before[0]
     safe = str(label).replace(" ", "_").replace(":", "of").replace("/", "-")
