@@ -225,3 +225,19 @@ def test_the_gate_table_names_block_zero_and_the_least_confident_block_per_rung_
     assert list(t["block 0 last change"]) == [18, 72] and list(t["blocks settled"]) == ["2 of 3", "2 of 3"]
     assert list(t["least confident block"]) == ["block 1 keeps 2", "block 2 keeps 4"]
     assert list(t["its confidence"]) == [0.51, 0.55] and list(t["its last change"]) == [90, 99]
+
+
+def test_the_scale_table_names_a_rung_whose_teacher_falls_under_notebook_00s_bar():
+    """A rung whose teacher check is not held gets one more sentence with its class accuracy and FID beside today's
+    teacher's; when every teacher meets the bar there is none."""
+    def row(rung, check, acc, fid):
+        return {"rung": rung, "params": 2.1e6, "tokens": 16, "claim 1": "held", "claim 2": "not held",
+                "claim 5": "not testable here", "max|h|/std": 10.0, "teacher meets notebook 00's bar": check,
+                "teacher class accuracy": acc, "teacher FID": fid,
+                **{f"{k} {p}": v for p in ("100K", "500K") for k, v in (("learnable/best", 1.5), ("se", 0.1), ("df", 8))}}
+    rows = [row("cpu", V.HELD, 0.862, 0.888), row("cpu-t49", V.NOT_HELD, 0.7695, 1.345)]
+    table, sentences = scale.scale_table(rows)
+    assert list(table.rung) == ["cpu", "cpu-t49", "paper DiT-XL/2"]
+    assert sentences["teachers"].startswith("Teachers: cpu-t49's teacher does not meet notebook 00's bar (class "
+                                            "accuracy 0.769, FID 1.34), against cpu's 0.862 and 0.89")
+    assert "teachers" not in scale.scale_table([rows[0], row("cpu-w128", V.HELD, 0.92, 0.40)])[1]

@@ -257,5 +257,17 @@ def paper_row():
 
 
 def scale_table(rows):
-    """The scale table (one row per rung, the paper's last) and the sentences of ``verdicts.scale_sentences``."""
-    return pd.DataFrame([*rows, paper_row()]), V.scale_sentences(rows)
+    """The scale table (one row per rung, the paper's last) and the sentences of ``verdicts.scale_sentences``, with
+    one more (``"teachers"``) when a rung's teacher falls under notebook 00's bar: its statuses then judge pruning a
+    weaker teacher than today's, trained on the same samples, and the reader of the trend needs to know which."""
+    sentences = V.scale_sentences(rows)
+    weak = [r for r in rows if r.get("teacher meets notebook 00's bar") not in (None, V.HELD)]
+    if weak:
+        base = rows[0]
+        sentences["teachers"] = (
+            "Teachers: " + "; ".join(f"{r['rung']}'s teacher does not meet notebook 00's bar (class accuracy "
+                                     f"{r['teacher class accuracy']:.3f}, FID {r['teacher FID']:.2f})" for r in weak)
+            + f", against {base['rung']}'s {base['teacher class accuracy']:.3f} and {base['teacher FID']:.2f} on the "
+              f"same pre-training samples, so {'that rung changes' if len(weak) == 1 else 'those rungs change'} the "
+              "teacher's quality as well as its size.")
+    return pd.DataFrame([*rows, paper_row()]), sentences

@@ -196,7 +196,8 @@ def one_line(text, limit=160):
     return (cut[:end] if end > limit // 3 else cut.rstrip()) + " …"
 
 
-SCALE_COLUMNS = ("rung", "params", "tokens", "teacher FID", "calib loss span", "max|h|/std", "block 0 keeps",
+SCALE_COLUMNS = ("rung", "params", "tokens", "teacher FID", "teacher class accuracy", "teacher meets notebook 00's bar",
+                 "calib loss span", "max|h|/std", "block 0 keeps",
                  "learnable FID 100K", "best baseline FID 100K", "learnable/best 100K", "learnable FID 500K",
                  "best baseline FID 500K", "learnable/best 500K", "claim 1", "claim 2", "claim 5")
 
