@@ -241,3 +241,5 @@ def test_the_scale_table_names_a_rung_whose_teacher_falls_under_notebook_00s_bar
     assert sentences["teachers"].startswith("Teachers: cpu-t49's teacher does not meet notebook 00's bar (class "
                                             "accuracy 0.769, FID 1.34), against cpu's 0.862 and 0.89")
     assert "teachers" not in scale.scale_table([rows[0], row("cpu-w128", V.HELD, 0.92, 0.40)])[1]
+    both = scale.scale_table([row("cpu", V.NOT_HELD, 0.7, 2.0), rows[1]])[1]["teachers"]
+    assert both.endswith(": today's teacher among them, so the ladder compares teachers under the bar.")

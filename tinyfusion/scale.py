@@ -267,7 +267,8 @@ def scale_table(rows):
         sentences["teachers"] = (
             "Teachers: " + "; ".join(f"{r['rung']}'s teacher does not meet notebook 00's bar (class accuracy "
                                      f"{r['teacher class accuracy']:.3f}, FID {r['teacher FID']:.2f})" for r in weak)
-            + f", against {base['rung']}'s {base['teacher class accuracy']:.3f} and {base['teacher FID']:.2f} on the "
-              f"same pre-training samples, so {'that rung changes' if len(weak) == 1 else 'those rungs change'} the "
-              "teacher's quality as well as its size.")
+            + (f", against {base['rung']}'s {base['teacher class accuracy']:.3f} and {base['teacher FID']:.2f} on the "
+               f"same pre-training samples, so {'that rung changes' if len(weak) == 1 else 'those rungs change'} the "
+               "teacher's quality as well as its size." if base not in weak else
+               ": today's teacher among them, so the ladder compares teachers under the bar."))
     return pd.DataFrame([*rows, paper_row()]), sentences
