@@ -2,8 +2,8 @@
 import json
 import math
 
-import pytest
 import pandas as pd
+import pytest
 
 from tinyfusion import scale, verdicts as V
 from tinyfusion.profiles import PROFILES, ROOT, SCALE_LADDER, TRAIN_HERE, get_profile

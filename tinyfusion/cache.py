@@ -153,10 +153,10 @@ def folder(root, kind, label, config):
     def lean(p):
         try:
             return bool(load_json(p / RECORD).get(OMITTED))
-        except Exception:   # an unreadable record is judged where the step is loaded, not here
+        except Exception:   # no record, or an unreadable one: judged where the step is loaded, not here
             return False
-    before = sorted((Path(root) / kind).glob(f"*-{k}"), key=lambda p: (not (p / RECORD).exists(),
-                                                                       (p / RECORD).exists() and lean(p), p.name))
+    before = sorted((Path(root) / kind).glob(f"*-{k}"),
+                    key=lambda p: (not (p / RECORD).exists(), lean(p), p.name))
     if before:
         return before[0]
     safe = str(label).replace(" ", "_").replace(":", "of").replace("/", "-")
